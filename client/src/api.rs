@@ -1,0 +1,213 @@
+//! The typed client library: a `JobService` connection with the API token, and calls that
+//! take and return domain types.
+
+use std::time::Duration;
+
+use graft_coordinator::auth::Bearer;
+use graft_coordinator::wire::spec_to_pb;
+use graft_proto::MAX_MESSAGE_BYTES;
+use graft_proto::v1 as pb;
+use graft_proto::v1::job_service_client::JobServiceClient;
+use graft_transfer::JobSpec;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+/// What a client call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The coordinator cannot be reached.
+    #[error("cannot reach the coordinator at {url}: {reason}")]
+    Unreachable {
+        /// Its URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The coordinator answered with an error.
+    #[error("{0}")]
+    Status(String),
+    /// Something local.
+    #[error("{0}")]
+    Local(String),
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        let code = match s.code() {
+            tonic::Code::InvalidArgument => "invalid argument",
+            tonic::Code::NotFound => "not found",
+            tonic::Code::Unauthenticated => "unauthenticated",
+            tonic::Code::FailedPrecondition => "refused",
+            tonic::Code::Unavailable => "unavailable",
+            _ => "error",
+        };
+        ClientError::Status(format!("{code}: {}", s.message()))
+    }
+}
+
+/// A connection to a coordinator's `JobService`.
+#[derive(Clone)]
+pub struct Client {
+    inner: JobServiceClient<InterceptedService<Channel, Bearer>>,
+}
+
+impl Client {
+    /// Connects to `url` (e.g. `http://127.0.0.1:7070`) with an optional API token.
+    ///
+    /// # Errors
+    /// [`ClientError::Unreachable`] when no connection can be made within a few seconds.
+    pub async fn connect(url: &str, token: Option<&str>) -> Result<Self, ClientError> {
+        let unreachable = |reason: String| ClientError::Unreachable {
+            url: url.to_string(),
+            reason,
+        };
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| unreachable(e.to_string()))?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| unreachable(source_chain(&e)))?;
+        let bearer = Bearer::new(token).map_err(ClientError::Local)?;
+        let inner = JobServiceClient::with_interceptor(channel, bearer)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Self { inner })
+    }
+
+    /// Submits a job.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] naming the field the coordinator refused.
+    pub async fn submit(&mut self, spec: &JobSpec) -> Result<pb::Job, ClientError> {
+        let r = self
+            .inner
+            .submit_job(pb::SubmitJobRequest {
+                spec: Some(spec_to_pb(spec)),
+            })
+            .await?;
+        r.into_inner()
+            .job
+            .ok_or_else(|| ClientError::Local("empty answer".into()))
+    }
+
+    /// One job.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] for an unknown job.
+    pub async fn get(&mut self, id: &str) -> Result<pb::Job, ClientError> {
+        let r = self
+            .inner
+            .get_job(pb::GetJobRequest { job_id: id.into() })
+            .await?;
+        r.into_inner()
+            .job
+            .ok_or_else(|| ClientError::Local("empty answer".into()))
+    }
+
+    /// Every job.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn list(&mut self) -> Result<Vec<pb::Job>, ClientError> {
+        Ok(self
+            .inner
+            .list_jobs(pb::ListJobsRequest {})
+            .await?
+            .into_inner()
+            .jobs)
+    }
+
+    /// Cancels a job.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn cancel(&mut self, id: &str) -> Result<pb::Job, ClientError> {
+        let r = self
+            .inner
+            .cancel_job(pb::CancelJobRequest { job_id: id.into() })
+            .await?;
+        r.into_inner()
+            .job
+            .ok_or_else(|| ClientError::Local("empty answer".into()))
+    }
+
+    /// The job's event stream.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn watch(&mut self, id: &str) -> Result<tonic::Streaming<pb::JobEvent>, ClientError> {
+        Ok(self
+            .inner
+            .watch_job(pb::WatchJobRequest { job_id: id.into() })
+            .await?
+            .into_inner())
+    }
+
+    /// The job's checkpoints.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn checkpoints(&mut self, id: &str) -> Result<Vec<pb::CheckpointInfo>, ClientError> {
+        Ok(self
+            .inner
+            .list_checkpoints(pb::ListCheckpointsRequest { job_id: id.into() })
+            .await?
+            .into_inner()
+            .checkpoints)
+    }
+
+    /// The weights of a checkpoint (the latest without `step`), as safetensors bytes.
+    ///
+    /// # Errors
+    /// [`ClientError`] when there is no such checkpoint or the stream is inconsistent.
+    pub async fn export(
+        &mut self,
+        id: &str,
+        step: Option<u64>,
+    ) -> Result<(u64, Vec<u8>), ClientError> {
+        let mut s = self
+            .inner
+            .export_model(pb::ExportModelRequest {
+                job_id: id.into(),
+                step,
+            })
+            .await?
+            .into_inner();
+        let mut bytes = Vec::new();
+        let mut total = None;
+        let mut at_step = 0;
+        while let Some(m) = s.message().await? {
+            if m.offset != bytes.len() as u64 {
+                return Err(ClientError::Local(format!(
+                    "export stream jumped to byte {} at {}",
+                    m.offset,
+                    bytes.len()
+                )));
+            }
+            total = Some(m.total_bytes);
+            at_step = m.step;
+            bytes.extend_from_slice(&m.data);
+        }
+        if total != Some(bytes.len() as u64) {
+            return Err(ClientError::Local(format!(
+                "export ended after {} of {:?} bytes",
+                bytes.len(),
+                total
+            )));
+        }
+        Ok((at_step, bytes))
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

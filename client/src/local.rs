@@ -1,0 +1,153 @@
+//! `graft local` and `graft demo`: a coordinator and N workers as child processes of this
+//! binary, on free loopback ports, with their logs in the run's directory.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A coordinator and its workers, killed when dropped.
+pub struct LocalCluster {
+    /// The coordinator's URL.
+    pub url: String,
+    /// Where the store, checkpoints and logs live.
+    pub state_dir: PathBuf,
+    children: Vec<(String, Child)>,
+}
+
+/// Options for a local cluster.
+pub struct LocalOptions<'a> {
+    /// Workers to start.
+    pub workers: usize,
+    /// Their device.
+    pub device: &'a str,
+    /// The run's directory.
+    pub state_dir: &'a Path,
+    /// Heartbeat timeout of the coordinator.
+    pub heartbeat_timeout_ms: u64,
+}
+
+fn log_file(dir: &Path, name: &str) -> anyhow::Result<File> {
+    let p = dir.join(format!("{name}.log"));
+    File::create(&p).with_context(|| format!("creating {}", p.display()))
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
+}
+
+impl LocalCluster {
+    /// Starts the processes and waits until the coordinator serves.
+    ///
+    /// # Errors
+    /// When a process cannot start or the coordinator does not come up (its log's tail is
+    /// in the message).
+    pub fn start(opts: &LocalOptions<'_>) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locating the graft binary")?;
+        let logs = opts.state_dir.join("logs");
+        std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+        let ready = opts.state_dir.join("coordinator.addr");
+        let _ = std::fs::remove_file(&ready);
+        let coordinator = Command::new(&exe)
+            .arg("coordinator")
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--heartbeat-timeout-ms",
+                &opts.heartbeat_timeout_ms.to_string(),
+            ])
+            .arg("--state-dir")
+            .arg(opts.state_dir)
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file(&logs, "coordinator")?)
+            .spawn()
+            .context("starting the coordinator")?;
+        let mut cluster = LocalCluster {
+            url: String::new(),
+            state_dir: opts.state_dir.to_path_buf(),
+            children: vec![("coordinator".into(), coordinator)],
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            if let Ok(a) = std::fs::read_to_string(&ready)
+                && !a.is_empty()
+            {
+                break a;
+            }
+            if let Some((_, c)) = cluster.children.first_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                bail!(
+                    "the coordinator exited ({status}) before serving:\n{}",
+                    tail(&logs.join("coordinator.log"))
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the coordinator did not start within 30s:\n{}",
+                    tail(&logs.join("coordinator.log"))
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        cluster.url = format!("http://{addr}");
+        for i in 0..opts.workers {
+            let name = format!("worker-{i}");
+            let child = Command::new(&exe)
+                .args([
+                    "worker",
+                    "--coordinator",
+                    &cluster.url,
+                    "--name",
+                    &name,
+                    "--device",
+                    opts.device,
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log_file(&logs, &name)?)
+                .spawn()
+                .with_context(|| format!("starting {name}"))?;
+            cluster.children.push((name, child));
+        }
+        Ok(cluster)
+    }
+
+    /// Names of processes that have exited (a worker that failed to start, say), with their
+    /// log tails.
+    pub fn exited(&mut self) -> Vec<String> {
+        let logs = self.state_dir.join("logs");
+        self.children
+            .iter_mut()
+            .filter_map(|(name, c)| match c.try_wait() {
+                Ok(Some(status)) => Some(format!(
+                    "{name} exited ({status}):\n{}",
+                    tail(&logs.join(format!("{name}.log")))
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        // Workers first, so none reports the coordinator gone.
+        for (_, c) in self.children.iter_mut().rev() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A fresh run directory under `graft-runs/`.
+pub fn run_dir(kind: &str) -> PathBuf {
+    PathBuf::from("graft-runs").join(format!("{kind}-{}", graft_coordinator::job::now_ms()))
+}

@@ -1,0 +1,348 @@
+//! `graft`: submit and follow jobs, run a local cluster, or run the demo. The same binary
+//! also runs a coordinator (`graft coordinator`) or a worker (`graft worker`), so that
+//! `graft local` and `graft demo` need nothing but this one file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use graft_client::local::{LocalCluster, LocalOptions, run_dir};
+use graft_client::watch::{Outcome, follow};
+use graft_client::{Client, jobfile, summary};
+use graft_coordinator::logging::{self, LogFormat};
+use graft_coordinator::wire::state_name;
+use graft_proto::v1 as pb;
+use graft_transfer::JobSpec;
+
+#[derive(Parser)]
+#[command(
+    name = "graft",
+    version,
+    about = "graft: distributed data-parallel transfer learning"
+)]
+struct Cli {
+    /// The coordinator's URL.
+    #[arg(
+        long,
+        global = true,
+        env = "GRAFT_COORDINATOR_URL",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    coordinator: String,
+    /// API token (sent as `authorization: Bearer`).
+    #[arg(long, global = true, env = "GRAFT_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Log format of the client.
+    #[arg(long, global = true, default_value = "plain")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Submit a job file.
+    Submit {
+        /// The job file (TOML).
+        file: PathBuf,
+        /// Follow the job to its end.
+        #[arg(long)]
+        watch: bool,
+        /// Print one JSON object as the last line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the jobs.
+    List {
+        /// One JSON object per job.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job.
+    Status {
+        /// The job's id.
+        id: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a job to its end.
+    Watch {
+        /// The job's id.
+        id: String,
+        /// Print one JSON object as the last line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job.
+    Cancel {
+        /// The job's id.
+        id: String,
+    },
+    /// List a job's checkpoints.
+    Checkpoints {
+        /// The job's id.
+        id: String,
+        /// One JSON object per checkpoint.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a checkpoint's weights as safetensors.
+    Export {
+        /// The job's id.
+        id: String,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// The checkpoint's step (default: the latest).
+        #[arg(long)]
+        step: Option<u64>,
+    },
+    /// Run a job file on a coordinator and workers started here, on loopback.
+    Local {
+        /// The job file (TOML).
+        file: PathBuf,
+        /// Workers to start; the job's workers.min and workers.max are set to it.
+        #[arg(long, default_value_t = 2)]
+        workers: u32,
+        /// Device of the workers: cpu, libtorch-cpu, cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Directory for the store, checkpoints and logs (default: graft-runs/local-<time>).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Print one JSON object as the last line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the built-in demonstration (two-moons, source-only vs fine-tuning).
+    Demo {
+        /// Workers to start.
+        #[arg(long, default_value_t = 2)]
+        workers: u32,
+        /// Directory for the store, checkpoints and logs (default: graft-runs/demo-<time>).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// One JSON object per job.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a coordinator (as `graft-coordinator`).
+    #[command(hide = true)]
+    Coordinator(graft_coordinator::CoordinatorArgs),
+    /// Run a worker (as `graft-worker`).
+    #[command(hide = true)]
+    Worker(graft_worker::WorkerArgs),
+}
+
+fn state_of(job: &pb::Job) -> pb::JobState {
+    pb::JobState::try_from(job.state).unwrap_or_default()
+}
+
+fn finish(o: &Outcome, json: bool) -> bool {
+    if json {
+        println!("{}", summary::json_line(&o.job, o.seconds));
+    } else {
+        print!("{}", summary::human(o));
+    }
+    state_of(&o.job) == pb::JobState::Completed
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<Client> {
+    Ok(Client::connect(&cli.coordinator, cli.token.as_deref()).await?)
+}
+
+/// Submits `spec` to a fresh local cluster and follows it.
+async fn run_local(
+    specs: Vec<JobSpec>,
+    workers: u32,
+    device: &str,
+    state_dir: PathBuf,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let mut cluster = LocalCluster::start(&LocalOptions {
+        workers: workers as usize,
+        device,
+        state_dir: &state_dir,
+        heartbeat_timeout_ms: 5_000,
+    })?;
+    let mut client = Client::connect(&cluster.url, None).await?;
+    let mut all_ok = true;
+    for mut spec in specs {
+        spec.workers.min = workers;
+        spec.workers.max = workers;
+        let job = client.submit(&spec).await?;
+        if !json {
+            eprintln!(
+                "submitted {} ({}) to a local cluster of {workers} worker(s) at {}; logs in {}",
+                job.id,
+                spec.name,
+                cluster.url,
+                cluster.state_dir.join("logs").display()
+            );
+        }
+        let watcher = follow(&mut client, &job.id, !json);
+        tokio::pin!(watcher);
+        let outcome = loop {
+            tokio::select! {
+                o = &mut watcher => break o?,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+                    let gone = cluster.exited();
+                    if !gone.is_empty() {
+                        anyhow::bail!("a local process stopped:\n{}", gone.join("\n"));
+                    }
+                }
+            }
+        };
+        all_ok &= finish(&outcome, json);
+    }
+    drop(cluster);
+    Ok(all_ok)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    match &cli.command {
+        Cmd::Coordinator(args) => graft_coordinator::main_with(args.clone())
+            .await
+            .map(|_| true),
+        Cmd::Worker(args) => graft_worker::main_with(args.clone()).await.map(|_| true),
+        Cmd::Submit { file, watch, json } => {
+            let spec = jobfile::read(file)?;
+            let mut c = connect(&cli).await?;
+            let job = c.submit(&spec).await?;
+            if !watch {
+                if *json {
+                    println!("{}", summary::json_line(&job, 0.0));
+                } else {
+                    println!("{}", job.id);
+                }
+                return Ok(true);
+            }
+            let o = follow(&mut c, &job.id, !json).await?;
+            Ok(finish(&o, *json))
+        }
+        Cmd::List { json } => {
+            let mut c = connect(&cli).await?;
+            let jobs = c.list().await?;
+            if *json {
+                for j in &jobs {
+                    println!("{}", summary::json_line(j, 0.0));
+                }
+            } else {
+                println!(
+                    "{:<10} {:<14} {:<22} {:<12} {:>12} {:>7}  reason",
+                    "ID", "STATE", "NAME", "METHOD", "STEP", "WORKERS"
+                );
+                for j in &jobs {
+                    let name = j.spec.as_ref().map_or("", |s| s.name.as_str());
+                    println!(
+                        "{:<10} {:<14} {:<22} {:<12} {:>12} {:>7}  {}",
+                        j.id,
+                        state_name(state_of(j)),
+                        name,
+                        j.method,
+                        format!("{}/{}", j.step, j.total_steps),
+                        j.workers,
+                        j.reason
+                    );
+                }
+            }
+            Ok(true)
+        }
+        Cmd::Status { id, json } => {
+            let mut c = connect(&cli).await?;
+            let job = c.get(id).await?;
+            let o = Outcome {
+                job,
+                last_evaluation: None,
+                seconds: 0.0,
+            };
+            if *json {
+                let secs = if o.job.finished_unix_ms > 0 {
+                    (o.job.finished_unix_ms.saturating_sub(o.job.started_unix_ms)) as f64 / 1000.0
+                } else {
+                    0.0
+                };
+                println!("{}", summary::json_line(&o.job, secs));
+            } else {
+                print!("{}", summary::human(&o));
+            }
+            Ok(state_of(&o.job) != pb::JobState::Failed)
+        }
+        Cmd::Watch { id, json } => {
+            let mut c = connect(&cli).await?;
+            let o = follow(&mut c, id, !json).await?;
+            Ok(finish(&o, *json))
+        }
+        Cmd::Cancel { id } => {
+            let mut c = connect(&cli).await?;
+            let job = c.cancel(id).await?;
+            println!("{} {}", job.id, state_name(state_of(&job)));
+            Ok(true)
+        }
+        Cmd::Checkpoints { id, json } => {
+            let mut c = connect(&cli).await?;
+            for ck in c.checkpoints(id).await? {
+                if *json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"step": ck.step, "path": ck.path, "manifest": ck.manifest, "sha256": ck.sha256, "metrics": ck.metrics.iter().collect::<std::collections::BTreeMap<_, _>>()})
+                    );
+                } else {
+                    println!(
+                        "{:>8}  {}  sha256:{}",
+                        ck.step,
+                        ck.path,
+                        &ck.sha256[..ck.sha256.len().min(16)]
+                    );
+                }
+            }
+            Ok(true)
+        }
+        Cmd::Export { id, out, step } => {
+            let mut c = connect(&cli).await?;
+            let (at, bytes) = c.export(id, *step).await?;
+            std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {} ({} bytes, step {at})", out.display(), bytes.len());
+            Ok(true)
+        }
+        Cmd::Local {
+            file,
+            workers,
+            device,
+            state_dir,
+            json,
+        } => {
+            let spec = jobfile::read(file)?;
+            let dir = state_dir.clone().unwrap_or_else(|| run_dir("local"));
+            run_local(vec![spec], *workers, device, dir, *json).await
+        }
+        Cmd::Demo {
+            workers,
+            state_dir,
+            json,
+        } => {
+            let specs = graft_client::demo::jobs(*workers).map_err(anyhow::Error::msg)?;
+            let dir = state_dir.clone().unwrap_or_else(|| run_dir("demo"));
+            run_local(specs, *workers, "cpu", dir, *json).await
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Cmd::Coordinator(_) | Cmd::Worker(_)) {
+        logging::init(cli.log_format, "warn");
+    }
+    match run(cli).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            eprintln!("graft: {}", msg.trim());
+            ExitCode::from(2)
+        }
+    }
+}

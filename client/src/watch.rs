@@ -1,0 +1,114 @@
+//! Following a job: a progress bar with step/s, loss and the last evaluation, then the
+//! final record.
+
+use std::time::Instant;
+
+use graft_coordinator::wire::{is_terminal, state_name};
+use graft_proto::v1 as pb;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::api::{Client, ClientError};
+
+/// What watching a job ends with.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The job's final record.
+    pub job: pb::Job,
+    /// The last evaluation, with per-class results.
+    pub last_evaluation: Option<pb::Evaluation>,
+    /// Wall time of the watch.
+    pub seconds: f64,
+}
+
+/// Follows job `id` to its end, drawing a progress bar on stderr when `show` is set (and
+/// stderr is a terminal).
+///
+/// # Errors
+/// [`ClientError`] when the stream breaks (the coordinator went away).
+pub async fn follow(client: &mut Client, id: &str, show: bool) -> Result<Outcome, ClientError> {
+    let started = Instant::now();
+    let mut stream = client.watch(id).await?;
+    let bar = ProgressBar::with_draw_target(
+        Some(0),
+        if show {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(id.to_string());
+    let mut last_eval: Option<pb::Evaluation> = None;
+    let mut last_job: Option<pb::Job> = None;
+    let mut loss = f64::NAN;
+    while let Some(ev) = stream.message().await? {
+        match ev.event {
+            Some(pb::job_event::Event::Snapshot(j)) => {
+                bar.set_length(j.total_steps);
+                bar.set_position(j.step);
+                bar.set_message(
+                    state_name(pb::JobState::try_from(j.state).unwrap_or_default()).to_string(),
+                );
+                last_job = Some(j);
+            }
+            Some(pb::job_event::Event::Progress(p)) => {
+                bar.set_length(p.total_steps);
+                bar.set_position(p.step);
+                loss = p.loss;
+                bar.set_message(message(loss, p.samples_per_s, last_eval.as_ref()));
+            }
+            Some(pb::job_event::Event::Evaluation(e)) => {
+                last_eval = Some(e);
+                bar.set_message(message(loss, 0.0, last_eval.as_ref()));
+            }
+            Some(pb::job_event::Event::Checkpoint(_)) => {}
+            Some(pb::job_event::Event::Finished(j)) => {
+                bar.finish_and_clear();
+                return Ok(Outcome {
+                    job: j,
+                    last_evaluation: last_eval,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+            }
+            None => {}
+        }
+    }
+    bar.finish_and_clear();
+    // The stream ended without a final event: ask once more.
+    let job = client.get(id).await?;
+    if is_terminal(pb::JobState::try_from(job.state).unwrap_or_default()) {
+        return Ok(Outcome {
+            job,
+            last_evaluation: last_eval,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    let _ = last_job;
+    Err(ClientError::Local(format!(
+        "lost the event stream of job {id} while it was {}",
+        state_name(pb::JobState::try_from(job.state).unwrap_or_default())
+    )))
+}
+
+fn message(loss: f64, samples_per_s: f64, eval: Option<&pb::Evaluation>) -> String {
+    let mut m = format!("loss {loss:.4}");
+    if samples_per_s > 0.0 {
+        m.push_str(&format!(" {samples_per_s:.0} samples/s"));
+    }
+    if let Some(e) = eval {
+        let mut keys: Vec<&String> = e
+            .metrics
+            .keys()
+            .filter(|k| k.ends_with("_accuracy") && !k.contains('.'))
+            .collect();
+        keys.sort();
+        for k in keys {
+            m.push_str(&format!(" {k} {:.4}", e.metrics[k]));
+        }
+    }
+    m
+}

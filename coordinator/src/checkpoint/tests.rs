@@ -1,0 +1,79 @@
+use super::*;
+use graft_transfer::spec::ModelSpec;
+
+fn spec() -> JobSpec {
+    toml::from_str(
+        r#"
+name = "t"
+[model]
+kind = "mlp"
+hidden = [4]
+[method]
+kind = "supervised"
+[[datasets]]
+name = "moons"
+role = "source"
+[[datasets]]
+name = "moons"
+split = "test"
+role = "eval"
+[optimizer]
+kind = "sgd"
+lr = 0.1
+[training]
+global_batch_size = 8
+steps = 3
+"#,
+    )
+    .expect("parses")
+}
+
+#[test]
+fn write_load_prune_and_detect_damage() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = CheckpointDir::new(tmp.path().join("ckpt"));
+    let arch = Architecture::new(&ModelSpec::Mlp { hidden: vec![4] }, &[2], 2).expect("valid");
+    let spec = spec();
+    for step in 1..=4u64 {
+        let params = arch.init(step);
+        let state = vec![step as f32; 3];
+        let rec = dir
+            .write(
+                &Snapshot {
+                    job: "job-1",
+                    spec: &spec,
+                    arch: &arch,
+                    step,
+                    stage: 0,
+                    params: &params,
+                    optimizer_state: &state,
+                    optimizer_steps: step,
+                    metrics: BTreeMap::new(),
+                },
+                2,
+            )
+            .expect("writes");
+        assert!(Path::new(&rec.path).exists());
+    }
+    assert_eq!(dir.steps(), vec![3, 4], "only the newest two are kept");
+    let loaded = dir.load(4, &arch).expect("loads");
+    assert_eq!(loaded.params, arch.init(4));
+    assert_eq!(loaded.optimizer_state, vec![4.0; 3]);
+    // Damage the newest weights: load refuses it, latest_valid falls back to step 3.
+    let model = tmp.path().join("ckpt/model-00000004.safetensors");
+    let mut bytes = fs::read(&model).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&model, bytes).expect("write");
+    let err = dir.load(4, &arch).expect_err("damaged");
+    assert!(err.to_string().contains("checksum"), "{err}");
+    assert_eq!(
+        dir.latest_valid(&arch).expect("one is valid").manifest.step,
+        3
+    );
+    assert!(
+        !tmp.path()
+            .join("ckpt/.model-00000003.safetensors.tmp")
+            .exists()
+    );
+}

@@ -1,0 +1,185 @@
+//! The coordinator's configuration: a TOML file, then `GRAFT_COORDINATOR_*` environment
+//! variables, then flags. Unknown keys are errors.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::JobId;
+use crate::logging::LogFormat;
+
+/// Everything the coordinator reads at start-up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinatorConfig {
+    /// Address to serve on (`127.0.0.1:0` picks a free port).
+    pub listen: String,
+    /// Where the job store and checkpoints live.
+    pub state_dir: PathBuf,
+    /// Where the datasets are (overridden by `GRAFT_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// A worker silent this long is dead and fails its job.
+    pub heartbeat_timeout_ms: u64,
+    /// How often workers send heartbeats.
+    pub heartbeat_interval_ms: u64,
+    /// How long a job that could start with fewer than `workers.max` waits for more.
+    pub gather_window_ms: u64,
+    /// Bearer token clients must send (none: no check).
+    pub api_token: Option<String>,
+    /// Bearer token workers must send (none: no check).
+    pub cluster_token: Option<String>,
+    /// After binding, write the address here (for tools that start the coordinator on port 0).
+    pub ready_file: Option<PathBuf>,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:7070".into(),
+            state_dir: PathBuf::from("graft-state"),
+            data_dir: PathBuf::from("../shared/data"),
+            heartbeat_timeout_ms: 5_000,
+            heartbeat_interval_ms: 500,
+            gather_window_ms: 1_000,
+            api_token: None,
+            cluster_token: None,
+            ready_file: None,
+            log_format: LogFormat::Plain,
+        }
+    }
+}
+
+/// The coordinator's flags.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CoordinatorArgs {
+    /// TOML configuration file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to serve on.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Directory for the job store and checkpoints.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Directory of the datasets.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Heartbeat timeout in milliseconds.
+    #[arg(long)]
+    pub heartbeat_timeout_ms: Option<u64>,
+    /// Write the bound address to this file once serving.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+    /// `plain` or `json`.
+    #[arg(long)]
+    pub log_format: Option<LogFormat>,
+    /// Check the configuration, print it and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Reads `file` (if any), then environment variables `<prefix>_<KEY>`, into `T`.
+///
+/// # Errors
+/// [`ConfigError`] naming the file or key that is wrong.
+pub fn layered<T: serde::de::DeserializeOwned + Serialize + Default>(
+    file: Option<&Path>,
+    prefix: &str,
+) -> Result<T, ConfigError> {
+    let defaults =
+        config::Config::try_from(&T::default()).map_err(|e| ConfigError(e.to_string()))?;
+    let mut b = config::Config::builder().add_source(defaults);
+    if let Some(f) = file {
+        if !f.exists() {
+            return Err(ConfigError(format!("{}: no such file", f.display())));
+        }
+        b = b.add_source(config::File::from(f).format(config::FileFormat::Toml));
+    }
+    b = b.add_source(
+        config::Environment::with_prefix(prefix)
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true),
+    );
+    let c = b.build().map_err(|e| ConfigError(e.to_string()))?;
+    c.try_deserialize().map_err(|e| ConfigError(e.to_string()))
+}
+
+impl CoordinatorConfig {
+    /// File, then `GRAFT_COORDINATOR_*`, then flags.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming what is wrong.
+    pub fn load(args: &CoordinatorArgs) -> Result<Self, ConfigError> {
+        let mut c: CoordinatorConfig = layered(args.config.as_deref(), "GRAFT_COORDINATOR")?;
+        if let Some(v) = &args.listen {
+            c.listen = v.clone();
+        }
+        if let Some(v) = &args.state_dir {
+            c.state_dir = v.clone();
+        }
+        if let Some(v) = &args.data_dir {
+            c.data_dir = v.clone();
+        }
+        if let Some(v) = args.heartbeat_timeout_ms {
+            c.heartbeat_timeout_ms = v;
+        }
+        if let Some(v) = &args.ready_file {
+            c.ready_file = Some(v.clone());
+        }
+        if let Some(v) = args.log_format {
+            c.log_format = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks value ranges.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError(format!(
+                "listen: {:?} is not an address like 0.0.0.0:7070",
+                self.listen
+            )));
+        }
+        if self.heartbeat_interval_ms == 0 {
+            return Err(ConfigError("heartbeat_interval_ms: must be > 0".into()));
+        }
+        if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
+            return Err(ConfigError(
+                "heartbeat_timeout_ms: must be > heartbeat_interval_ms".into(),
+            ));
+        }
+        for (k, v) in [
+            ("api_token", &self.api_token),
+            ("cluster_token", &self.cluster_token),
+        ] {
+            if v.as_deref().is_some_and(str::is_empty) {
+                return Err(ConfigError(format!(
+                    "{k}: must not be empty (leave it unset for no check)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the datasets are: `GRAFT_DATA_DIR` wins over `data_dir`.
+    pub fn datasets_dir(&self) -> PathBuf {
+        crate::jobdata::data_dir(&self.data_dir)
+    }
+
+    /// A job's directory under the state directory.
+    pub fn job_dir(&self, job: &JobId) -> PathBuf {
+        self.state_dir.join("jobs").join(&job.0)
+    }
+}

@@ -1,0 +1,72 @@
+//! The coordinator's errors, and their mapping to gRPC status codes.
+
+use tonic::Status;
+
+use crate::store::StoreError;
+
+/// What can go wrong in the coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// A job spec field cannot be used.
+    #[error("{field}: {reason}")]
+    InvalidSpec {
+        /// Dotted field path.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No such job.
+    #[error("no job {0}")]
+    UnknownJob(String),
+    /// No such worker (or it timed out).
+    #[error("unknown worker {0}: register again")]
+    UnknownWorker(String),
+    /// A request that does not fit the job's current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The job stopped while the request waited.
+    #[error("job {job} is {state}: {reason}")]
+    JobStopped {
+        /// The job.
+        job: String,
+        /// Its state.
+        state: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A peer sent something malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// File I/O failed (checkpoints).
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Anything else internal.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<CoordinatorError> for Status {
+    fn from(e: CoordinatorError) -> Self {
+        let msg = e.to_string();
+        match e {
+            CoordinatorError::InvalidSpec { .. } | CoordinatorError::BadRequest(_) => {
+                Status::invalid_argument(msg)
+            }
+            CoordinatorError::UnknownJob(_) => Status::not_found(msg),
+            CoordinatorError::UnknownWorker(_) => Status::unauthenticated(msg),
+            CoordinatorError::Conflict(_) => Status::failed_precondition(msg),
+            CoordinatorError::JobStopped { .. } => Status::aborted(msg),
+            CoordinatorError::Store(_)
+            | CoordinatorError::Io { .. }
+            | CoordinatorError::Internal(_) => Status::internal(msg),
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! The star all-reduce: one round per step, the gradient sum taken in rank order.
+//!
+//! Every worker streams its flattened gradient to the coordinator; when all `W` ranks of the
+//! group have contributed, the round sums them in rank order (so the result is the same from
+//! run to run for a given `W`), divides by the global sample count and wakes every waiting
+//! handler, which streams the mean back.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+/// The sums a worker reports with its gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Stats {
+    /// Sum of per-sample losses.
+    pub loss_sum: f64,
+    /// Samples.
+    pub samples: u64,
+    /// Correct predictions.
+    pub correct: u64,
+}
+
+impl Stats {
+    fn add(&mut self, o: &Stats) {
+        self.loss_sum += o.loss_sum;
+        self.samples += o.samples;
+        self.correct += o.correct;
+    }
+}
+
+/// The result of a round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reduced {
+    /// Mean gradient over the global batch.
+    pub grad: Vec<f32>,
+    /// Sums over the group.
+    pub stats: Stats,
+}
+
+/// Where a round is.
+#[derive(Debug, Clone)]
+pub enum RoundStatus {
+    /// Waiting for contributions.
+    Waiting,
+    /// Every rank contributed.
+    Done(Arc<Reduced>),
+    /// The job stopped; the reason.
+    Failed(String),
+}
+
+/// Sums contributions in rank order and divides by the global sample count.
+pub fn reduce_in_rank_order(parts: &[(Vec<f32>, Stats)]) -> Reduced {
+    let len = parts.first().map_or(0, |(g, _)| g.len());
+    let mut sum = vec![0.0f32; len];
+    let mut stats = Stats::default();
+    for (g, s) in parts {
+        for (acc, v) in sum.iter_mut().zip(g) {
+            *acc += *v;
+        }
+        stats.add(s);
+    }
+    if stats.samples > 0 {
+        let inv = 1.0 / stats.samples as f32;
+        for v in &mut sum {
+            *v *= inv;
+        }
+    }
+    Reduced { grad: sum, stats }
+}
+
+/// One step's reduction.
+#[derive(Debug)]
+pub struct Round {
+    /// Elements of the flattened gradient.
+    pub len: usize,
+    parts: Mutex<Vec<Option<(Vec<f32>, Stats)>>>,
+    /// Sent by whoever completes or fails the round; every handler of the step waits on a
+    /// receiver. Never closed while the round is referenced.
+    status: watch::Sender<RoundStatus>,
+}
+
+impl Round {
+    /// A round for `world` ranks and gradients of `len` elements.
+    pub fn new(world: usize, len: usize) -> Self {
+        Self {
+            len,
+            parts: Mutex::new(vec![None; world]),
+            status: watch::channel(RoundStatus::Waiting).0,
+        }
+    }
+
+    /// A receiver of the round's status.
+    pub fn subscribe(&self) -> watch::Receiver<RoundStatus> {
+        self.status.subscribe()
+    }
+
+    /// Adds rank `rank`'s contribution; returns the result if it was the last one.
+    ///
+    /// # Errors
+    /// A message when the rank is out of range, already contributed, the length is wrong or
+    /// the round has failed.
+    pub fn deposit(
+        &self,
+        rank: usize,
+        grad: Vec<f32>,
+        stats: Stats,
+    ) -> Result<Option<Arc<Reduced>>, String> {
+        if grad.len() != self.len {
+            return Err(format!(
+                "gradient has {} elements, expected {}",
+                grad.len(),
+                self.len
+            ));
+        }
+        if let RoundStatus::Failed(r) = &*self.status.borrow() {
+            return Err(r.clone());
+        }
+        let mut parts = self
+            .parts
+            .lock()
+            .map_err(|_| "round lock poisoned".to_string())?;
+        let world = parts.len();
+        let slot = parts
+            .get_mut(rank)
+            .ok_or_else(|| format!("rank {rank} is not in a group of {world}"))?;
+        if slot.is_some() {
+            return Err(format!(
+                "rank {rank} already sent its gradient for this step"
+            ));
+        }
+        *slot = Some((grad, stats));
+        if parts.iter().all(Option::is_some) {
+            let all: Vec<(Vec<f32>, Stats)> = parts.iter_mut().filter_map(Option::take).collect();
+            let reduced = Arc::new(reduce_in_rank_order(&all));
+            self.status.send_replace(RoundStatus::Done(reduced.clone()));
+            return Ok(Some(reduced));
+        }
+        Ok(None)
+    }
+
+    /// Fails the round: every waiter wakes with `reason`.
+    pub fn fail(&self, reason: &str) {
+        if !matches!(*self.status.borrow(), RoundStatus::Done(_)) {
+            self.status
+                .send_replace(RoundStatus::Failed(reason.to_string()));
+        }
+    }
+}
+
+/// Waits until the round is done or failed.
+///
+/// # Errors
+/// The failure reason.
+pub async fn wait(mut rx: watch::Receiver<RoundStatus>) -> Result<Arc<Reduced>, String> {
+    loop {
+        match &*rx.borrow_and_update() {
+            RoundStatus::Done(r) => return Ok(r.clone()),
+            RoundStatus::Failed(reason) => return Err(reason.clone()),
+            RoundStatus::Waiting => {}
+        }
+        if rx.changed().await.is_err() {
+            return Err("round abandoned".into());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_over_global_samples_in_rank_order() {
+        let r = reduce_in_rank_order(&[
+            (
+                vec![2.0, 4.0],
+                Stats {
+                    loss_sum: 1.0,
+                    samples: 1,
+                    correct: 1,
+                },
+            ),
+            (
+                vec![6.0, 8.0],
+                Stats {
+                    loss_sum: 3.0,
+                    samples: 3,
+                    correct: 0,
+                },
+            ),
+        ]);
+        assert_eq!(r.grad, vec![2.0, 3.0]);
+        assert_eq!(r.stats.samples, 4);
+        assert_eq!(r.stats.loss_sum, 4.0);
+    }
+
+    #[tokio::test]
+    async fn round_completes_once_every_rank_contributed() {
+        let round = Arc::new(Round::new(2, 1));
+        let rx = round.subscribe();
+        let waiter = tokio::spawn(wait(rx));
+        assert!(
+            round
+                .deposit(
+                    1,
+                    vec![3.0],
+                    Stats {
+                        samples: 1,
+                        ..Stats::default()
+                    }
+                )
+                .expect("ok")
+                .is_none()
+        );
+        assert!(
+            round.deposit(1, vec![3.0], Stats::default()).is_err(),
+            "twice from one rank"
+        );
+        assert!(
+            round.deposit(0, vec![1.0, 2.0], Stats::default()).is_err(),
+            "wrong length"
+        );
+        assert!(
+            round.deposit(2, vec![1.0], Stats::default()).is_err(),
+            "rank out of range"
+        );
+        let done = round
+            .deposit(
+                0,
+                vec![1.0],
+                Stats {
+                    samples: 1,
+                    ..Stats::default()
+                },
+            )
+            .expect("ok")
+            .expect("complete");
+        assert_eq!(done.grad, vec![2.0]);
+        assert_eq!(waiter.await.expect("joins").expect("done").grad, vec![2.0]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_round_wakes_its_waiters() {
+        let round = Round::new(2, 1);
+        let rx = round.subscribe();
+        round.fail("worker w-1 died");
+        assert_eq!(wait(rx).await.expect_err("failed"), "worker w-1 died");
+        assert!(round.deposit(0, vec![1.0], Stats::default()).is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! Serving: binds the address, wires the services, runs the monitor, shuts down on a signal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use graft_proto::MAX_MESSAGE_BYTES;
+use graft_proto::v1::cluster_service_server::ClusterServiceServer;
+use graft_proto::v1::job_service_server::JobServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::TokenCheck;
+use crate::config::CoordinatorConfig;
+use crate::core::Coordinator;
+use crate::error::CoordinatorError;
+use crate::service::cluster::ClusterApi;
+use crate::service::jobs::JobApi;
+use crate::store::Store;
+
+/// How often the monitor looks for dead workers and startable jobs.
+const TICK: Duration = Duration::from_millis(200);
+
+/// A coordinator bound to its address.
+pub struct Server {
+    /// The address it serves on (the real port when configured with port 0).
+    pub addr: SocketAddr,
+    listener: TcpListener,
+    coord: Arc<Coordinator>,
+}
+
+impl Server {
+    /// Opens the store, resumes its jobs and binds the listen address.
+    ///
+    /// # Errors
+    /// [`CoordinatorError`] when the state directory, the store or the address cannot be used.
+    pub async fn bind(config: CoordinatorConfig) -> Result<Self, CoordinatorError> {
+        std::fs::create_dir_all(&config.state_dir).map_err(|source| CoordinatorError::Io {
+            path: config.state_dir.display().to_string(),
+            source,
+        })?;
+        let store = Store::open(&config.state_dir.join("graft.redb"))?;
+        let listener =
+            TcpListener::bind(&config.listen)
+                .await
+                .map_err(|source| CoordinatorError::Io {
+                    path: config.listen.clone(),
+                    source,
+                })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| CoordinatorError::Io {
+                path: config.listen.clone(),
+                source,
+            })?;
+        let coord = Arc::new(Coordinator::new(config, store)?);
+        Ok(Self {
+            addr,
+            listener,
+            coord,
+        })
+    }
+
+    /// The coordinator behind the server.
+    pub fn coordinator(&self) -> Arc<Coordinator> {
+        self.coord.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::Internal`] when the transport fails.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), CoordinatorError> {
+        let coord = self.coord.clone();
+        let config = coord.config.clone();
+        if let Some(f) = &config.ready_file {
+            crate::checkpoint::write_atomic(f, self.addr.to_string().as_bytes())?;
+        }
+        tracing::info!(addr = %self.addr, state_dir = %config.state_dir.display(), data_dir = %config.datasets_dir().display(), "coordinator serving");
+        let monitor = {
+            let coord = coord.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(TICK);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = every.tick() => coord.tick(),
+                    }
+                }
+            })
+        };
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<JobServiceServer<JobApi>>().await;
+        health
+            .set_serving::<ClusterServiceServer<ClusterApi>>()
+            .await;
+        let jobs = JobServiceServer::new(JobApi::new(coord.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let cluster = ClusterServiceServer::new(ClusterApi::new(coord.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        // Small step messages must not wait for Nagle's algorithm (40 ms per round trip).
+        let incoming = TcpListenerStream::new(self.listener).map(|s| {
+            if let Ok(s) = &s {
+                let _ = s.set_nodelay(true);
+            }
+            s
+        });
+        let result = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                jobs,
+                TokenCheck::new(config.api_token.as_deref()),
+            ))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                cluster,
+                TokenCheck::new(config.cluster_token.as_deref()),
+            ))
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await;
+        monitor.abort();
+        result.map_err(|e| CoordinatorError::Internal(format!("transport: {e}")))
+    }
+}
+
+/// Runs a coordinator until SIGINT or SIGTERM.
+///
+/// # Errors
+/// [`CoordinatorError`] from binding or serving.
+pub async fn run(config: CoordinatorConfig) -> Result<(), CoordinatorError> {
+    let server = Server::bind(config).await?;
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        s.cancel();
+    });
+    server.serve(shutdown).await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

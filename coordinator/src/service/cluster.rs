@@ -1,0 +1,419 @@
+//! `ClusterService`: what workers call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use graft_proto::chunk::{Assembler, ChunkError, split};
+use graft_proto::v1 as pb;
+use graft_proto::v1::cluster_service_server::ClusterService;
+use graft_proto::{CHUNK_BYTES, PROTOCOL_VERSION};
+use graft_transfer::shard;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::jobs::async_stream;
+use crate::core::Coordinator;
+use crate::job::JobId;
+use crate::reduce::{self, Stats};
+use crate::upload::{Upload, process_upload};
+
+/// Longest a reduction waits for the rest of the group; the heartbeat monitor normally ends
+/// a stuck round much sooner by failing the job.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long `NextAssignment` holds a request open.
+const ASSIGNMENT_POLL: Duration = Duration::from_secs(5);
+
+/// The worker-facing service.
+pub struct ClusterApi {
+    coord: Arc<Coordinator>,
+}
+
+impl ClusterApi {
+    /// A service over `coord`.
+    pub fn new(coord: Arc<Coordinator>) -> Self {
+        Self { coord }
+    }
+}
+
+fn check_version(v: u32) -> Result<(), Status> {
+    if v != PROTOCOL_VERSION {
+        return Err(Status::failed_precondition(format!(
+            "protocol version {v} is not supported; this coordinator speaks {PROTOCOL_VERSION}"
+        )));
+    }
+    Ok(())
+}
+
+fn chunk_status(what: &str, e: ChunkError) -> Status {
+    Status::invalid_argument(format!("{what}: {e}"))
+}
+
+type BoxStream<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ClusterService for ClusterApi {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let r = req.into_inner();
+        check_version(r.protocol_version)?;
+        let id = self.coord.register(r.name, r.device)?;
+        Ok(Response::new(pb::RegisterResponse {
+            worker_id: id,
+            heartbeat_interval_ms: self.coord.config.heartbeat_interval_ms,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = req.into_inner();
+        check_version(r.protocol_version)?;
+        Ok(Response::new(
+            match self.coord.heartbeat(&r.worker_id, &r.job_id)? {
+                Some(abort_jobs) => pb::HeartbeatResponse {
+                    abort_jobs,
+                    reregister: false,
+                },
+                None => pb::HeartbeatResponse {
+                    abort_jobs: if r.job_id.is_empty() {
+                        vec![]
+                    } else {
+                        vec![r.job_id]
+                    },
+                    reregister: true,
+                },
+            },
+        ))
+    }
+
+    async fn next_assignment(
+        &self,
+        req: Request<pb::NextAssignmentRequest>,
+    ) -> Result<Response<pb::NextAssignmentResponse>, Status> {
+        let r = req.into_inner();
+        let assignment = self
+            .coord
+            .next_assignment(&r.worker_id, ASSIGNMENT_POLL)
+            .await?;
+        Ok(Response::new(pb::NextAssignmentResponse { assignment }))
+    }
+
+    type FetchShardStream = BoxStream<pb::ShardChunk>;
+
+    async fn fetch_shard(
+        &self,
+        req: Request<pb::FetchShardRequest>,
+    ) -> Result<Response<Self::FetchShardStream>, Status> {
+        let r = req.into_inner();
+        let (data, spec, rank, world, _) =
+            self.coord
+                .member_data(&r.worker_id, &r.job_id, Some(r.generation))?;
+        let stage = data
+            .stages
+            .get(r.stage as usize)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!("stage {} is not in job {}", r.stage, r.job_id))
+            })?
+            .clone();
+        let max_epoch = stage.steps.div_ceil(stage.steps_per_epoch.max(1));
+        if r.epoch >= max_epoch.max(1) {
+            return Err(Status::invalid_argument(format!(
+                "epoch {} is past the end of stage {} ({max_epoch} epochs)",
+                r.epoch, r.stage
+            )));
+        }
+        let set = data.train.get(&stage.train_role).cloned().ok_or_else(|| {
+            Status::internal(format!(
+                "job {} has no {} data",
+                r.job_id,
+                stage.train_role.as_str()
+            ))
+        })?;
+        let batch = spec.training.global_batch_size;
+        let stage_idx = r.stage;
+        let epoch = r.epoch;
+        let seed = spec.seed;
+        let stream = async_stream(move |tx| async move {
+            let chunks = tokio::task::spawn_blocking(move || {
+                let perm = shard::epoch_permutation(seed, stage_idx, epoch, set.len());
+                let indices = shard::shard_indices(&perm, batch, world as u32, rank as u32);
+                let dim = set.sample_dim();
+                let per = (CHUNK_BYTES / (4 * dim.max(1))).max(1);
+                let total = indices.len() as u64;
+                let mut out = Vec::with_capacity(indices.len() / per + 1);
+                if indices.is_empty() {
+                    out.push(pb::ShardChunk {
+                        offset: 0,
+                        total_samples: 0,
+                        sample_dim: dim as u32,
+                        features: Vec::new(),
+                        labels: Vec::new(),
+                    });
+                }
+                for (c, part) in indices.chunks(per).enumerate() {
+                    let mut features = Vec::with_capacity(part.len() * dim * 4);
+                    for &i in part {
+                        for v in set.sample(i) {
+                            features.extend_from_slice(&v.to_le_bytes());
+                        }
+                    }
+                    out.push(pb::ShardChunk {
+                        offset: (c * per) as u64,
+                        total_samples: total,
+                        sample_dim: dim as u32,
+                        features,
+                        labels: part.iter().map(|&i| set.labels[i]).collect(),
+                    });
+                }
+                out
+            })
+            .await;
+            match chunks {
+                Ok(chunks) => {
+                    for c in chunks {
+                        if tx.send(Ok(c)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(Status::internal(format!("building shard: {e}"))))
+                        .await;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    type ReduceGradientsStream = BoxStream<pb::ReduceGradientsResponse>;
+
+    async fn reduce_gradients(
+        &self,
+        req: Request<Streaming<pb::ReduceGradientsRequest>>,
+    ) -> Result<Response<Self::ReduceGradientsStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty gradient stream"))?;
+        let chunk = first
+            .chunk
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("chunk: missing"))?;
+        let (step, generation) = (chunk.step, chunk.generation);
+        let stats = first.stats.as_ref().map_or(Stats::default(), |s| Stats {
+            loss_sum: s.loss_sum,
+            samples: s.samples,
+            correct: s.correct,
+        });
+        if !stats.loss_sum.is_finite() {
+            let reason = format!(
+                "rank {} reported a non-finite loss at step {step}",
+                first.rank
+            );
+            self.coord
+                .fail(&JobId(first.job_id.clone()), reason.clone());
+            return Err(Status::invalid_argument(reason));
+        }
+        let ticket = self.coord.round(
+            &first.worker_id,
+            &first.job_id,
+            first.rank,
+            step,
+            generation,
+        )?;
+        let job_id = first.job_id.clone();
+        let mut asm = Assembler::new(step, generation, ticket.round.len as u64).reject_non_finite();
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            let c = msg
+                .chunk
+                .as_ref()
+                .ok_or_else(|| Status::invalid_argument("chunk: missing"))?;
+            if let Err(e) = asm.push(c) {
+                if let ChunkError::NonFinite { index } = e {
+                    let reason = format!(
+                        "rank {} sent a non-finite gradient at step {step} (element {index}); the step is stopped",
+                        msg.rank
+                    );
+                    self.coord.fail(&JobId(msg.job_id.clone()), reason.clone());
+                    return Err(Status::invalid_argument(reason));
+                }
+                return Err(chunk_status("gradient", e));
+            }
+            if !asm.is_complete() {
+                next = Some(
+                    inbound
+                        .message()
+                        .await?
+                        .ok_or_else(|| Status::invalid_argument("gradient stream ended early"))?,
+                );
+            }
+        }
+        let grad = asm.finish().map_err(|e| chunk_status("gradient", e))?;
+        let rx = ticket.round.subscribe();
+        match ticket.round.deposit(ticket.rank, grad, stats) {
+            Ok(Some(reduced)) => self.coord.round_done(&job_id, step, &reduced),
+            Ok(None) => {}
+            Err(reason) => return Err(Status::aborted(reason)),
+        }
+        let reduced = match tokio::time::timeout(ROUND_TIMEOUT, reduce::wait(rx)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(reason)) => return Err(Status::aborted(reason)),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "step {step}: the group did not complete the reduction in {}s",
+                    ROUND_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        let s = reduced.stats;
+        let out: Vec<Result<pb::ReduceGradientsResponse, Status>> =
+            split(&reduced.grad, step, generation, CHUNK_BYTES)
+                .into_iter()
+                .enumerate()
+                .map(|(i, chunk)| {
+                    Ok(pb::ReduceGradientsResponse {
+                        chunk: Some(chunk),
+                        stats: (i == 0).then_some(pb::StepStats {
+                            loss_sum: s.loss_sum,
+                            samples: s.samples,
+                            correct: s.correct,
+                        }),
+                    })
+                })
+                .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(out))))
+    }
+
+    async fn report_step(
+        &self,
+        req: Request<pb::ReportStepRequest>,
+    ) -> Result<Response<pb::ReportStepResponse>, Status> {
+        let r = req.into_inner();
+        self.coord
+            .fingerprint(&r.worker_id, &r.job_id, r.step, r.generation, r.fingerprint)?;
+        Ok(Response::new(pb::ReportStepResponse {}))
+    }
+
+    async fn upload_state(
+        &self,
+        req: Request<Streaming<pb::StateChunk>>,
+    ) -> Result<Response<pb::UploadStateResponse>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty state stream"))?;
+        let handle = self.coord.upload_target(&first.worker_id, &first.job_id)?;
+        let step = first.step;
+        if step == 0 || step > handle.record.total_steps {
+            return Err(Status::invalid_argument(format!(
+                "state for step {step}: job {} has {} steps",
+                first.job_id, handle.record.total_steps
+            )));
+        }
+        let n_params = handle.data.arch.num_params() as u64;
+        let mut params = Assembler::new(step, 0, n_params);
+        let mut optimizer: Option<Assembler> = None;
+        let optimizer_steps = first.optimizer_steps;
+        let mut msg = Some(first);
+        let mut finished = false;
+        while let Some(m) = msg.take() {
+            let c = m
+                .chunk
+                .as_ref()
+                .ok_or_else(|| Status::invalid_argument("chunk: missing"))?;
+            match pb::StateKind::try_from(m.kind) {
+                Ok(pb::StateKind::Params) => {
+                    params.push(c).map_err(|e| chunk_status("parameters", e))?
+                }
+                Ok(pb::StateKind::Optimizer) => {
+                    let asm = optimizer.get_or_insert_with(|| Assembler::new(step, 0, c.total_len));
+                    asm.push(c)
+                        .map_err(|e| chunk_status("optimizer state", e))?;
+                }
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "state chunk of unknown kind {}",
+                        m.kind
+                    )));
+                }
+            }
+            if m.r#final {
+                finished = true;
+                break;
+            }
+            msg = inbound.message().await?;
+        }
+        if !finished {
+            return Err(Status::invalid_argument(
+                "state stream ended without its final chunk",
+            ));
+        }
+        let params = params.finish().map_err(|e| chunk_status("parameters", e))?;
+        let optimizer_state = match optimizer {
+            Some(a) => a.finish().map_err(|e| chunk_status("optimizer state", e))?,
+            None => Vec::new(),
+        };
+        let upload = Upload {
+            step,
+            params,
+            optimizer_state,
+            optimizer_steps,
+        };
+        let coord = self.coord.clone();
+        tokio::spawn(async move { process_upload(coord, handle, upload).await });
+        Ok(Response::new(pb::UploadStateResponse {}))
+    }
+
+    type FetchStateStream = BoxStream<pb::StateChunk>;
+
+    async fn fetch_state(
+        &self,
+        req: Request<pb::FetchStateRequest>,
+    ) -> Result<Response<Self::FetchStateStream>, Status> {
+        let r = req.into_inner();
+        let (_, _, _, _, start) = self.coord.member_data(&r.worker_id, &r.job_id, None)?;
+        let start = start.ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "job {} starts from fresh weights; there is no state to fetch",
+                r.job_id
+            ))
+        })?;
+        let flat: Vec<f32> = start.params.values().iter().flatten().copied().collect();
+        let mut out = Vec::new();
+        for c in split(&flat, start.step, 0, CHUNK_BYTES) {
+            out.push(pb::StateChunk {
+                job_id: r.job_id.clone(),
+                step: start.step,
+                kind: pb::StateKind::Params as i32,
+                chunk: Some(c),
+                optimizer_steps: start.optimizer_steps,
+                ..Default::default()
+            });
+        }
+        if !start.optimizer_state.is_empty() {
+            for c in split(&start.optimizer_state, start.step, 0, CHUNK_BYTES) {
+                out.push(pb::StateChunk {
+                    job_id: r.job_id.clone(),
+                    step: start.step,
+                    kind: pb::StateKind::Optimizer as i32,
+                    chunk: Some(c),
+                    optimizer_steps: start.optimizer_steps,
+                    ..Default::default()
+                });
+            }
+        }
+        if let Some(last) = out.last_mut() {
+            last.r#final = true;
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            out.into_iter().map(Ok),
+        ))))
+    }
+}

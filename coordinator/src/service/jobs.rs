@@ -1,0 +1,210 @@
+//! `JobService`: what clients call.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use graft_proto::v1 as pb;
+use graft_proto::v1::job_service_server::JobService;
+use tokio::sync::broadcast::error::RecvError;
+use tonic::{Request, Response, Status};
+
+use crate::checkpoint::CheckpointDir;
+use crate::core::Coordinator;
+use crate::error::CoordinatorError;
+use crate::job::JobId;
+use crate::jobdata::JobData;
+use crate::wire::spec_from_pb;
+
+/// The client-facing service.
+pub struct JobApi {
+    coord: Arc<Coordinator>,
+}
+
+impl JobApi {
+    /// A service over `coord`.
+    pub fn new(coord: Arc<Coordinator>) -> Self {
+        Self { coord }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl JobService for JobApi {
+    async fn submit_job(
+        &self,
+        req: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let spec = req
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec: missing"))?;
+        let spec = spec_from_pb(&spec)?;
+        spec.validate()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let dir = self.coord.config.datasets_dir();
+        let spec2 = spec.clone();
+        let data = tokio::task::spawn_blocking(move || JobData::load(&spec2, &dir))
+            .await
+            .map_err(|e| Status::internal(format!("loading data: {e}")))??;
+        let record = self.coord.submit(spec, data)?;
+        Ok(Response::new(pb::SubmitJobResponse {
+            job: Some(record.to_pb()),
+        }))
+    }
+
+    async fn get_job(
+        &self,
+        req: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
+        let rec = self.coord.get(&req.into_inner().job_id)?;
+        Ok(Response::new(pb::GetJobResponse {
+            job: Some(rec.to_pb()),
+        }))
+    }
+
+    async fn list_jobs(
+        &self,
+        _req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let jobs = self.coord.list()?.iter().map(|r| r.to_pb()).collect();
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    async fn cancel_job(
+        &self,
+        req: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let rec = self.coord.cancel(&req.into_inner().job_id)?;
+        Ok(Response::new(pb::CancelJobResponse {
+            job: Some(rec.to_pb()),
+        }))
+    }
+
+    type WatchJobStream = BoxStream<pb::JobEvent>;
+
+    async fn watch_job(
+        &self,
+        req: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let (record, mut rx) = self.coord.watch(&req.into_inner().job_id)?;
+        let stream = async_stream(move |tx| async move {
+            let terminal = record.state.is_terminal();
+            let snapshot = record.to_pb();
+            if tx
+                .send(Ok(pb::JobEvent {
+                    event: Some(pb::job_event::Event::Snapshot(snapshot.clone())),
+                }))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if terminal {
+                let _ = tx
+                    .send(Ok(pb::JobEvent {
+                        event: Some(pb::job_event::Event::Finished(snapshot)),
+                    }))
+                    .await;
+                return;
+            }
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        let last = matches!(ev.event, Some(pb::job_event::Event::Finished(_)));
+                        if tx.send(Ok(ev)).await.is_err() || last {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Lagged(n)) => tracing::debug!(skipped = n, "watcher lagged"),
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn list_checkpoints(
+        &self,
+        req: Request<pb::ListCheckpointsRequest>,
+    ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        let rec = self.coord.get(&req.into_inner().job_id)?;
+        Ok(Response::new(pb::ListCheckpointsResponse {
+            checkpoints: rec.checkpoints.iter().map(|c| c.to_pb()).collect(),
+        }))
+    }
+
+    type ExportModelStream = BoxStream<pb::ExportModelResponse>;
+
+    async fn export_model(
+        &self,
+        req: Request<pb::ExportModelRequest>,
+    ) -> Result<Response<Self::ExportModelStream>, Status> {
+        let req = req.into_inner();
+        let rec = self.coord.get(&req.job_id)?;
+        let ckpt = match req.step {
+            Some(s) => rec
+                .checkpoints
+                .iter()
+                .find(|c| c.step == s)
+                .ok_or_else(|| {
+                    let have: Vec<String> =
+                        rec.checkpoints.iter().map(|c| c.step.to_string()).collect();
+                    Status::not_found(format!(
+                        "job {} has no checkpoint at step {s} (has: {})",
+                        rec.id,
+                        have.join(", ")
+                    ))
+                })?,
+            None => rec.checkpoints.last().ok_or_else(|| {
+                Status::not_found(format!("job {} has no checkpoint yet", rec.id))
+            })?,
+        };
+        let step = ckpt.step;
+        let dir = CheckpointDir::new(
+            self.coord
+                .job_dir(&JobId(rec.id.0.clone()))
+                .join("checkpoints"),
+        );
+        let bytes = tokio::task::spawn_blocking(move || dir.model_bytes(step))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(Status::from)?;
+        let total = bytes.len() as u64;
+        let chunks: Vec<Result<pb::ExportModelResponse, Status>> = bytes
+            .chunks(graft_proto::CHUNK_BYTES)
+            .enumerate()
+            .map(|(i, c)| {
+                Ok(pb::ExportModelResponse {
+                    data: c.to_vec(),
+                    offset: (i * graft_proto::CHUNK_BYTES) as u64,
+                    total_bytes: total,
+                    step,
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+}
+
+/// A stream fed by a spawned task through a bounded channel.
+pub fn async_stream<T, F, Fut>(f: F) -> BoxStream<T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+impl From<crate::wire::WireError> for CoordinatorError {
+    fn from(e: crate::wire::WireError) -> Self {
+        CoordinatorError::InvalidSpec {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}

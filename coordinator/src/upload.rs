@@ -1,0 +1,115 @@
+//! What happens to a state uploaded by rank 0: evaluation, checkpoint, and — after the last
+//! step — completion. Runs on a blocking thread, one upload of a job at a time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use burn::tensor::Device;
+use graft_proto::v1 as pb;
+use graft_transfer::Params;
+use graft_transfer::eval::evaluate;
+use graft_transfer::methods::{checkpoint_due, evaluation_due};
+
+use crate::checkpoint::{CheckpointDir, Snapshot};
+use crate::core::{Coordinator, JobHandle};
+use crate::error::CoordinatorError;
+
+/// A state received from rank 0.
+pub struct Upload {
+    /// Steps done.
+    pub step: u64,
+    /// All parameters, concatenated in the architecture's order.
+    pub params: Vec<f32>,
+    /// Optimizer state.
+    pub optimizer_state: Vec<f32>,
+    /// Optimizer updates in the stage.
+    pub optimizer_steps: u64,
+}
+
+/// Evaluates and checkpoints as the job asks; completes the job after its last step.
+pub async fn process_upload(coord: Arc<Coordinator>, handle: JobHandle, upload: Upload) {
+    let _serial = handle.state_lock.clone().lock_owned().await;
+    let id = handle.record.id.clone();
+    let total = handle.record.total_steps;
+    let step = upload.step;
+    let c = coord.clone();
+    let result = tokio::task::spawn_blocking(move || run(&c, &handle, upload)).await;
+    match result {
+        Ok(Ok(())) => {
+            if step == total {
+                coord.complete(&id);
+            }
+        }
+        Ok(Err(e)) => coord.fail(&id, format!("processing the state of step {step}: {e}")),
+        Err(e) => coord.fail(
+            &id,
+            format!("processing the state of step {step} panicked: {e}"),
+        ),
+    }
+}
+
+fn run(coord: &Coordinator, h: &JobHandle, u: Upload) -> Result<(), CoordinatorError> {
+    let data = &h.data;
+    let spec = &h.record.spec;
+    let mut values = Vec::with_capacity(data.arch.params.len());
+    let mut at = 0;
+    for p in &data.arch.params {
+        let n = p.numel();
+        values.push(u.params[at..at + n].to_vec());
+        at += n;
+    }
+    let params = Params::new(values);
+    let mut metrics = BTreeMap::new();
+    if evaluation_due(spec, &data.stages, u.step) {
+        let device = Device::flex();
+        let mut sets = Vec::new();
+        for (label, set) in &data.eval {
+            let r = evaluate(&data.arch, &params, set, label, &device);
+            metrics.extend(r.metrics());
+            sets.push(pb::EvalSet {
+                label: r.label.clone(),
+                per_class_accuracy: r.per_class_accuracy.clone(),
+                confusion: r.confusion.iter().flatten().copied().collect(),
+                num_classes: data.arch.num_classes as u32,
+            });
+        }
+        tracing::info!(job = %h.record.id, step = u.step, ?metrics, "evaluated");
+        // Evaluations at the end of an earlier stage are kept under the stage's name too.
+        let stage_prefix = data
+            .stages
+            .iter()
+            .find(|s| s.first_step + s.steps == u.step && u.step != h.record.total_steps)
+            .map(|s| format!("{}_stage", s.name));
+        coord.evaluated(
+            &h.record.id,
+            pb::Evaluation {
+                step: u.step,
+                metrics: metrics.clone().into_iter().collect(),
+                sets,
+            },
+            stage_prefix,
+        );
+    }
+    if checkpoint_due(spec, &data.stages, u.step) {
+        let stage = data.stage_of(u.step).map_or(data.stages.len(), |(i, _)| i);
+        let dir = CheckpointDir::new(coord.job_dir(&h.record.id).join("checkpoints"));
+        let keep = spec.checkpoint.keep as usize;
+        let rec = dir.write(
+            &Snapshot {
+                job: &h.record.id.0,
+                spec,
+                arch: &data.arch,
+                step: u.step,
+                stage,
+                params: &params,
+                optimizer_state: &u.optimizer_state,
+                optimizer_steps: u.optimizer_steps,
+                metrics,
+            },
+            keep,
+        )?;
+        tracing::info!(job = %h.record.id, step = u.step, path = %rec.path, "checkpoint written");
+        coord.checkpointed(&h.record.id, rec, keep);
+    }
+    Ok(())
+}

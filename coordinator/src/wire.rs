@@ -1,0 +1,411 @@
+//! Conversions between the wire types (`graft.v1`) and the domain types of `graft-transfer`,
+//! and the one place that maps errors to `tonic::Status`.
+//!
+//! Inbound conversions are `TryFrom`: a missing or bad field becomes `invalid_argument`
+//! naming the field. The worker and the client use these too, so all three sides agree.
+
+use graft_proto::v1 as pb;
+use graft_transfer::methods::Stage;
+use graft_transfer::spec::{
+    CheckpointSpec, DatasetSpec, EvaluationSpec, JobSpec, MethodSpec, ModelSpec, OptimizerSpec,
+    Role, ScheduleSpec, TrainingSpec, WorkersSpec,
+};
+use tonic::Status;
+
+/// A wire field that is missing or out of range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct WireError {
+    /// Dotted field path.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl From<WireError> for Status {
+    fn from(e: WireError) -> Self {
+        Status::invalid_argument(e.to_string())
+    }
+}
+
+fn missing(field: &str) -> WireError {
+    WireError {
+        field: field.into(),
+        reason: "missing".into(),
+    }
+}
+
+fn usize_of(v: u64, field: &str) -> Result<usize, WireError> {
+    usize::try_from(v).map_err(|_| WireError {
+        field: field.into(),
+        reason: "too large".into(),
+    })
+}
+
+/// The wire form of a role.
+pub fn role_to_pb(r: Role) -> pb::DatasetRole {
+    match r {
+        Role::Source => pb::DatasetRole::Source,
+        Role::TargetLabelled => pb::DatasetRole::TargetLabelled,
+        Role::TargetUnlabelled => pb::DatasetRole::TargetUnlabelled,
+        Role::Eval => pb::DatasetRole::Eval,
+    }
+}
+
+/// A role from the wire.
+///
+/// # Errors
+/// [`WireError`] for an unspecified or unknown value.
+pub fn role_from_pb(v: i32, field: &str) -> Result<Role, WireError> {
+    match pb::DatasetRole::try_from(v) {
+        Ok(pb::DatasetRole::Source) => Ok(Role::Source),
+        Ok(pb::DatasetRole::TargetLabelled) => Ok(Role::TargetLabelled),
+        Ok(pb::DatasetRole::TargetUnlabelled) => Ok(Role::TargetUnlabelled),
+        Ok(pb::DatasetRole::Eval) => Ok(Role::Eval),
+        _ => Err(WireError {
+            field: field.into(),
+            reason: format!("unknown role {v}"),
+        }),
+    }
+}
+
+/// The wire form of a job spec.
+pub fn spec_to_pb(s: &JobSpec) -> pb::JobSpec {
+    let model = match &s.model {
+        ModelSpec::Mlp { hidden } => pb::model_spec::Kind::Mlp(pb::MlpSpec {
+            hidden: hidden.iter().map(|&h| h as u32).collect(),
+        }),
+        ModelSpec::DigitsCnn => pb::model_spec::Kind::DigitsCnn(pb::DigitsCnnSpec {}),
+    };
+    let method = match &s.method {
+        MethodSpec::Supervised => pb::method_spec::Kind::Supervised(pb::SupervisedSpec {}),
+        MethodSpec::FineTuning {
+            source_steps,
+            source_epochs,
+            init_from,
+            reset_head,
+        } => pb::method_spec::Kind::FineTuning(pb::FineTuningSpec {
+            source_steps: *source_steps,
+            source_epochs: *source_epochs,
+            init_from: init_from.clone(),
+            reset_head: *reset_head,
+        }),
+    };
+    let optimizer = match &s.optimizer {
+        OptimizerSpec::Sgd {
+            lr,
+            momentum,
+            weight_decay,
+            nesterov,
+        } => pb::optimizer_spec::Kind::Sgd(pb::SgdSpec {
+            lr: *lr,
+            momentum: *momentum,
+            weight_decay: *weight_decay,
+            nesterov: *nesterov,
+        }),
+        OptimizerSpec::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } => pb::optimizer_spec::Kind::Adam(pb::AdamSpec {
+            lr: *lr,
+            beta1: *beta1,
+            beta2: *beta2,
+            eps: *eps,
+            weight_decay: *weight_decay,
+        }),
+    };
+    let schedule = match &s.schedule {
+        ScheduleSpec::Constant => pb::schedule_spec::Kind::Constant(pb::ConstantSchedule {}),
+        ScheduleSpec::Step { step_size, gamma } => {
+            pb::schedule_spec::Kind::Step(pb::StepSchedule {
+                step_size: *step_size,
+                gamma: *gamma,
+            })
+        }
+        ScheduleSpec::Dann { alpha, beta } => pb::schedule_spec::Kind::Dann(pb::DannSchedule {
+            alpha: *alpha,
+            beta: *beta,
+        }),
+    };
+    pb::JobSpec {
+        name: s.name.clone(),
+        seed: s.seed,
+        model: Some(pb::ModelSpec { kind: Some(model) }),
+        method: Some(pb::MethodSpec { kind: Some(method) }),
+        datasets: s
+            .datasets
+            .iter()
+            .map(|d| pb::DatasetSpec {
+                name: d.name.clone(),
+                split: d.split.clone(),
+                role: role_to_pb(d.role) as i32,
+                labels_per_class: d.labels_per_class.map(|v| v as u32),
+                limit: d.limit.map(|v| v as u64),
+                label: d.label.clone(),
+                samples: d.samples.map(|v| v as u64),
+                noise: d.noise,
+                rotation_deg: d.rotation_deg,
+            })
+            .collect(),
+        optimizer: Some(pb::OptimizerSpec {
+            kind: Some(optimizer),
+        }),
+        schedule: Some(pb::ScheduleSpec {
+            kind: Some(schedule),
+        }),
+        training: Some(pb::TrainingSpec {
+            global_batch_size: s.training.global_batch_size as u32,
+            steps: s.training.steps,
+            epochs: s.training.epochs,
+            fingerprint_interval: s.training.fingerprint_interval,
+        }),
+        workers: Some(pb::WorkersSpec {
+            min: s.workers.min,
+            max: s.workers.max,
+        }),
+        checkpoint: Some(pb::CheckpointSpec {
+            interval_steps: s.checkpoint.interval_steps,
+            keep: s.checkpoint.keep,
+        }),
+        evaluation: Some(pb::EvaluationSpec {
+            interval_steps: s.evaluation.interval_steps,
+        }),
+    }
+}
+
+impl TryFrom<&pb::JobSpec> for WireSpec {
+    type Error = WireError;
+    fn try_from(p: &pb::JobSpec) -> Result<Self, WireError> {
+        let model = match p
+            .model
+            .as_ref()
+            .and_then(|m| m.kind.as_ref())
+            .ok_or_else(|| missing("model"))?
+        {
+            pb::model_spec::Kind::Mlp(m) => ModelSpec::Mlp {
+                hidden: m.hidden.iter().map(|&h| h as usize).collect(),
+            },
+            pb::model_spec::Kind::DigitsCnn(_) => ModelSpec::DigitsCnn,
+        };
+        let method = match p
+            .method
+            .as_ref()
+            .and_then(|m| m.kind.as_ref())
+            .ok_or_else(|| missing("method"))?
+        {
+            pb::method_spec::Kind::Supervised(_) => MethodSpec::Supervised,
+            pb::method_spec::Kind::FineTuning(f) => MethodSpec::FineTuning {
+                source_steps: f.source_steps,
+                source_epochs: f.source_epochs,
+                init_from: f.init_from.clone(),
+                reset_head: f.reset_head,
+            },
+        };
+        let mut datasets = Vec::with_capacity(p.datasets.len());
+        for (i, d) in p.datasets.iter().enumerate() {
+            let f = |k: &str| format!("datasets[{i}].{k}");
+            datasets.push(DatasetSpec {
+                name: d.name.clone(),
+                split: d.split.clone(),
+                role: role_from_pb(d.role, &f("role"))?,
+                labels_per_class: d.labels_per_class.map(|v| v as usize),
+                limit: d.limit.map(|v| usize_of(v, &f("limit"))).transpose()?,
+                label: d.label.clone(),
+                samples: d.samples.map(|v| usize_of(v, &f("samples"))).transpose()?,
+                noise: d.noise,
+                rotation_deg: d.rotation_deg,
+            });
+        }
+        let optimizer = match p
+            .optimizer
+            .as_ref()
+            .and_then(|o| o.kind.as_ref())
+            .ok_or_else(|| missing("optimizer"))?
+        {
+            pb::optimizer_spec::Kind::Sgd(s) => OptimizerSpec::Sgd {
+                lr: s.lr,
+                momentum: s.momentum,
+                weight_decay: s.weight_decay,
+                nesterov: s.nesterov,
+            },
+            pb::optimizer_spec::Kind::Adam(a) => OptimizerSpec::Adam {
+                lr: a.lr,
+                beta1: a.beta1,
+                beta2: a.beta2,
+                eps: a.eps,
+                weight_decay: a.weight_decay,
+            },
+        };
+        let schedule = match p.schedule.as_ref().and_then(|s| s.kind.as_ref()) {
+            None | Some(pb::schedule_spec::Kind::Constant(_)) => ScheduleSpec::Constant,
+            Some(pb::schedule_spec::Kind::Step(s)) => ScheduleSpec::Step {
+                step_size: s.step_size,
+                gamma: s.gamma,
+            },
+            Some(pb::schedule_spec::Kind::Dann(d)) => ScheduleSpec::Dann {
+                alpha: d.alpha,
+                beta: d.beta,
+            },
+        };
+        let t = p.training.as_ref().ok_or_else(|| missing("training"))?;
+        let w = p.workers.as_ref().ok_or_else(|| missing("workers"))?;
+        let c = p.checkpoint.clone().unwrap_or_default();
+        Ok(WireSpec(JobSpec {
+            name: p.name.clone(),
+            seed: p.seed,
+            model,
+            method,
+            datasets,
+            optimizer,
+            schedule,
+            training: TrainingSpec {
+                global_batch_size: t.global_batch_size as usize,
+                steps: t.steps,
+                epochs: t.epochs,
+                fingerprint_interval: t.fingerprint_interval,
+            },
+            workers: WorkersSpec {
+                min: w.min,
+                max: w.max,
+            },
+            checkpoint: CheckpointSpec {
+                interval_steps: c.interval_steps,
+                keep: c.keep,
+            },
+            evaluation: EvaluationSpec {
+                interval_steps: p.evaluation.as_ref().map_or(0, |e| e.interval_steps),
+            },
+        }))
+    }
+}
+
+/// A job spec read off the wire (not yet validated).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WireSpec(pub JobSpec);
+
+/// Reads a spec off the wire.
+///
+/// # Errors
+/// [`WireError`] naming the missing or bad field.
+pub fn spec_from_pb(p: &pb::JobSpec) -> Result<JobSpec, WireError> {
+    WireSpec::try_from(p).map(|w| w.0)
+}
+
+/// The wire form of a stage.
+pub fn stage_to_pb(s: &Stage) -> pb::StagePlan {
+    pb::StagePlan {
+        name: s.name.clone(),
+        train_role: role_to_pb(s.train_role) as i32,
+        first_step: s.first_step,
+        steps: s.steps,
+        samples: s.samples as u64,
+        steps_per_epoch: s.steps_per_epoch,
+        reset_prefixes: s.reset_prefixes.clone(),
+    }
+}
+
+/// A stage off the wire.
+///
+/// # Errors
+/// [`WireError`] for a bad role or size.
+pub fn stage_from_pb(p: &pb::StagePlan, i: usize) -> Result<Stage, WireError> {
+    Ok(Stage {
+        name: p.name.clone(),
+        train_role: role_from_pb(p.train_role, &format!("stages[{i}].train_role"))?,
+        first_step: p.first_step,
+        steps: p.steps,
+        samples: usize_of(p.samples, &format!("stages[{i}].samples"))?,
+        steps_per_epoch: p.steps_per_epoch.max(1),
+        reset_prefixes: p.reset_prefixes.clone(),
+    })
+}
+
+/// The name of a job state as people read it (`COMPLETED`).
+pub fn state_name(s: pb::JobState) -> &'static str {
+    match s {
+        pb::JobState::Unspecified => "UNSPECIFIED",
+        pb::JobState::Pending => "PENDING",
+        pb::JobState::Running => "RUNNING",
+        pb::JobState::Reconfiguring => "RECONFIGURING",
+        pb::JobState::Completed => "COMPLETED",
+        pb::JobState::Failed => "FAILED",
+        pb::JobState::Cancelled => "CANCELLED",
+    }
+}
+
+/// Whether a job in this state will not change again.
+pub fn is_terminal(s: pb::JobState) -> bool {
+    matches!(
+        s,
+        pb::JobState::Completed | pb::JobState::Failed | pb::JobState::Cancelled
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_round_trips_through_the_wire() {
+        let spec: JobSpec = toml::from_str(
+            r#"
+name = "x"
+seed = 3
+[model]
+kind = "digits_cnn"
+[method]
+kind = "fine_tuning"
+source_steps = 10
+reset_head = true
+[[datasets]]
+name = "mnist"
+role = "source"
+[[datasets]]
+name = "usps"
+role = "target_labelled"
+labels_per_class = 10
+[[datasets]]
+name = "usps"
+split = "test"
+role = "eval"
+label = "usps"
+[optimizer]
+kind = "adam"
+lr = 0.001
+[schedule]
+kind = "dann"
+[training]
+global_batch_size = 32
+steps = 5
+[workers]
+min = 2
+max = 3
+"#,
+        )
+        .expect("parses");
+        assert_eq!(spec_from_pb(&spec_to_pb(&spec)).expect("converts"), spec);
+    }
+
+    #[test]
+    fn missing_fields_are_named() {
+        let mut p = pb::JobSpec::default();
+        assert_eq!(spec_from_pb(&p).expect_err("empty").field, "model");
+        p.model = Some(pb::ModelSpec {
+            kind: Some(pb::model_spec::Kind::DigitsCnn(pb::DigitsCnnSpec {})),
+        });
+        p.method = Some(pb::MethodSpec {
+            kind: Some(pb::method_spec::Kind::Supervised(pb::SupervisedSpec {})),
+        });
+        p.datasets.push(pb::DatasetSpec {
+            role: 42,
+            ..Default::default()
+        });
+        assert_eq!(
+            spec_from_pb(&p).expect_err("bad role").field,
+            "datasets[0].role"
+        );
+    }
+}

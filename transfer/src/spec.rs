@@ -1,0 +1,593 @@
+//! What a job trains: the domain form of a job file, and its validation.
+//!
+//! The client reads a TOML file into [`JobSpec`], the wire carries it as `graft.v1.JobSpec`,
+//! and the coordinator validates it once with [`JobSpec::validate`]. Every error names the
+//! field (`optimizer.lr: must be > 0`), so a user can fix the file without guessing.
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::catalog;
+
+/// A whole job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// A name for people; the coordinator gives each job its own id.
+    pub name: String,
+    /// Seeds initial weights, epoch permutations and generated data.
+    #[serde(default)]
+    pub seed: u64,
+    /// The network.
+    pub model: ModelSpec,
+    /// The transfer method and its parameters.
+    pub method: MethodSpec,
+    /// Datasets with their roles.
+    pub datasets: Vec<DatasetSpec>,
+    /// How gradients become updates.
+    pub optimizer: OptimizerSpec,
+    /// Learning-rate schedule.
+    #[serde(default)]
+    pub schedule: ScheduleSpec,
+    /// Batch size and length.
+    pub training: TrainingSpec,
+    /// Group size.
+    #[serde(default)]
+    pub workers: WorkersSpec,
+    /// When to write checkpoints.
+    #[serde(default)]
+    pub checkpoint: CheckpointSpec,
+    /// When to evaluate.
+    #[serde(default)]
+    pub evaluation: EvaluationSpec,
+}
+
+/// The network; its input shape and class count come from the data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ModelSpec {
+    /// Fully connected, ReLU between layers.
+    Mlp {
+        /// Widths of the hidden layers (the feature extractor).
+        hidden: Vec<usize>,
+    },
+    /// The digits CNN of the DANN paper (Ganin et al. 2016).
+    DigitsCnn,
+}
+
+/// The transfer method.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum MethodSpec {
+    /// Plain supervised training on the source data: the baseline.
+    Supervised,
+    /// Train on source (or load a model), then train on a few labelled target samples.
+    FineTuning {
+        /// Length of the source stage in steps.
+        #[serde(default)]
+        source_steps: Option<u64>,
+        /// Length of the source stage in epochs.
+        #[serde(default)]
+        source_epochs: Option<u32>,
+        /// A safetensors file (on the coordinator) to start the target stage from, instead
+        /// of a source stage.
+        #[serde(default)]
+        init_from: Option<String>,
+        /// Re-initialise the label head before the target stage.
+        #[serde(default)]
+        reset_head: bool,
+    },
+}
+
+impl MethodSpec {
+    /// The method's name as reports show it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MethodSpec::Supervised => "supervised",
+            MethodSpec::FineTuning { .. } => "fine_tuning",
+        }
+    }
+}
+
+/// What a dataset is for in a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Labelled source data.
+    Source,
+    /// Labelled target data (often few samples).
+    TargetLabelled,
+    /// Unlabelled target data (domain adaptation).
+    TargetUnlabelled,
+    /// Held-out evaluation data.
+    Eval,
+}
+
+impl Role {
+    /// The name used in job files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::TargetLabelled => "target_labelled",
+            Role::TargetUnlabelled => "target_unlabelled",
+            Role::Eval => "eval",
+        }
+    }
+}
+
+/// One dataset of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    /// A name from the built-in catalog (`mnist`, `usps`, `moons`, ...).
+    pub name: String,
+    /// `train` or `test` (or `all` for sets without a split).
+    #[serde(default = "default_split")]
+    pub split: String,
+    /// What the job uses it for.
+    pub role: Role,
+    /// Keep a seeded choice of this many samples per class.
+    #[serde(default)]
+    pub labels_per_class: Option<usize>,
+    /// Keep only the first samples.
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Evaluation sets: prefix of the metric names (default `target`).
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Generated moons: number of samples.
+    #[serde(default)]
+    pub samples: Option<usize>,
+    /// Generated moons: noise standard deviation.
+    #[serde(default)]
+    pub noise: Option<f32>,
+    /// Generated moons: rotation of the domain in degrees.
+    #[serde(default)]
+    pub rotation_deg: Option<f32>,
+}
+
+fn default_split() -> String {
+    "train".to_string()
+}
+
+impl DatasetSpec {
+    /// The metric prefix of an evaluation set.
+    pub fn metric_label(&self) -> &str {
+        self.label.as_deref().unwrap_or("target")
+    }
+}
+
+/// The optimizer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OptimizerSpec {
+    /// SGD with momentum and (L2) weight decay, as PyTorch defines them.
+    Sgd {
+        /// Base learning rate.
+        lr: f64,
+        /// Momentum factor.
+        #[serde(default)]
+        momentum: f64,
+        /// L2 penalty added to the gradient.
+        #[serde(default)]
+        weight_decay: f64,
+        /// Nesterov momentum.
+        #[serde(default)]
+        nesterov: bool,
+    },
+    /// Adam (Kingma & Ba), L2 weight decay added to the gradient.
+    Adam {
+        /// Base learning rate.
+        lr: f64,
+        /// First-moment decay.
+        #[serde(default = "default_beta1")]
+        beta1: f64,
+        /// Second-moment decay.
+        #[serde(default = "default_beta2")]
+        beta2: f64,
+        /// Denominator guard.
+        #[serde(default = "default_eps")]
+        eps: f64,
+        /// L2 penalty added to the gradient.
+        #[serde(default)]
+        weight_decay: f64,
+    },
+}
+
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+
+impl OptimizerSpec {
+    /// The base learning rate.
+    pub fn lr(&self) -> f64 {
+        match self {
+            OptimizerSpec::Sgd { lr, .. } | OptimizerSpec::Adam { lr, .. } => *lr,
+        }
+    }
+}
+
+/// The learning-rate schedule, applied within each stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ScheduleSpec {
+    /// The base rate throughout.
+    #[default]
+    Constant,
+    /// Multiply by `gamma` every `step_size` steps.
+    Step {
+        /// Steps between decays.
+        step_size: u64,
+        /// Decay factor.
+        gamma: f64,
+    },
+    /// DANN's annealing: μ₀ / (1 + α·p)^β, p the stage's progress in [0, 1].
+    Dann {
+        /// α (10 in the paper).
+        #[serde(default = "default_alpha")]
+        alpha: f64,
+        /// β (0.75 in the paper).
+        #[serde(default = "default_beta")]
+        beta: f64,
+    },
+}
+
+fn default_alpha() -> f64 {
+    10.0
+}
+fn default_beta() -> f64 {
+    0.75
+}
+
+/// Batch size and length of the (last) stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSpec {
+    /// Samples per step over the whole group (split among the workers).
+    pub global_batch_size: usize,
+    /// Length in steps.
+    #[serde(default)]
+    pub steps: Option<u64>,
+    /// Length in epochs.
+    #[serde(default)]
+    pub epochs: Option<u32>,
+    /// Steps between parameter fingerprints (replica check).
+    #[serde(default = "default_fingerprint")]
+    pub fingerprint_interval: u64,
+}
+
+fn default_fingerprint() -> u64 {
+    50
+}
+
+/// How many workers a job uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersSpec {
+    /// The job starts once this many workers are free.
+    pub min: u32,
+    /// The job never uses more.
+    pub max: u32,
+}
+
+impl Default for WorkersSpec {
+    fn default() -> Self {
+        Self { min: 1, max: 1 }
+    }
+}
+
+/// Checkpoint policy; the last step always checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSpec {
+    /// Steps between checkpoints (0: only at the end).
+    #[serde(default)]
+    pub interval_steps: u64,
+    /// How many checkpoints to keep.
+    #[serde(default = "default_keep")]
+    pub keep: u32,
+}
+
+fn default_keep() -> u32 {
+    3
+}
+
+impl Default for CheckpointSpec {
+    fn default() -> Self {
+        Self {
+            interval_steps: 0,
+            keep: default_keep(),
+        }
+    }
+}
+
+/// Evaluation policy; the last step always evaluates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationSpec {
+    /// Steps between evaluations (0: only at the end).
+    #[serde(default)]
+    pub interval_steps: u64,
+}
+
+/// A field of the spec and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct SpecError {
+    /// Dotted path of the field, e.g. `optimizer.lr` or `datasets[1].split`.
+    pub field: String,
+    /// What is wrong, lowercase.
+    pub reason: String,
+}
+
+fn bad(field: impl Into<String>, reason: impl Into<String>) -> SpecError {
+    SpecError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl JobSpec {
+    /// The datasets of a role, with their index in `datasets`.
+    pub fn datasets_with(&self, role: Role) -> impl Iterator<Item = (usize, &DatasetSpec)> {
+        self.datasets
+            .iter()
+            .enumerate()
+            .filter(move |(_, d)| d.role == role)
+    }
+
+    /// Checks everything that can be checked without reading data files.
+    ///
+    /// # Errors
+    /// The first [`SpecError`] found, naming the field.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.name.trim().is_empty() {
+            return Err(bad("name", "must not be empty"));
+        }
+        match &self.model {
+            ModelSpec::Mlp { hidden } => {
+                if let Some(i) = hidden.iter().position(|&h| h == 0) {
+                    return Err(bad(format!("model.hidden[{i}]"), "must be > 0"));
+                }
+            }
+            ModelSpec::DigitsCnn => {}
+        }
+        self.validate_datasets()?;
+        self.validate_method()?;
+        self.validate_optimizer()?;
+        match &self.schedule {
+            ScheduleSpec::Constant => {}
+            ScheduleSpec::Step { step_size, gamma } => {
+                if *step_size == 0 {
+                    return Err(bad("schedule.step_size", "must be > 0"));
+                }
+                if !(gamma.is_finite() && *gamma > 0.0) {
+                    return Err(bad("schedule.gamma", "must be > 0"));
+                }
+            }
+            ScheduleSpec::Dann { alpha, beta } => {
+                if !(alpha.is_finite() && *alpha >= 0.0) {
+                    return Err(bad("schedule.alpha", "must be >= 0"));
+                }
+                if !(beta.is_finite() && *beta >= 0.0) {
+                    return Err(bad("schedule.beta", "must be >= 0"));
+                }
+            }
+        }
+        let t = &self.training;
+        if t.global_batch_size == 0 {
+            return Err(bad("training.global_batch_size", "must be > 0"));
+        }
+        match (t.steps, t.epochs) {
+            (Some(_), Some(_)) => return Err(bad("training", "set steps or epochs, not both")),
+            (None, None) => return Err(bad("training", "set steps or epochs")),
+            (Some(0), _) => return Err(bad("training.steps", "must be > 0")),
+            (_, Some(0)) => return Err(bad("training.epochs", "must be > 0")),
+            _ => {}
+        }
+        if t.fingerprint_interval == 0 {
+            return Err(bad("training.fingerprint_interval", "must be > 0"));
+        }
+        if self.workers.min == 0 {
+            return Err(bad("workers.min", "must be > 0"));
+        }
+        if self.workers.max < self.workers.min {
+            return Err(bad(
+                "workers.max",
+                format!("must be >= workers.min ({})", self.workers.min),
+            ));
+        }
+        if (t.global_batch_size as u64) < self.workers.max as u64 {
+            return Err(bad(
+                "training.global_batch_size",
+                format!(
+                    "must be >= workers.max ({}) so that every worker gets samples",
+                    self.workers.max
+                ),
+            ));
+        }
+        if self.checkpoint.keep == 0 {
+            return Err(bad("checkpoint.keep", "must be > 0"));
+        }
+        Ok(())
+    }
+
+    fn validate_datasets(&self) -> Result<(), SpecError> {
+        if self.datasets.is_empty() {
+            return Err(bad("datasets", "must name at least one dataset"));
+        }
+        for (i, d) in self.datasets.iter().enumerate() {
+            let f = |k: &str| format!("datasets[{i}].{k}");
+            let Some(info) = catalog::describe(&d.name) else {
+                return Err(bad(
+                    f("name"),
+                    format!(
+                        "unknown dataset {:?} (known: {})",
+                        d.name,
+                        catalog::KNOWN.join(", ")
+                    ),
+                ));
+            };
+            if !info.splits.contains(&d.split.as_str()) {
+                return Err(bad(
+                    f("split"),
+                    format!(
+                        "{:?} has no split {:?} (has: {})",
+                        d.name,
+                        d.split,
+                        info.splits.join(", ")
+                    ),
+                ));
+            }
+            if d.labels_per_class == Some(0) {
+                return Err(bad(f("labels_per_class"), "must be > 0"));
+            }
+            if d.limit == Some(0) {
+                return Err(bad(f("limit"), "must be > 0"));
+            }
+            let generated = d.name == "moons";
+            for (key, set) in [
+                ("samples", d.samples.is_some()),
+                ("noise", d.noise.is_some()),
+                ("rotation_deg", d.rotation_deg.is_some()),
+            ] {
+                if set && !generated {
+                    return Err(bad(
+                        f(key),
+                        "only applies to the generated dataset \"moons\"",
+                    ));
+                }
+            }
+            if d.samples == Some(0) {
+                return Err(bad(f("samples"), "must be > 0"));
+            }
+            if let Some(n) = d.noise
+                && !(n.is_finite() && n >= 0.0)
+            {
+                return Err(bad(f("noise"), "must be a finite number >= 0"));
+            }
+            if let Some(r) = d.rotation_deg
+                && !r.is_finite()
+            {
+                return Err(bad(f("rotation_deg"), "must be finite"));
+            }
+            if d.label.is_some() && d.role != Role::Eval {
+                return Err(bad(f("label"), "only applies to evaluation datasets"));
+            }
+        }
+        if self.datasets_with(Role::Eval).next().is_none() {
+            return Err(bad("datasets", "needs a dataset with role = \"eval\""));
+        }
+        Ok(())
+    }
+
+    fn validate_method(&self) -> Result<(), SpecError> {
+        let one = |role: Role| -> Result<(), SpecError> {
+            match self.datasets_with(role).count() {
+                1 => Ok(()),
+                0 => Err(bad(
+                    "datasets",
+                    format!(
+                        "method {} needs a dataset with role = {:?}",
+                        self.method.name(),
+                        role.as_str()
+                    ),
+                )),
+                n => Err(bad(
+                    "datasets",
+                    format!(
+                        "method {} takes one dataset with role = {:?}, found {n}",
+                        self.method.name(),
+                        role.as_str()
+                    ),
+                )),
+            }
+        };
+        match &self.method {
+            MethodSpec::Supervised => one(Role::Source),
+            MethodSpec::FineTuning {
+                source_steps,
+                source_epochs,
+                init_from,
+                ..
+            } => {
+                one(Role::TargetLabelled)?;
+                match (init_from, source_steps, source_epochs) {
+                    (Some(path), None, None) => {
+                        if path.trim().is_empty() {
+                            return Err(bad("method.init_from", "must not be empty"));
+                        }
+                        Ok(())
+                    }
+                    (Some(_), _, _) => Err(bad(
+                        "method.init_from",
+                        "starts from a file: leave source_steps and source_epochs unset",
+                    )),
+                    (None, Some(_), Some(_)) => {
+                        Err(bad("method", "set source_steps or source_epochs, not both"))
+                    }
+                    (None, None, None) => Err(bad(
+                        "method",
+                        "set source_steps or source_epochs (the source stage), or init_from",
+                    )),
+                    (None, Some(0), _) => Err(bad("method.source_steps", "must be > 0")),
+                    (None, _, Some(0)) => Err(bad("method.source_epochs", "must be > 0")),
+                    (None, _, _) => one(Role::Source),
+                }
+            }
+        }
+    }
+
+    fn validate_optimizer(&self) -> Result<(), SpecError> {
+        let lr = self.optimizer.lr();
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(bad("optimizer.lr", "must be > 0"));
+        }
+        match &self.optimizer {
+            OptimizerSpec::Sgd {
+                momentum,
+                weight_decay,
+                nesterov,
+                ..
+            } => {
+                if !(momentum.is_finite() && (0.0..1.0).contains(momentum)) {
+                    return Err(bad("optimizer.momentum", "must be in [0, 1)"));
+                }
+                if !(weight_decay.is_finite() && *weight_decay >= 0.0) {
+                    return Err(bad("optimizer.weight_decay", "must be >= 0"));
+                }
+                if *nesterov && *momentum == 0.0 {
+                    return Err(bad("optimizer.nesterov", "needs momentum > 0"));
+                }
+            }
+            OptimizerSpec::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                ..
+            } => {
+                for (k, v) in [("beta1", beta1), ("beta2", beta2)] {
+                    if !(v.is_finite() && (0.0..1.0).contains(v)) {
+                        return Err(bad(format!("optimizer.{k}"), "must be in [0, 1)"));
+                    }
+                }
+                if !(eps.is_finite() && *eps > 0.0) {
+                    return Err(bad("optimizer.eps", "must be > 0"));
+                }
+                if !(weight_decay.is_finite() && *weight_decay >= 0.0) {
+                    return Err(bad("optimizer.weight_decay", "must be >= 0"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,132 @@
+use super::*;
+
+const GOOD: &str = r#"
+name = "mnist-mlp"
+seed = 7
+[model]
+kind = "mlp"
+hidden = [32]
+[method]
+kind = "supervised"
+[[datasets]]
+name = "mnist"
+split = "train"
+role = "source"
+[[datasets]]
+name = "mnist"
+split = "test"
+role = "eval"
+[optimizer]
+kind = "sgd"
+lr = 0.1
+momentum = 0.9
+[training]
+global_batch_size = 64
+epochs = 1
+[workers]
+min = 1
+max = 2
+"#;
+
+fn good() -> JobSpec {
+    toml::from_str(GOOD).expect("the example parses")
+}
+
+fn field_of(spec: &JobSpec) -> String {
+    spec.validate().expect_err("must be refused").field
+}
+
+#[test]
+fn a_good_spec_passes() {
+    good().validate().expect("valid");
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let with_typo = GOOD.replace("momentum = 0.9", "momentum = 0.9\nmomentun = 1");
+    assert!(toml::from_str::<JobSpec>(&with_typo).is_err());
+}
+
+#[test]
+fn errors_name_the_field() {
+    let mut s = good();
+    s.optimizer = OptimizerSpec::Sgd {
+        lr: 0.0,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        nesterov: false,
+    };
+    let e = s.validate().expect_err("lr 0");
+    assert_eq!(e.to_string(), "optimizer.lr: must be > 0");
+
+    let mut s = good();
+    s.training.global_batch_size = 0;
+    assert_eq!(field_of(&s), "training.global_batch_size");
+
+    let mut s = good();
+    s.training.steps = Some(10);
+    assert_eq!(field_of(&s), "training");
+
+    let mut s = good();
+    s.workers = WorkersSpec { min: 3, max: 2 };
+    assert_eq!(field_of(&s), "workers.max");
+
+    let mut s = good();
+    s.datasets[0].name = "imagenet".into();
+    let e = s.validate().expect_err("unknown dataset");
+    assert_eq!(e.field, "datasets[0].name");
+    assert!(e.reason.contains("mnist"), "lists the known names: {e}");
+
+    let mut s = good();
+    s.datasets[1].split = "validation".into();
+    assert_eq!(field_of(&s), "datasets[1].split");
+
+    let mut s = good();
+    s.datasets.remove(1);
+    assert_eq!(field_of(&s), "datasets");
+
+    let mut s = good();
+    s.model = ModelSpec::Mlp { hidden: vec![8, 0] };
+    assert_eq!(field_of(&s), "model.hidden[1]");
+
+    let mut s = good();
+    s.datasets[0].rotation_deg = Some(10.0);
+    assert_eq!(field_of(&s), "datasets[0].rotation_deg");
+}
+
+#[test]
+fn fine_tuning_needs_a_source_stage_or_a_file() {
+    let mut s = good();
+    s.datasets.push(DatasetSpec {
+        name: "usps".into(),
+        split: "train".into(),
+        role: Role::TargetLabelled,
+        labels_per_class: Some(10),
+        limit: None,
+        label: None,
+        samples: None,
+        noise: None,
+        rotation_deg: None,
+    });
+    s.method = MethodSpec::FineTuning {
+        source_steps: None,
+        source_epochs: None,
+        init_from: None,
+        reset_head: false,
+    };
+    assert_eq!(field_of(&s), "method");
+    s.method = MethodSpec::FineTuning {
+        source_steps: Some(100),
+        source_epochs: None,
+        init_from: None,
+        reset_head: false,
+    };
+    s.validate().expect("source stage of 100 steps");
+    s.method = MethodSpec::FineTuning {
+        source_steps: Some(100),
+        source_epochs: None,
+        init_from: Some("m.safetensors".into()),
+        reset_head: false,
+    };
+    assert_eq!(field_of(&s), "method.init_from");
+}

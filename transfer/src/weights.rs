@@ -1,0 +1,136 @@
+//! Reading and writing parameters as safetensors, the format PyTorch, Burn's `burn-store`
+//! and Hugging Face tools all read.
+
+use std::collections::BTreeMap;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::model::Architecture;
+use crate::params::Params;
+
+/// Why a weights file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    /// Not a safetensors file.
+    #[error("not a valid safetensors file: {0}")]
+    Format(String),
+    /// A tensor the network needs is absent.
+    #[error("missing tensor {name:?}")]
+    Missing {
+        /// Parameter name.
+        name: String,
+    },
+    /// A tensor has the wrong shape or type.
+    #[error("tensor {name:?} is {found}, the network needs f32 {expected:?}")]
+    Shape {
+        /// Parameter name.
+        name: String,
+        /// Shape the network needs.
+        expected: Vec<usize>,
+        /// What the file has.
+        found: String,
+    },
+}
+
+/// Named f32 tensors to serialise, in order.
+pub fn to_safetensors(
+    tensors: &[(String, Vec<usize>, &[f32])],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>, WeightsError> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let mut views = BTreeMap::new();
+    for ((name, shape, _), b) in tensors.iter().zip(&bytes) {
+        let view = TensorView::new(Dtype::F32, shape.clone(), b)
+            .map_err(|e| WeightsError::Format(e.to_string()))?;
+        views.insert(name.clone(), view);
+    }
+    safetensors::serialize(views, metadata).map_err(|e| WeightsError::Format(e.to_string()))
+}
+
+/// The network's parameters as a safetensors file.
+///
+/// # Errors
+/// Only if serialisation fails.
+pub fn params_to_safetensors(
+    arch: &Architecture,
+    params: &Params,
+) -> Result<Vec<u8>, WeightsError> {
+    let tensors: Vec<(String, Vec<usize>, &[f32])> = arch
+        .params
+        .iter()
+        .zip(params.values())
+        .map(|(s, v)| (s.name.clone(), s.shape.clone(), v.as_slice()))
+        .collect();
+    to_safetensors(&tensors, None)
+}
+
+/// Every f32 tensor of a safetensors file, by name, with its shape.
+///
+/// # Errors
+/// [`WeightsError::Format`] for a damaged file or a tensor that is not f32.
+pub fn read_all(bytes: &[u8]) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>, WeightsError> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| WeightsError::Format(e.to_string()))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(WeightsError::Shape {
+                name,
+                expected: view.shape().to_vec(),
+                found: format!("{:?}", view.dtype()),
+            });
+        }
+        let values = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        out.insert(name, (view.shape().to_vec(), values));
+    }
+    Ok(out)
+}
+
+/// Loads the network's parameters from a safetensors file; extra tensors are ignored.
+///
+/// # Errors
+/// [`WeightsError`] naming the first tensor that is missing or has the wrong shape.
+pub fn params_from_safetensors(arch: &Architecture, bytes: &[u8]) -> Result<Params, WeightsError> {
+    let mut all = read_all(bytes)?;
+    let mut values = Vec::with_capacity(arch.params.len());
+    for spec in &arch.params {
+        let Some((shape, v)) = all.remove(&spec.name) else {
+            return Err(WeightsError::Missing {
+                name: spec.name.clone(),
+            });
+        };
+        if shape != spec.shape {
+            return Err(WeightsError::Shape {
+                name: spec.name.clone(),
+                expected: spec.shape.clone(),
+                found: format!("f32 {shape:?}"),
+            });
+        }
+        values.push(v);
+    }
+    Ok(Params::new(values))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::ModelSpec;
+
+    #[test]
+    fn safetensors_round_trip_and_shape_check() {
+        let a = Architecture::new(&ModelSpec::Mlp { hidden: vec![5] }, &[3], 2).expect("valid");
+        let p = a.init(4);
+        let bytes = params_to_safetensors(&a, &p).expect("serialises");
+        assert_eq!(params_from_safetensors(&a, &bytes).expect("loads"), p);
+        let b = Architecture::new(&ModelSpec::Mlp { hidden: vec![6] }, &[3], 2).expect("valid");
+        let err = params_from_safetensors(&b, &bytes).expect_err("shape differs");
+        assert!(err.to_string().contains("features.fc1.weight"), "{err}");
+        assert!(params_from_safetensors(&a, b"garbage").is_err());
+    }
+}

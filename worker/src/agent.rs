@@ -1,0 +1,227 @@
+//! The worker's life: connect, register, heartbeat, take assignments one at a time and run
+//! each on its own thread; register again when the coordinator forgets it (a restart).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use graft_coordinator::auth::Bearer;
+use graft_proto::PROTOCOL_VERSION;
+use graft_proto::v1 as pb;
+use graft_transfer::device::DeviceName;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::WorkerConfig;
+use crate::error::WorkerError;
+use crate::rpc::{Cluster, cluster};
+use crate::trainer::{JobContext, run_job};
+
+/// What the heartbeat task shares with the job loop.
+#[derive(Default)]
+struct Shared {
+    /// The job being trained (empty when idle).
+    job: Mutex<String>,
+    /// Steps done in it.
+    progress: Arc<AtomicU64>,
+    /// Set when the coordinator says to stop the current job.
+    abort: Arc<AtomicBool>,
+    /// Set when the coordinator no longer knows this worker.
+    reregister: AtomicBool,
+}
+
+async fn connect(cfg: &WorkerConfig) -> Result<Channel, WorkerError> {
+    let endpoint = Endpoint::from_shared(cfg.coordinator.clone())
+        .map_err(|e| WorkerError::Setup(format!("coordinator {:?}: {e}", cfg.coordinator)))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.connect_timeout_ms);
+    loop {
+        match endpoint.connect().await {
+            Ok(ch) => return Ok(ch),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "coordinator not reachable yet");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(WorkerError::Setup(format!(
+                    "cannot reach the coordinator at {}: {e}",
+                    cfg.coordinator
+                )));
+            }
+        }
+    }
+}
+
+/// Runs the worker until `shutdown` is cancelled.
+///
+/// # Errors
+/// [`WorkerError::Setup`] when the coordinator cannot be reached at start-up or the device
+/// is unavailable.
+pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    let device_name: DeviceName = cfg
+        .device
+        .parse()
+        .map_err(|e: graft_transfer::device::DeviceError| WorkerError::Setup(e.to_string()))?;
+    let device = device_name
+        .device()
+        .map_err(|e| WorkerError::Setup(e.to_string()))?;
+    let bearer = Bearer::new(cfg.cluster_token.as_deref())
+        .map_err(|e| WorkerError::Setup(format!("cluster_token: {e}")))?;
+    let channel = connect(&cfg).await?;
+    let mut client = cluster(channel, bearer);
+    loop {
+        let reg = pb::RegisterRequest {
+            protocol_version: PROTOCOL_VERSION,
+            name: cfg.name.clone(),
+            device: device_name.to_string(),
+        };
+        let resp = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = client.register(reg) => r,
+        };
+        let resp = match resp {
+            Ok(r) => r.into_inner(),
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unauthenticated
+                        | tonic::Code::FailedPrecondition
+                        | tonic::Code::InvalidArgument
+                ) =>
+            {
+                return Err(WorkerError::rpc("Register", s));
+            }
+            Err(s) => {
+                tracing::warn!(error = %s.message(), "cannot register; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let worker = resp.worker_id;
+        tracing::info!(%worker, name = %cfg.name, device = %device_name, "registered");
+        let shared = Arc::new(Shared::default());
+        let beat = Duration::from_millis(resp.heartbeat_interval_ms.max(50));
+        let hb_stop = shutdown.child_token();
+        let hb = tokio::spawn(heartbeat(
+            client.clone(),
+            worker.clone(),
+            shared.clone(),
+            beat,
+            hb_stop.clone(),
+        ));
+        let outcome = serve_assignments(&mut client, &worker, &shared, &device, &shutdown).await;
+        hb_stop.cancel();
+        let _ = hb.await;
+        match outcome {
+            Ok(()) => return Ok(()),
+            Err(e) => tracing::warn!(error = %e, "registering again"),
+        }
+    }
+}
+
+/// Takes assignments until shutdown (`Ok`) or until the worker must register again (`Err`).
+async fn serve_assignments(
+    client: &mut Cluster,
+    worker: &str,
+    shared: &Arc<Shared>,
+    device: &burn::tensor::Device,
+    shutdown: &CancellationToken,
+) -> Result<(), WorkerError> {
+    loop {
+        if shared.reregister.load(Ordering::Relaxed) {
+            return Err(WorkerError::Setup(
+                "the coordinator no longer knows this worker".into(),
+            ));
+        }
+        let req = pb::NextAssignmentRequest {
+            worker_id: worker.to_string(),
+        };
+        let resp = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = client.next_assignment(req) => r,
+        };
+        let assignment = match resp {
+            Ok(r) => r.into_inner().assignment,
+            Err(s) if s.code() == tonic::Code::Unauthenticated => {
+                return Err(WorkerError::rpc("NextAssignment", s));
+            }
+            Err(s) => {
+                tracing::warn!(error = %s.message(), "cannot get an assignment; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Some(a) = assignment else { continue };
+        let job = a.job_id.clone();
+        tracing::info!(%job, rank = a.rank, world = a.world_size, generation = a.generation, "assigned");
+        if let Ok(mut j) = shared.job.lock() {
+            j.clone_from(&job);
+        }
+        shared.abort.store(false, Ordering::Relaxed);
+        shared.progress.store(a.start_step, Ordering::Relaxed);
+        let ctx = JobContext {
+            rt: tokio::runtime::Handle::current(),
+            cluster: client.clone(),
+            worker: worker.to_string(),
+            assignment: a,
+            abort: shared.abort.clone(),
+            progress: shared.progress.clone(),
+            device: device.clone(),
+        };
+        let abort = shared.abort.clone();
+        let mut task = tokio::task::spawn_blocking(move || run_job(ctx));
+        let result = tokio::select! {
+            r = &mut task => r,
+            _ = shutdown.cancelled() => {
+                abort.store(true, Ordering::Relaxed);
+                return Ok(());
+            }
+        };
+        match result {
+            Ok(Ok(())) => tracing::info!(%job, "finished my part of the job"),
+            Ok(Err(e)) => tracing::warn!(%job, error = %e, "left the job"),
+            Err(e) => tracing::error!(%job, error = %e, "training thread panicked"),
+        }
+        if let Ok(mut j) = shared.job.lock() {
+            j.clear();
+        }
+    }
+}
+
+async fn heartbeat(
+    mut client: Cluster,
+    worker: String,
+    shared: Arc<Shared>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let job = shared.job.lock().map(|j| j.clone()).unwrap_or_default();
+        let req = pb::HeartbeatRequest {
+            worker_id: worker.clone(),
+            protocol_version: PROTOCOL_VERSION,
+            job_id: job.clone(),
+            step: shared.progress.load(Ordering::Relaxed),
+        };
+        match client.heartbeat(req).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                if !job.is_empty() && r.abort_jobs.contains(&job) {
+                    tracing::warn!(%job, "coordinator stopped the job");
+                    shared.abort.store(true, Ordering::Relaxed);
+                }
+                if r.reregister {
+                    shared.reregister.store(true, Ordering::Relaxed);
+                    shared.abort.store(true, Ordering::Relaxed);
+                }
+            }
+            Err(s) => tracing::warn!(error = %s.message(), "heartbeat failed"),
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! The graft worker: it registers with the coordinator, takes assignments, and runs the
+//! gradient loop of each on its own thread.
+//!
+//! - [`config`]: configuration (file, `GRAFT_WORKER_*`, flags).
+//! - [`agent`]: registration, heartbeats, the assignment loop.
+//! - [`trainer`]: one job's step loop and the [`Reducer`](trainer::Reducer) interface.
+//! - [`rpc`]: chunked calls to the coordinator (shards, gradients, state).
+//! - [`error`]: the worker's errors.
+
+pub mod agent;
+pub mod config;
+pub mod error;
+pub mod rpc;
+pub mod trainer;
+
+pub use config::{WorkerArgs, WorkerConfig};
+
+/// Entry point shared by `graft-worker` and `graft worker`.
+///
+/// # Errors
+/// A configuration or start-up error, for the binary to print.
+pub async fn main_with(args: WorkerArgs) -> anyhow::Result<()> {
+    let config = WorkerConfig::load(&args)?;
+    if args.check_config {
+        println!("{}", toml::to_string_pretty(&config)?);
+        return Ok(());
+    }
+    graft_coordinator::logging::init(config.log_format, "info");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        graft_coordinator::server::wait_for_signal().await;
+        tracing::info!("shutting down");
+        s.cancel();
+    });
+    agent::run(config, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,259 @@
+//! The gradient loop of one job, on its own thread: draw the local batch, forward and
+//! backward, all-reduce, apply the optimizer, report fingerprints and (rank 0) state.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use burn::tensor::Device;
+use graft_coordinator::reduce::Stats;
+use graft_coordinator::wire::{spec_from_pb, stage_from_pb};
+use graft_proto::v1 as pb;
+use graft_transfer::methods::{Batch, Stage, compute_step, method_for, state_due};
+use graft_transfer::optim::{Optimizer, learning_rate};
+use graft_transfer::{Architecture, Params, shard};
+use tokio::runtime::Handle;
+
+use crate::error::WorkerError;
+use crate::rpc::{self, Cluster, Shard};
+
+/// Sums gradients across the group. The star through the coordinator is one; the ring
+/// between workers slots in behind the same trait.
+pub trait Reducer {
+    /// The group's mean gradient and summed stats for `step`.
+    ///
+    /// # Errors
+    /// [`WorkerError`] when the group cannot complete the step.
+    fn all_reduce(
+        &mut self,
+        step: u64,
+        grad: &[f32],
+        stats: Stats,
+    ) -> Result<(Vec<f32>, Stats), WorkerError>;
+}
+
+/// Star all-reduce through the coordinator.
+pub struct StarReducer {
+    rt: Handle,
+    cluster: Cluster,
+    worker: String,
+    job: String,
+    rank: u32,
+    generation: u64,
+}
+
+impl Reducer for StarReducer {
+    fn all_reduce(
+        &mut self,
+        step: u64,
+        grad: &[f32],
+        stats: Stats,
+    ) -> Result<(Vec<f32>, Stats), WorkerError> {
+        self.rt.block_on(rpc::reduce(
+            &mut self.cluster,
+            &self.worker,
+            &self.job,
+            self.rank,
+            step,
+            self.generation,
+            grad,
+            stats,
+        ))
+    }
+}
+
+/// What a job's thread needs.
+pub struct JobContext {
+    /// The runtime the RPCs run on.
+    pub rt: Handle,
+    /// The coordinator.
+    pub cluster: Cluster,
+    /// This worker.
+    pub worker: String,
+    /// The assignment.
+    pub assignment: pb::Assignment,
+    /// Set by the heartbeat task when the coordinator says to stop.
+    pub abort: Arc<AtomicBool>,
+    /// Steps done, read by the heartbeat task.
+    pub progress: Arc<AtomicU64>,
+    /// Where to compute.
+    pub device: Device,
+}
+
+/// Runs the job to its end (or until aborted).
+///
+/// # Errors
+/// [`WorkerError`] naming what stopped the job.
+pub fn run_job(mut ctx: JobContext) -> Result<(), WorkerError> {
+    let a = ctx.assignment.clone();
+    let job = a.job_id.clone();
+    let spec = spec_from_pb(
+        a.spec
+            .as_ref()
+            .ok_or_else(|| WorkerError::Protocol("assignment without spec".into()))?,
+    )
+    .map_err(|e| WorkerError::Protocol(e.to_string()))?;
+    let input: Vec<usize> = a.input_shape.iter().map(|&d| d as usize).collect();
+    let arch = Architecture::new(&spec.model, &input, a.num_classes as usize)
+        .map_err(|e| WorkerError::Setup(e.to_string()))?;
+    let method = method_for(&spec);
+    let stages: Vec<Stage> = a
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| stage_from_pb(s, i))
+        .collect::<Result<_, _>>()
+        .map_err(|e| WorkerError::Protocol(e.to_string()))?;
+    let total: u64 = stages.iter().map(|s| s.steps).sum();
+    let (rank, world, generation) = (a.rank, a.world_size.max(1), a.generation);
+    let batch_size = spec.training.global_batch_size;
+
+    let (mut params, mut restore) = if a.has_initial_state {
+        let (flat, opt, opt_steps) = ctx.rt.block_on(rpc::fetch_state(
+            &mut ctx.cluster,
+            &ctx.worker,
+            &job,
+            arch.num_params(),
+        ))?;
+        let mut values = Vec::with_capacity(arch.params.len());
+        let mut at = 0;
+        for p in &arch.params {
+            values.push(flat[at..at + p.numel()].to_vec());
+            at += p.numel();
+        }
+        (
+            Params::new(values),
+            (!opt.is_empty()).then_some((opt, opt_steps)),
+        )
+    } else {
+        (arch.init(spec.seed), None)
+    };
+    let mut reducer = StarReducer {
+        rt: ctx.rt.clone(),
+        cluster: ctx.cluster.clone(),
+        worker: ctx.worker.clone(),
+        job: job.clone(),
+        rank,
+        generation,
+    };
+    let mut step = a.start_step;
+    let mut shard: Option<((usize, u64), Shard)> = None;
+    tracing::info!(%job, rank, world, start_step = step, total, params = arch.num_params(), "training");
+
+    for (si, stage) in stages.iter().enumerate() {
+        let end = stage.first_step + stage.steps;
+        if step >= end {
+            continue;
+        }
+        let mask = method.trainable(&arch, si);
+        let n = params.flat_len(&mask);
+        let mut opt = if step == stage.first_step {
+            for (i, p) in arch.params.iter().enumerate() {
+                if stage
+                    .reset_prefixes
+                    .iter()
+                    .any(|pre| p.name.starts_with(pre.as_str()))
+                {
+                    // A new head for the new stage: a stream of the seed distinct from the first init.
+                    params.values_mut()[i] =
+                        arch.init_param(i, spec.seed ^ ((si as u64 + 1) << 32));
+                }
+            }
+            restore = None;
+            Optimizer::new(&spec.optimizer, n)
+        } else {
+            match restore.take() {
+                Some((state, steps)) => Optimizer::from_state(&spec.optimizer, n, &state, steps)
+                    .map_err(|e| WorkerError::Protocol(format!("optimizer state: {e}")))?,
+                None => Optimizer::new(&spec.optimizer, n),
+            }
+        };
+        while step < end {
+            if ctx.abort.load(Ordering::Relaxed) {
+                return Err(WorkerError::Aborted(job));
+            }
+            let i = step - stage.first_step;
+            let (epoch, b) = (i / stage.steps_per_epoch, i % stage.steps_per_epoch);
+            if shard.as_ref().map(|(k, _)| *k) != Some((si, epoch)) {
+                let s = ctx.rt.block_on(rpc::fetch_shard(
+                    &mut ctx.cluster,
+                    &ctx.worker,
+                    &job,
+                    si as u32,
+                    epoch,
+                    generation,
+                ))?;
+                shard = Some(((si, epoch), s));
+            }
+            let Some((_, data)) = shard.as_ref() else {
+                continue;
+            };
+            let range = shard::local_batch(stage.samples, batch_size, world, rank, b);
+            if range.end > data.labels.len() {
+                return Err(WorkerError::Protocol(format!(
+                    "shard of {} samples has no local batch {range:?}",
+                    data.labels.len()
+                )));
+            }
+            let dim = if data.dim == 0 {
+                arch.input_dim()
+            } else {
+                data.dim
+            };
+            let batch = Batch {
+                features: data.features[range.start * dim..range.end * dim].to_vec(),
+                labels: data.labels[range.clone()].to_vec(),
+                dim,
+            };
+            let r = compute_step(
+                method.as_ref(),
+                &arch,
+                &params,
+                &mask,
+                &batch,
+                si,
+                &ctx.device,
+            );
+            let stats = Stats {
+                loss_sum: r.loss_sum,
+                samples: r.samples,
+                correct: r.correct,
+            };
+            let (mean, _global) = reducer.all_reduce(step, &r.grad, stats)?;
+            let mut flat = params.flatten(&mask);
+            let lr = learning_rate(spec.optimizer.lr(), &spec.schedule, i, stage.steps);
+            opt.step(&mut flat, &mean, lr);
+            params
+                .unflatten(&mask, &flat)
+                .map_err(|e| WorkerError::Protocol(e.to_string()))?;
+            step += 1;
+            ctx.progress.store(step, Ordering::Relaxed);
+            if step % spec.training.fingerprint_interval == 0 || step == total {
+                let req = pb::ReportStepRequest {
+                    worker_id: ctx.worker.clone(),
+                    job_id: job.clone(),
+                    rank,
+                    step,
+                    fingerprint: params.fingerprint(),
+                    generation,
+                };
+                ctx.rt
+                    .block_on(ctx.cluster.report_step(req))
+                    .map_err(|e| WorkerError::rpc("ReportStep", e))?;
+            }
+            if rank == 0 && state_due(&spec, &stages, step) {
+                let all: Vec<f32> = params.values().iter().flatten().copied().collect();
+                ctx.rt.block_on(rpc::upload_state(
+                    &mut ctx.cluster,
+                    &ctx.worker,
+                    &job,
+                    step,
+                    &all,
+                    &opt.state(),
+                    opt.steps,
+                ))?;
+            }
+        }
+    }
+    tracing::info!(%job, steps = step, fingerprint = %params.fingerprint(), "job done");
+    Ok(())
+}
