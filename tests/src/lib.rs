@@ -1,1 +1,242 @@
-//! Helpers for the multi-process tests in `tests/tests/`.
+//! Helpers for the multi-process tests in `tests/tests/`: real binaries on port 0, killed
+//! for real.
+//!
+//! The binaries are the ones built next to the test executable (`cargo test --release`
+//! builds them with the workspace); a missing one is a clear panic, not a skipped test.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The directory of the workspace's binaries (`target/<profile>`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .to_path_buf();
+    for b in ["graft", "graft-coordinator", "graft-worker"] {
+        assert!(
+            dir.join(b).exists(),
+            "{} is missing: build the workspace first (cargo build --release --workspace)",
+            dir.join(b).display()
+        );
+    }
+    dir
+}
+
+/// A binary of the workspace.
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// Where the shared datasets are.
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("GRAFT_DATA_DIR").map_or_else(
+        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data")),
+        PathBuf::from,
+    )
+}
+
+/// A coordinator and workers started by hand, as a user would.
+pub struct Cluster {
+    /// The coordinator's URL.
+    pub url: String,
+    /// Its state directory.
+    pub state: PathBuf,
+    coordinator: Option<Child>,
+    /// Worker processes by index.
+    pub workers: Vec<Option<Child>>,
+    /// Keeps the temporary directory alive.
+    pub tmp: tempfile::TempDir,
+    heartbeat_timeout_ms: u64,
+}
+
+impl Cluster {
+    /// A coordinator with `workers` workers.
+    pub fn start(workers: usize, heartbeat_timeout_ms: u64) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let state = tmp.path().join("state");
+        let mut c = Cluster {
+            url: String::new(),
+            state,
+            coordinator: None,
+            workers: Vec::new(),
+            tmp,
+            heartbeat_timeout_ms,
+        };
+        c.start_coordinator();
+        for _ in 0..workers {
+            c.add_worker();
+        }
+        c
+    }
+
+    /// (Re)starts the coordinator on the same state directory.
+    pub fn start_coordinator(&mut self) {
+        let ready = self.tmp.path().join("ready");
+        let _ = std::fs::remove_file(&ready);
+        let log = std::fs::File::create(self.tmp.path().join("coordinator.log")).expect("log file");
+        let child = Command::new(bin("graft-coordinator"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--heartbeat-timeout-ms",
+                &self.heartbeat_timeout_ms.to_string(),
+            ])
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--data-dir")
+            .arg(data_dir())
+            .arg("--ready-file")
+            .arg(&ready)
+            .env_remove("GRAFT_DATA_DIR")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start graft-coordinator");
+        self.coordinator = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(a) = std::fs::read_to_string(&ready)
+                && !a.is_empty()
+            {
+                self.url = format!("http://{a}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "coordinator did not start: {}",
+                self.log("coordinator")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts one more worker; returns its index.
+    pub fn add_worker(&mut self) -> usize {
+        let i = self.workers.len();
+        let log = std::fs::File::create(self.tmp.path().join(format!("worker-{i}.log")))
+            .expect("log file");
+        let child = Command::new(bin("graft-worker"))
+            .args([
+                "--coordinator",
+                &self.url,
+                "--name",
+                &format!("test-worker-{i}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start graft-worker");
+        self.workers.push(Some(child));
+        i
+    }
+
+    /// Kills worker `i` with SIGKILL.
+    pub fn kill_worker(&mut self, i: usize) {
+        if let Some(mut c) = self.workers[i].take() {
+            c.kill().expect("kill worker");
+            c.wait().expect("reap worker");
+        }
+    }
+
+    /// Kills the coordinator.
+    pub fn kill_coordinator(&mut self) {
+        if let Some(mut c) = self.coordinator.take() {
+            c.kill().expect("kill coordinator");
+            c.wait().expect("reap coordinator");
+        }
+    }
+
+    /// A process's log.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.tmp.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Runs `graft <args>` against this coordinator.
+    pub fn graft(&self, args: &[&str]) -> Output {
+        Command::new(bin("graft"))
+            .arg("--coordinator")
+            .arg(&self.url)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run graft")
+    }
+
+    /// Writes a job file into the temporary directory.
+    pub fn job_file(&self, name: &str, toml: &str) -> PathBuf {
+        let p = self.tmp.path().join(name);
+        let mut f = std::fs::File::create(&p).expect("job file");
+        f.write_all(toml.as_bytes()).expect("write job file");
+        p
+    }
+
+    /// `graft status ID --json`, parsed.
+    pub fn status(&self, id: &str) -> serde_json::Value {
+        let out = self.graft(&["status", id, "--json"]);
+        last_json(&out)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self.workers.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.kill_coordinator();
+    }
+}
+
+/// The last stdout line of a command, as JSON.
+pub fn last_json(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!(
+                "no JSON line in stdout:\n{stdout}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"))
+}
+
+/// Stdout and stderr, for failure messages.
+pub fn show(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// The largest difference of two tensors relative to the largest magnitude of the first.
+pub fn max_relative_diff(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "tensor lengths differ");
+    let scale = a.iter().fold(0f64, |m, v| m.max(v.abs() as f64)).max(1e-12);
+    a.iter()
+        .zip(b)
+        .fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()))
+        / scale
+}

@@ -1,0 +1,341 @@
+//! Multi-process tests: real `graft-coordinator`, `graft-worker` and `graft` binaries on
+//! loopback ports, killed for real. Run in release, one test at a time
+//! (`cargo test --release -- --test-threads=1`), as `.ci/run` does.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use graft_tests::{Cluster, last_json, max_relative_diff, show, wait_for};
+use graft_transfer::spec::ModelSpec;
+use graft_transfer::{Architecture, weights};
+
+fn small_mnist_job(name: &str, workers: u32, steps: u64) -> String {
+    format!(
+        r#"
+name = "{name}"
+seed = 11
+[model]
+kind = "mlp"
+hidden = [64]
+[method]
+kind = "supervised"
+[[datasets]]
+name = "mnist"
+split = "train"
+role = "source"
+limit = 3000
+[[datasets]]
+name = "mnist"
+split = "test"
+role = "eval"
+limit = 500
+[optimizer]
+kind = "sgd"
+lr = 0.05
+momentum = 0.9
+[training]
+global_batch_size = 60
+steps = {steps}
+fingerprint_interval = 5
+[workers]
+min = {workers}
+max = {workers}
+"#
+    )
+}
+
+fn export_tensors(c: &Cluster, job: &str) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let out_path = c.tmp.path().join(format!("{job}.safetensors"));
+    let out = c.graft(&[
+        "export",
+        job,
+        "--out",
+        out_path.to_str().expect("utf-8 path"),
+    ]);
+    assert!(out.status.success(), "export failed: {}", show(&out));
+    let bytes = std::fs::read(&out_path).expect("exported file");
+    weights::read_all(&bytes).expect("valid safetensors")
+}
+
+/// (a) and (e): two workers train the MLP on MNIST to >= 0.97; the export holds every
+/// parameter with its shape; the job list survives a coordinator restart.
+#[test]
+fn mnist_mlp_on_two_workers_reaches_97_percent_and_exports() {
+    let mut c = Cluster::start(2, 5_000);
+    let job = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/mnist-mlp.toml");
+    let out = c.graft(&["submit", job, "--watch", "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let r = last_json(&out);
+    assert_eq!(r["state"], "COMPLETED", "{r}");
+    assert_eq!(r["workers"], 2);
+    let acc = r["metrics"]["target_accuracy"].as_f64().expect("accuracy");
+    assert!(acc >= 0.97, "MNIST test accuracy {acc} < 0.97");
+    let ckpt = r["checkpoint"].as_str().expect("checkpoint path");
+    assert!(std::path::Path::new(ckpt).exists(), "{ckpt} does not exist");
+    let id = r["job"].as_str().expect("id").to_string();
+
+    let tensors = export_tensors(&c, &id);
+    let arch = Architecture::new(
+        &ModelSpec::Mlp {
+            hidden: vec![256, 128],
+        },
+        &[1, 28, 28],
+        10,
+    )
+    .expect("arch");
+    assert_eq!(
+        tensors.len(),
+        arch.params.len(),
+        "export holds exactly the model's parameters"
+    );
+    for p in &arch.params {
+        let (shape, values) = tensors
+            .get(&p.name)
+            .unwrap_or_else(|| panic!("{} missing from export", p.name));
+        assert_eq!(shape, &p.shape, "{}", p.name);
+        assert_eq!(values.len(), p.numel());
+        assert!(values.iter().all(|v| v.is_finite()));
+    }
+    let listed = c.graft(&["checkpoints", &id, "--json"]);
+    assert!(
+        listed.status.success() && String::from_utf8_lossy(&listed.stdout).lines().count() >= 2,
+        "{}",
+        show(&listed)
+    );
+
+    c.kill_coordinator();
+    c.start_coordinator();
+    let list = c.graft(&["list", "--json"]);
+    assert!(list.status.success(), "{}", show(&list));
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.contains(&format!("\"job\":\"{id}\"")) && text.contains("COMPLETED"),
+        "job list after restart: {text}"
+    );
+}
+
+/// (b): the same job with W = 1, 2 and 3 (same seed, same global batch) ends with the same
+/// parameters to 1e-4 relative after 20 steps.
+#[test]
+fn one_two_and_three_workers_reach_the_same_parameters() {
+    let mut results = Vec::new();
+    for w in [1u32, 2, 3] {
+        let c = Cluster::start(w as usize, 5_000);
+        let file = c.job_file("eq.toml", &small_mnist_job("equivalence", w, 20));
+        let out = c.graft(&["submit", file.to_str().expect("utf-8"), "--watch", "--json"]);
+        assert!(out.status.success(), "W={w}: {}", show(&out));
+        let r = last_json(&out);
+        assert_eq!(r["state"], "COMPLETED", "W={w}: {r}");
+        assert_eq!(r["steps"], 20);
+        results.push(export_tensors(&c, r["job"].as_str().expect("id")));
+    }
+    for (w, other) in [(2, &results[1]), (3, &results[2])] {
+        for (name, (_, a)) in &results[0] {
+            let (_, b) = &other[name];
+            let d = max_relative_diff(a, b);
+            assert!(d <= 1e-4, "W=1 vs W={w}: {name} differs by {d:e} relative");
+        }
+    }
+    // And training happened: the parameters moved away from their initial values.
+    let arch =
+        Architecture::new(&ModelSpec::Mlp { hidden: vec![64] }, &[1, 28, 28], 10).expect("arch");
+    let init = arch.init(11);
+    let i = arch.index_of("features.fc1.weight").expect("param");
+    assert!(max_relative_diff(&init.values()[i], &results[0]["features.fc1.weight"].1) > 1e-3);
+}
+
+/// (c): killing a worker mid-job ends the job FAILED, with a reason naming the worker,
+/// within the heartbeat timeout.
+#[test]
+fn a_killed_worker_fails_its_job_within_the_timeout() {
+    let timeout_ms = 2_000;
+    let mut c = Cluster::start(2, timeout_ms);
+    let file = c.job_file("long.toml", &small_mnist_job("long", 2, 100_000));
+    let out = c.graft(&["submit", file.to_str().expect("utf-8"), "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let id = last_json(&out)["job"].as_str().expect("id").to_string();
+    wait_for(Duration::from_secs(60), || {
+        (c.status(&id)["steps"].as_u64().unwrap_or(0) >= 10).then_some(())
+    })
+    .unwrap_or_else(|| panic!("job never got going: {}", c.log("coordinator")));
+    let killed_at = Instant::now();
+    c.kill_worker(1);
+    let r = wait_for(Duration::from_secs(30), || {
+        let s = c.status(&id);
+        (s["state"] == "FAILED").then_some(s)
+    })
+    .unwrap_or_else(|| panic!("job did not fail: {}", c.status(&id)));
+    let took = killed_at.elapsed();
+    let reason = r["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("worker")
+            && reason.contains("test-worker-1")
+            && reason.contains("heartbeat"),
+        "reason: {reason}"
+    );
+    assert!(
+        took < Duration::from_millis(timeout_ms + 3_000),
+        "took {took:?} to notice the dead worker"
+    );
+    // The survivor is free again and takes the next job.
+    let c2 = c.job_file("short.toml", &small_mnist_job("after", 1, 5));
+    let out = c.graft(&["submit", c2.to_str().expect("utf-8"), "--watch", "--json"]);
+    assert_eq!(last_json(&out)["state"], "COMPLETED", "{}", show(&out));
+}
+
+/// (d): a bad job file is refused with the field named, and nothing is created.
+#[test]
+fn bad_job_files_are_refused_naming_the_field_and_create_nothing() {
+    let c = Cluster::start(0, 5_000);
+    let good = small_mnist_job("bad", 1, 5);
+    let cases = [
+        (good.replace("lr = 0.05", "lr = 0.0"), "optimizer.lr"),
+        (
+            good.replace("global_batch_size = 60", "global_batch_size = 0"),
+            "training.global_batch_size",
+        ),
+        (
+            good.replace(
+                "name = \"mnist\"\nsplit = \"test\"",
+                "name = \"mnist\"\nsplit = \"validation\"",
+            ),
+            "datasets[1].split",
+        ),
+        (
+            good.replace("momentum = 0.9", "momentum = 0.9\nmomentun = 0.1"),
+            "momentun",
+        ),
+        (good.replace("max = 1", "max = 0"), "workers.max"),
+    ];
+    for (i, (text, field)) in cases.iter().enumerate() {
+        let f = c.job_file(&format!("bad{i}.toml"), text);
+        let out = c.graft(&["submit", f.to_str().expect("utf-8")]);
+        assert!(!out.status.success(), "case {i} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(field),
+            "case {i}: error does not name {field}: {err}"
+        );
+    }
+    let list = c.graft(&["list", "--json"]);
+    assert!(list.status.success(), "{}", show(&list));
+    assert_eq!(
+        String::from_utf8_lossy(&list.stdout).trim(),
+        "",
+        "refused jobs must not be listed"
+    );
+}
+
+/// A dataset that is not where the coordinator looks is refused with the path it tried.
+#[test]
+fn a_missing_dataset_names_where_graft_looked() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ready = tmp.path().join("ready");
+    let mut coord = std::process::Command::new(graft_tests::bin("graft-coordinator"))
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .arg("--data-dir")
+        .arg(tmp.path().join("no-data-here"))
+        .arg("--ready-file")
+        .arg(&ready)
+        .env_remove("GRAFT_DATA_DIR")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start coordinator");
+    let addr = wait_for(Duration::from_secs(20), || {
+        std::fs::read_to_string(&ready)
+            .ok()
+            .filter(|a| !a.is_empty())
+    })
+    .expect("coordinator up");
+    let job = tmp.path().join("j.toml");
+    std::fs::write(&job, small_mnist_job("missing", 1, 5)).expect("write");
+    let out = std::process::Command::new(graft_tests::bin("graft"))
+        .args(["--coordinator", &format!("http://{addr}"), "submit"])
+        .arg(&job)
+        .output()
+        .expect("graft");
+    let _ = coord.kill();
+    let _ = coord.wait();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no-data-here")
+            && err.contains("train-images-idx3-ubyte.gz")
+            && err.contains("README"),
+        "{err}"
+    );
+}
+
+/// Cancelling a running job ends it CANCELLED and frees its workers.
+#[test]
+fn cancel_stops_a_running_job() {
+    let c = Cluster::start(2, 5_000);
+    let file = c.job_file("long.toml", &small_mnist_job("cancel-me", 2, 100_000));
+    let out = c.graft(&["submit", file.to_str().expect("utf-8"), "--json"]);
+    let id = last_json(&out)["job"].as_str().expect("id").to_string();
+    wait_for(Duration::from_secs(60), || {
+        (c.status(&id)["steps"].as_u64().unwrap_or(0) >= 3).then_some(())
+    })
+    .expect("job running");
+    let out = c.graft(&["cancel", &id]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("CANCELLED"),
+        "{}",
+        show(&out)
+    );
+    let again = c.graft(&["cancel", &id]);
+    assert!(
+        !again.status.success(),
+        "a finished job cannot be cancelled twice"
+    );
+    let f2 = c.job_file("next.toml", &small_mnist_job("next", 2, 5));
+    let out = c.graft(&["submit", f2.to_str().expect("utf-8"), "--watch", "--json"]);
+    assert_eq!(last_json(&out)["state"], "COMPLETED", "{}", show(&out));
+}
+
+/// An unreachable coordinator gives a one-line error and a non-zero exit.
+#[test]
+fn an_unreachable_coordinator_is_one_line_and_non_zero() {
+    let out = std::process::Command::new(graft_tests::bin("graft"))
+        .args(["--coordinator", "http://127.0.0.1:9", "list"])
+        .output()
+        .expect("graft");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot reach the coordinator at http://127.0.0.1:9"),
+        "{err}"
+    );
+}
+
+/// `graft demo --json`: both built-in jobs complete, and fine-tuning on ten labels per class
+/// beats the source-only model on the rotated target.
+#[test]
+fn demo_runs_and_fine_tuning_beats_source_only() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(graft_tests::bin("graft"))
+        .args(["demo", "--json", "--state-dir"])
+        .arg(tmp.path().join("demo"))
+        .output()
+        .expect("graft demo");
+    assert!(out.status.success(), "{}", show(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines.iter().all(|l| l["state"] == "COMPLETED"));
+    let before = lines[1]["metrics"]["source_stage.target_accuracy"]
+        .as_f64()
+        .expect("source-stage accuracy");
+    let after = lines[1]["metrics"]["target_accuracy"]
+        .as_f64()
+        .expect("final accuracy");
+    assert!(
+        after > before + 0.05,
+        "fine-tuning {after} vs source only {before}"
+    );
+}
