@@ -28,6 +28,8 @@ pub struct Manifest {
     pub step: u64,
     /// Stage index the next step belongs to.
     pub stage: usize,
+    /// Epoch (within that stage) the next step belongs to.
+    pub epoch: u64,
     /// Optimizer updates taken in the current stage.
     pub optimizer_steps: u64,
     /// The job's spec, so a run can be reproduced from its artifacts.
@@ -122,6 +124,8 @@ pub struct Snapshot<'a> {
     pub step: u64,
     /// Stage of the next step.
     pub stage: usize,
+    /// Epoch of the next step within its stage.
+    pub epoch: u64,
     /// All parameters.
     pub params: &'a Params,
     /// Optimizer state.
@@ -168,6 +172,7 @@ impl CheckpointDir {
             job: s.job.to_string(),
             step: s.step,
             stage: s.stage,
+            epoch: s.epoch,
             optimizer_steps: s.optimizer_steps,
             spec: s.spec.clone(),
             metrics: s.metrics.clone(),

@@ -98,6 +98,20 @@ pub struct RoundTicket {
     pub rank: usize,
 }
 
+/// A worker's place in a running job.
+pub struct Membership {
+    /// The job's data and network.
+    pub data: Arc<JobData>,
+    /// The job's spec.
+    pub spec: JobSpec,
+    /// The worker's rank.
+    pub rank: usize,
+    /// The group's size.
+    pub world: usize,
+    /// The state the job starts from, if not fresh weights.
+    pub start: Option<Arc<StartState>>,
+}
+
 /// A job's identity and setup for a state upload.
 pub struct JobHandle {
     /// The record as it is now.
@@ -451,7 +465,7 @@ impl Coordinator {
             let Some(w) = core.workers.remove(&id) else {
                 continue;
             };
-            tracing::warn!(worker = %id, name = %w.name, "worker timed out");
+            tracing::warn!(worker = %id, name = %w.name, device = %w.device, "worker timed out");
             if let Some(job) = w.job {
                 let rank = core
                     .jobs
@@ -549,28 +563,6 @@ impl Coordinator {
         }
     }
 
-    /// Worker names and devices, for logs and status.
-    ///
-    /// # Errors
-    /// Only an internal error.
-    pub fn workers(
-        &self,
-    ) -> Result<Vec<(WorkerId, String, String, Option<String>)>, CoordinatorError> {
-        let core = self.lock()?;
-        Ok(core
-            .workers
-            .iter()
-            .map(|(id, w)| {
-                (
-                    id.clone(),
-                    w.name.clone(),
-                    w.device.clone(),
-                    w.job.as_ref().map(|j| j.0.clone()),
-                )
-            })
-            .collect())
-    }
-
     // ------------------------------------------------------------------ steps
 
     /// Checks that `worker` is rank `rank` of the running group of `job` at `generation`,
@@ -617,17 +609,16 @@ impl Coordinator {
         Ok((entry, rank))
     }
 
-    /// The job's data, for a member worker.
+    /// The job's data and this worker's place in its group.
     ///
     /// # Errors
     /// When the worker is not a member of the running group.
-    pub fn member_data(
+    pub fn membership(
         &self,
         worker: &str,
         job: &str,
         generation: Option<u64>,
-    ) -> Result<(Arc<JobData>, JobSpec, usize, usize, Option<Arc<StartState>>), CoordinatorError>
-    {
+    ) -> Result<Membership, CoordinatorError> {
         let mut core = self.lock()?;
         let (entry, rank) = Self::member(&mut core, worker, job, generation)?;
         let data = entry
@@ -635,13 +626,13 @@ impl Coordinator {
             .clone()
             .ok_or_else(|| CoordinatorError::Internal(format!("job {job} has no data loaded")))?;
         let world = entry.run.as_ref().map_or(1, |r| r.members.len());
-        Ok((
+        Ok(Membership {
             data,
-            entry.record.spec.clone(),
+            spec: entry.record.spec.clone(),
             rank,
             world,
-            entry.start.clone(),
-        ))
+            start: entry.start.clone(),
+        })
     }
 
     /// The reduction round of `step` for a member worker, created on first use.

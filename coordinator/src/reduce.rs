@@ -68,12 +68,15 @@ pub fn reduce_in_rank_order(parts: &[(Vec<f32>, Stats)]) -> Reduced {
     Reduced { grad: sum, stats }
 }
 
+/// One rank's gradient and stats.
+type Contribution = (Vec<f32>, Stats);
+
 /// One step's reduction.
 #[derive(Debug)]
 pub struct Round {
     /// Elements of the flattened gradient.
     pub len: usize,
-    parts: Mutex<Vec<Option<(Vec<f32>, Stats)>>>,
+    parts: Mutex<Vec<Option<Contribution>>>,
     /// Sent by whoever completes or fails the round; every handler of the step waits on a
     /// receiver. Never closed while the round is referenced.
     status: watch::Sender<RoundStatus>,

@@ -91,7 +91,11 @@ fn run(coord: &Coordinator, h: &JobHandle, u: Upload) -> Result<(), CoordinatorE
         );
     }
     if checkpoint_due(spec, &data.stages, u.step) {
-        let stage = data.stage_of(u.step).map_or(data.stages.len(), |(i, _)| i);
+        let (stage, epoch) = data
+            .stage_of(u.step)
+            .map_or((data.stages.len(), 0), |(i, s)| {
+                (i, (u.step - s.first_step) / s.steps_per_epoch.max(1))
+            });
         let dir = CheckpointDir::new(coord.job_dir(&h.record.id).join("checkpoints"));
         let keep = spec.checkpoint.keep as usize;
         let rec = dir.write(
@@ -101,6 +105,7 @@ fn run(coord: &Coordinator, h: &JobHandle, u: Upload) -> Result<(), CoordinatorE
                 arch: &data.arch,
                 step: u.step,
                 stage,
+                epoch,
                 params: &params,
                 optimizer_state: &u.optimizer_state,
                 optimizer_steps: u.optimizer_steps,

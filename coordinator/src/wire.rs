@@ -252,7 +252,7 @@ impl TryFrom<&pb::JobSpec> for WireSpec {
         };
         let t = p.training.as_ref().ok_or_else(|| missing("training"))?;
         let w = p.workers.as_ref().ok_or_else(|| missing("workers"))?;
-        let c = p.checkpoint.clone().unwrap_or_default();
+        let c = p.checkpoint.unwrap_or_default();
         Ok(WireSpec(JobSpec {
             name: p.name.clone(),
             seed: p.seed,

@@ -187,7 +187,7 @@ impl Assembler {
             });
         }
         let n = (chunk.data.len() / 4) as u64;
-        if chunk.data.len() % 4 != 0 || have + n > self.total {
+        if !chunk.data.len().is_multiple_of(4) || have + n > self.total {
             return Err(ChunkError::BadSize {
                 bytes: chunk.data.len(),
                 offset: chunk.offset,

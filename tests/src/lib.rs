@@ -53,11 +53,25 @@ pub struct Cluster {
     /// Keeps the temporary directory alive.
     pub tmp: tempfile::TempDir,
     heartbeat_timeout_ms: u64,
+    listen: String,
 }
 
 impl Cluster {
-    /// A coordinator with `workers` workers.
+    /// A coordinator on a free port with `workers` workers.
     pub fn start(workers: usize, heartbeat_timeout_ms: u64) -> Self {
+        Self::start_on("127.0.0.1:0", workers, heartbeat_timeout_ms)
+    }
+
+    /// A coordinator on a fixed port (so that a restarted one is found again by the workers).
+    pub fn start_on_fixed_port(workers: usize, heartbeat_timeout_ms: u64) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        Self::start_on(&format!("127.0.0.1:{port}"), workers, heartbeat_timeout_ms)
+    }
+
+    fn start_on(listen: &str, workers: usize, heartbeat_timeout_ms: u64) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let state = tmp.path().join("state");
         let mut c = Cluster {
@@ -67,6 +81,7 @@ impl Cluster {
             workers: Vec::new(),
             tmp,
             heartbeat_timeout_ms,
+            listen: listen.to_string(),
         };
         c.start_coordinator();
         for _ in 0..workers {
@@ -79,11 +94,15 @@ impl Cluster {
     pub fn start_coordinator(&mut self) {
         let ready = self.tmp.path().join("ready");
         let _ = std::fs::remove_file(&ready);
-        let log = std::fs::File::create(self.tmp.path().join("coordinator.log")).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.tmp.path().join("coordinator.log"))
+            .expect("log file");
         let child = Command::new(bin("graft-coordinator"))
             .args([
                 "--listen",
-                "127.0.0.1:0",
+                &self.listen,
                 "--heartbeat-timeout-ms",
                 &self.heartbeat_timeout_ms.to_string(),
             ])

@@ -339,3 +339,127 @@ fn demo_runs_and_fine_tuning_beats_source_only() {
         "fine-tuning {after} vs source only {before}"
     );
 }
+
+/// Losing the coordinator costs at most the work since the last checkpoint: a restarted
+/// coordinator resumes the job from its newest checkpoint and the workers rejoin it.
+#[test]
+fn a_restarted_coordinator_resumes_from_the_last_checkpoint() {
+    let mut c = Cluster::start_on_fixed_port(2, 5_000);
+    let job = small_mnist_job("resume", 2, 300).replace(
+        "[workers]",
+        "[checkpoint]\ninterval_steps = 40\nkeep = 2\n[workers]",
+    );
+    let file = c.job_file("resume.toml", &job);
+    let out = c.graft(&["submit", file.to_str().expect("utf-8"), "--json"]);
+    let id = last_json(&out)["job"].as_str().expect("id").to_string();
+    wait_for(Duration::from_secs(60), || {
+        (c.status(&id)["steps"].as_u64().unwrap_or(0) >= 90).then_some(())
+    })
+    .expect("job past step 90");
+    c.kill_coordinator();
+    c.start_coordinator();
+    let log = c.log("coordinator");
+    let line = log
+        .lines()
+        .find(|l| l.contains("resuming job after restart"))
+        .unwrap_or_else(|| panic!("no resume line in:\n{log}"));
+    let at: u64 = line
+        .split("step=")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no step in {line:?}"));
+    assert!(
+        at >= 80 && at.is_multiple_of(40),
+        "resumed at step {at}, expected the newest checkpoint (a multiple of 40, >= 80)"
+    );
+    let out = c.graft(&["watch", &id, "--json"]);
+    let r = last_json(&out);
+    assert_eq!(
+        r["state"],
+        "COMPLETED",
+        "{}\n{}",
+        show(&out),
+        c.log("coordinator")
+    );
+    assert_eq!(r["steps"], 300);
+}
+
+fn moons_job(name: &str, method: &str, steps: u64, lr: f64) -> String {
+    format!(
+        r#"
+name = "{name}"
+seed = 5
+[model]
+kind = "mlp"
+hidden = [16]
+[method]
+{method}
+[[datasets]]
+name = "moons"
+role = "source"
+[[datasets]]
+name = "moons"
+role = "target_labelled"
+rotation_deg = 35.0
+labels_per_class = 10
+[[datasets]]
+name = "moons"
+split = "test"
+role = "eval"
+rotation_deg = 35.0
+[optimizer]
+kind = "sgd"
+lr = {lr}
+[training]
+global_batch_size = 32
+steps = {steps}
+[workers]
+min = 1
+max = 1
+"#
+    )
+}
+
+/// Fine-tuning can start from a safetensors file exported by an earlier job; a file that
+/// does not fit the network is refused naming `method.init_from`.
+#[test]
+fn fine_tuning_starts_from_an_exported_model() {
+    let c = Cluster::start(1, 5_000);
+    let f1 = c.job_file(
+        "src.toml",
+        &moons_job("source", "kind = \"supervised\"", 50, 0.1),
+    );
+    let out = c.graft(&["submit", f1.to_str().expect("utf-8"), "--watch", "--json"]);
+    let first = last_json(&out)["job"].as_str().expect("id").to_string();
+    let source = export_tensors(&c, &first);
+    let exported = c.tmp.path().join(format!("{first}.safetensors"));
+
+    // One step at a negligible rate: the result must be the imported weights.
+    let method = format!(
+        "kind = \"fine_tuning\"\ninit_from = \"{}\"",
+        exported.display()
+    );
+    let f2 = c.job_file("ft.toml", &moons_job("from-file", &method, 1, 1e-12));
+    let out = c.graft(&["submit", f2.to_str().expect("utf-8"), "--watch", "--json"]);
+    let r = last_json(&out);
+    assert_eq!(r["state"], "COMPLETED", "{}", show(&out));
+    assert_eq!(r["steps"], 1, "no source stage when starting from a file");
+    let tuned = export_tensors(&c, r["job"].as_str().expect("id"));
+    for (name, (_, a)) in &source {
+        assert!(
+            max_relative_diff(a, &tuned[name].1) < 1e-6,
+            "{name} was not loaded from the file"
+        );
+    }
+
+    let wrong = moons_job("wrong", &method, 1, 0.1).replace("hidden = [16]", "hidden = [8]");
+    let f3 = c.job_file("wrong.toml", &wrong);
+    let out = c.graft(&["submit", f3.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("method.init_from") && err.contains("features.fc1.weight"),
+        "{err}"
+    );
+}

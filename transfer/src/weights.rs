@@ -32,6 +32,9 @@ pub enum WeightsError {
     },
 }
 
+/// Tensors by name: shape and values.
+pub type NamedTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// Named f32 tensors to serialise, in order.
 pub fn to_safetensors(
     tensors: &[(String, Vec<usize>, &[f32])],
@@ -71,7 +74,7 @@ pub fn params_to_safetensors(
 ///
 /// # Errors
 /// [`WeightsError::Format`] for a damaged file or a tensor that is not f32.
-pub fn read_all(bytes: &[u8]) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>, WeightsError> {
+pub fn read_all(bytes: &[u8]) -> Result<NamedTensors, WeightsError> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| WeightsError::Format(e.to_string()))?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {

@@ -212,7 +212,9 @@ async fn heartbeat(
         match client.heartbeat(req).await {
             Ok(r) => {
                 let r = r.into_inner();
-                if !job.is_empty() && r.abort_jobs.contains(&job) {
+                // Only if still on that job: the answer may arrive after the next job started.
+                let still = shared.job.lock().map(|j| *j == job).unwrap_or(false);
+                if !job.is_empty() && still && r.abort_jobs.contains(&job) {
                     tracing::warn!(%job, "coordinator stopped the job");
                     shared.abort.store(true, Ordering::Relaxed);
                 }

@@ -227,7 +227,7 @@ pub fn run_job(mut ctx: JobContext) -> Result<(), WorkerError> {
                 .map_err(|e| WorkerError::Protocol(e.to_string()))?;
             step += 1;
             ctx.progress.store(step, Ordering::Relaxed);
-            if step % spec.training.fingerprint_interval == 0 || step == total {
+            if step.is_multiple_of(spec.training.fingerprint_interval) || step == total {
                 let req = pb::ReportStepRequest {
                     worker_id: ctx.worker.clone(),
                     job_id: job.clone(),

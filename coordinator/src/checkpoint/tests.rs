@@ -45,6 +45,7 @@ fn write_load_prune_and_detect_damage() {
                     arch: &arch,
                     step,
                     stage: 0,
+                    epoch: 0,
                     params: &params,
                     optimizer_state: &state,
                     optimizer_steps: step,

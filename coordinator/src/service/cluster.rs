@@ -108,9 +108,15 @@ impl ClusterService for ClusterApi {
         req: Request<pb::FetchShardRequest>,
     ) -> Result<Response<Self::FetchShardStream>, Status> {
         let r = req.into_inner();
-        let (data, spec, rank, world, _) =
-            self.coord
-                .member_data(&r.worker_id, &r.job_id, Some(r.generation))?;
+        let crate::core::Membership {
+            data,
+            spec,
+            rank,
+            world,
+            ..
+        } = self
+            .coord
+            .membership(&r.worker_id, &r.job_id, Some(r.generation))?;
         let stage = data
             .stages
             .get(r.stage as usize)
@@ -378,7 +384,7 @@ impl ClusterService for ClusterApi {
         req: Request<pb::FetchStateRequest>,
     ) -> Result<Response<Self::FetchStateStream>, Status> {
         let r = req.into_inner();
-        let (_, _, _, _, start) = self.coord.member_data(&r.worker_id, &r.job_id, None)?;
+        let start = self.coord.membership(&r.worker_id, &r.job_id, None)?.start;
         let start = start.ok_or_else(|| {
             Status::failed_precondition(format!(
                 "job {} starts from fresh weights; there is no state to fetch",

@@ -164,14 +164,16 @@ pub fn plan_stages(
 /// the end of every stage (so fine-tuning reports the source model too).
 pub fn evaluation_due(spec: &JobSpec, stages: &[Stage], done: u64) -> bool {
     let every = spec.evaluation.interval_steps;
-    (every > 0 && done % every == 0) || stages.iter().any(|s| s.first_step + s.steps == done)
+    (every > 0 && done.is_multiple_of(every))
+        || stages.iter().any(|s| s.first_step + s.steps == done)
 }
 
 /// Whether a checkpoint is written after `done` steps: every `checkpoint.interval_steps`, and
 /// at the end of every stage.
 pub fn checkpoint_due(spec: &JobSpec, stages: &[Stage], done: u64) -> bool {
     let every = spec.checkpoint.interval_steps;
-    (every > 0 && done % every == 0) || stages.iter().any(|s| s.first_step + s.steps == done)
+    (every > 0 && done.is_multiple_of(every))
+        || stages.iter().any(|s| s.first_step + s.steps == done)
 }
 
 /// Whether rank 0 uploads its state after `done` steps (for an evaluation or a checkpoint).
