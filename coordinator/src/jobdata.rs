@@ -15,6 +15,10 @@ use graft_transfer::{Architecture, JobSpec, Params, weights};
 
 use crate::error::CoordinatorError;
 
+/// Largest network a job may train (1 GiB of f32 per replica), so that a job file cannot make
+/// the coordinator or the workers allocate without bound.
+pub const MAX_PARAMS: usize = 1 << 28;
+
 /// Everything the coordinator needs to run and evaluate a job.
 pub struct JobData {
     /// The network.
@@ -107,6 +111,15 @@ impl JobData {
                 reason: e.to_string(),
             }
         })?;
+        if arch.num_params() > MAX_PARAMS {
+            return Err(CoordinatorError::InvalidSpec {
+                field: "model".into(),
+                reason: format!(
+                    "{} parameters for input {input_shape:?}; graft takes at most {MAX_PARAMS}",
+                    arch.num_params()
+                ),
+            });
+        }
         let mut train = HashMap::new();
         let mut eval = Vec::new();
         for (i, d, ds) in loaded {

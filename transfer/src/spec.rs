@@ -325,6 +325,13 @@ pub struct SpecError {
     pub reason: String,
 }
 
+/// Widest hidden layer a job may ask for; bounds the memory a job file can make the
+/// coordinator and workers allocate.
+pub const MAX_WIDTH: usize = 1 << 16;
+
+/// Most samples the generator may be asked for, for the same reason.
+pub const MAX_GENERATED: usize = 10_000_000;
+
 fn bad(field: impl Into<String>, reason: impl Into<String>) -> SpecError {
     SpecError {
         field: field.into(),
@@ -353,6 +360,12 @@ impl JobSpec {
             ModelSpec::Mlp { hidden } => {
                 if let Some(i) = hidden.iter().position(|&h| h == 0) {
                     return Err(bad(format!("model.hidden[{i}]"), "must be > 0"));
+                }
+                if let Some(i) = hidden.iter().position(|&h| h > MAX_WIDTH) {
+                    return Err(bad(
+                        format!("model.hidden[{i}]"),
+                        format!("must be <= {MAX_WIDTH}"),
+                    ));
                 }
             }
             ModelSpec::DigitsCnn => {}
@@ -463,8 +476,10 @@ impl JobSpec {
                     ));
                 }
             }
-            if d.samples == Some(0) {
-                return Err(bad(f("samples"), "must be > 0"));
+            if let Some(n) = d.samples
+                && !(2..=MAX_GENERATED).contains(&n)
+            {
+                return Err(bad(f("samples"), format!("must be in 2..={MAX_GENERATED}")));
             }
             if let Some(n) = d.noise
                 && !(n.is_finite() && n >= 0.0)

@@ -76,6 +76,12 @@ pub async fn fetch_shard(
                 m.features.len()
             )));
         }
+        if shard.dim != 0 && shard.dim != dim {
+            return Err(WorkerError::Protocol(format!(
+                "shard chunk at {} has {dim} values per sample, earlier ones {}",
+                m.offset, shard.dim
+            )));
+        }
         shard.dim = dim;
         total = Some(m.total_samples);
         graft_proto::chunk::bytes_to_f32(&m.features, &mut shard.features);

@@ -194,11 +194,13 @@ pub fn run_job(mut ctx: JobContext) -> Result<(), WorkerError> {
                     data.labels.len()
                 )));
             }
-            let dim = if data.dim == 0 {
-                arch.input_dim()
-            } else {
-                data.dim
-            };
+            let dim = arch.input_dim();
+            if !data.labels.is_empty() && data.dim != dim {
+                return Err(WorkerError::Protocol(format!(
+                    "shard samples have {} values, the network takes {dim}",
+                    data.dim
+                )));
+            }
             let batch = Batch {
                 features: data.features[range.start * dim..range.end * dim].to_vec(),
                 labels: data.labels[range.clone()].to_vec(),
