@@ -19,6 +19,7 @@ use crate::config::CoordinatorConfig;
 use crate::error::CoordinatorError;
 use crate::job::{JobId, JobRecord, JobState, now_ms};
 use crate::jobdata::JobData;
+use crate::plot::{self, History};
 use crate::reduce::{Reduced, Round, Stats};
 use crate::store::Store;
 use crate::wire::{spec_to_pb, stage_to_pb};
@@ -71,6 +72,8 @@ struct JobEntry {
     start: Option<Arc<StartState>>,
     /// Serialises the processing of uploaded states (evaluation, checkpoint, completion).
     state_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Loss and accuracy per step and the evaluations, for the curves.
+    history: History,
 }
 
 struct Core {
@@ -186,6 +189,7 @@ impl Coordinator {
                     run: None,
                     start,
                     state_lock: Arc::new(tokio::sync::Mutex::new(())),
+                    history: History::default(),
                 },
             );
         }
@@ -243,6 +247,7 @@ impl Coordinator {
                 run: None,
                 start,
                 state_lock: Arc::new(tokio::sync::Mutex::new(())),
+                history: History::default(),
             },
         );
         tracing::info!(job = %id, name = %record.spec.name, method = record.spec.method.name(), "job submitted");
@@ -351,6 +356,7 @@ impl Coordinator {
         let _ = job.events.send(pb::JobEvent {
             event: Some(pb::job_event::Event::Finished(job.record.to_pb())),
         });
+        let curves = plot::render(&format!("{} ({})", id, job.record.spec.name), &job.history);
         let record = job.record.clone();
         for w in members.unwrap_or_default() {
             if let Some(worker) = core.workers.get_mut(&w)
@@ -360,6 +366,7 @@ impl Coordinator {
                 worker.assignment = None;
             }
         }
+        self.write_curves(id, &curves);
         self.persist(&record);
         self.schedule(core);
     }
@@ -737,6 +744,9 @@ impl Coordinator {
             lr,
             workers,
         };
+        entry
+            .history
+            .push_step(progress.step, progress.loss, progress.train_accuracy);
         let _ = entry.events.send(pb::JobEvent {
             event: Some(pb::job_event::Event::Progress(progress)),
         });
@@ -818,12 +828,37 @@ impl Coordinator {
                 entry.record.metrics.insert(format!("{p}.{k}"), *v);
             }
         }
+        entry
+            .history
+            .push_eval(eval.step, eval.metrics.clone().into_iter().collect());
+        let curves = plot::render(
+            &format!("{} ({})", job, entry.record.spec.name),
+            &entry.history,
+        );
         let _ = entry.events.send(pb::JobEvent {
             event: Some(pb::job_event::Event::Evaluation(eval)),
         });
         let record = entry.record.clone();
         drop(core);
+        self.write_curves(job, &curves);
         self.persist(&record);
+    }
+
+    /// Writes a job's curves (`<state_dir>/jobs/<id>/curves.svg`); a failure is logged, not
+    /// fatal: the curves are a convenience.
+    fn write_curves(&self, job: &JobId, svg: &str) {
+        let dir = self.config.job_dir(job);
+        let write = std::fs::create_dir_all(&dir)
+            .map_err(|source| CoordinatorError::Io {
+                path: dir.display().to_string(),
+                source,
+            })
+            .and_then(|()| {
+                crate::checkpoint::write_atomic(&dir.join("curves.svg"), svg.as_bytes())
+            });
+        if let Err(e) = write {
+            tracing::warn!(%job, error = %e, "cannot write the training curves");
+        }
     }
 
     /// Records a written checkpoint.

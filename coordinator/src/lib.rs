@@ -10,6 +10,7 @@
 //! - [`store`]: the embedded job store (redb).
 //! - [`jobdata`]: a job's datasets, network and stages.
 //! - [`job`]: the persisted job record.
+//! - [`plot`]: training curves as SVG.
 //! - [`wire`]: proto ↔ domain conversions, shared with the worker and the client.
 //! - [`auth`], [`logging`], [`server`], [`error`].
 
@@ -21,6 +22,7 @@ pub mod error;
 pub mod job;
 pub mod jobdata;
 pub mod logging;
+pub mod plot;
 pub mod reduce;
 pub mod server;
 pub mod service;
