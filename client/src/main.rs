@@ -268,7 +268,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             } else {
                 print!("{}", summary::human(&o));
             }
-            Ok(state_of(&o.job) != pb::JobState::Failed)
+            Ok(!matches!(
+                state_of(&o.job),
+                pb::JobState::Failed | pb::JobState::Cancelled
+            ))
         }
         Cmd::Watch { id, json } => {
             let mut c = connect(&cli).await?;

@@ -5,7 +5,7 @@
 //! JSON manifest (`checkpoint-<step>.json`) with the spec, step, metrics and the SHA-256 of
 //! both weight files. Every file is written to a temporary name, fsynced, renamed and the
 //! directory fsynced; the manifest is written last, so a crash leaves either a whole
-//! checkpoint or files no manifest names (which are swept).
+//! checkpoint or files no manifest names, which the next write sweeps away.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -152,6 +152,7 @@ impl CheckpointDir {
         keep: usize,
     ) -> Result<CheckpointRecord, CoordinatorError> {
         fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        self.sweep();
         let model_bytes = weights::params_to_safetensors(s.arch, s.params)
             .map_err(|e| CoordinatorError::Internal(e.to_string()))?;
         let opt_bytes = weights::to_safetensors(
@@ -192,15 +193,49 @@ impl CheckpointDir {
         let json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| CoordinatorError::Internal(e.to_string()))?;
         write_atomic(&manifest_path, &json)?;
-        self.prune(keep)?;
-        Ok(CheckpointRecord {
-            step: s.step,
-            path: model_path.display().to_string(),
-            manifest: manifest_path.display().to_string(),
-            sha256: manifest.model.sha256,
-            created_unix_ms: manifest.created_unix_ms,
-            metrics: manifest.metrics,
-        })
+        // The checkpoint is whole now; failing to delete old ones must not fail the job.
+        if let Err(e) = self.prune(keep) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot prune old checkpoints");
+        }
+        Ok(self.record_of(&manifest))
+    }
+
+    /// The record of a checkpoint described by its manifest.
+    pub fn record_of(&self, m: &Manifest) -> CheckpointRecord {
+        CheckpointRecord {
+            step: m.step,
+            path: self.dir.join(&m.model.file).display().to_string(),
+            manifest: self
+                .dir
+                .join(format!("checkpoint-{:08}.json", m.step))
+                .display()
+                .to_string(),
+            sha256: m.model.sha256.clone(),
+            created_unix_ms: m.created_unix_ms,
+            metrics: m.metrics.clone(),
+        }
+    }
+
+    /// Removes what a crashed write left: temporary files, and weights no manifest names.
+    fn sweep(&self) {
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let named: Vec<u64> = self.steps();
+        for entry in rd.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let orphan = ["model-", "optimizer-"].iter().any(|prefix| {
+                name.strip_prefix(prefix)
+                    .and_then(|r| r.strip_suffix(".safetensors"))
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|step| !named.contains(&step))
+            });
+            if ((name.starts_with('.') && name.ends_with(".tmp")) || orphan)
+                && let Err(e) = fs::remove_file(entry.path())
+            {
+                tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a leftover file");
+            }
+        }
     }
 
     /// Steps of the manifests present, ascending.

@@ -24,6 +24,8 @@ pub struct CoordinatorConfig {
     pub heartbeat_interval_ms: u64,
     /// How long a job that could start with fewer than `workers.max` waits for more.
     pub gather_window_ms: u64,
+    /// A reduction that waits longer than this for the rest of the group fails its job.
+    pub step_timeout_ms: u64,
     /// Bearer token clients must send (none: no check).
     pub api_token: Option<String>,
     /// Bearer token workers must send (none: no check).
@@ -43,6 +45,7 @@ impl Default for CoordinatorConfig {
             heartbeat_timeout_ms: 5_000,
             heartbeat_interval_ms: 500,
             gather_window_ms: 1_000,
+            step_timeout_ms: 300_000,
             api_token: None,
             cluster_token: None,
             ready_file: None,
@@ -152,6 +155,9 @@ impl CoordinatorConfig {
                 self.listen
             )));
         }
+        if self.step_timeout_ms == 0 {
+            return Err(ConfigError("step_timeout_ms: must be > 0".into()));
+        }
         if self.heartbeat_interval_ms == 0 {
             return Err(ConfigError("heartbeat_interval_ms: must be > 0".into()));
         }
@@ -171,6 +177,16 @@ impl CoordinatorConfig {
             }
         }
         Ok(())
+    }
+
+    /// The configuration as `--check-config` prints it: tokens redacted.
+    pub fn redacted(&self) -> Self {
+        let hide = |t: &Option<String>| t.as_ref().map(|_| "<redacted>".to_string());
+        Self {
+            api_token: hide(&self.api_token),
+            cluster_token: hide(&self.cluster_token),
+            ..self.clone()
+        }
     }
 
     /// Where the datasets are: `GRAFT_DATA_DIR` wins over `data_dir`.

@@ -2,8 +2,9 @@
 //!
 //! One owner: every handler goes through [`Coordinator`], whose state sits behind one
 //! synchronous mutex that is never held across an `.await` (so a plain `std` mutex is right
-//! and cheaper than an async one). Slow work — loading data, evaluating, writing checkpoints
-//! — happens outside the lock on blocking threads.
+//! and cheaper than an async one). Job records are persisted under the lock (a short redb
+//! commit) so that the store never holds an older state than memory; slow work — loading
+//! data, evaluating, writing checkpoints — happens outside the lock on blocking threads.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use graft_proto::v1 as pb;
-use graft_transfer::{JobSpec, Params};
+use graft_transfer::{JobSpec, Params, shard};
 use tokio::sync::{Notify, broadcast};
 
 use crate::checkpoint::CheckpointDir;
@@ -60,6 +61,11 @@ pub struct Run {
     rounds: BTreeMap<u64, Arc<Round>>,
     fingerprints: BTreeMap<u64, Vec<Option<String>>>,
     last_round_at: Instant,
+    /// Highest step at which every replica's fingerprint matched.
+    verified: u64,
+    /// The final state was evaluated and checkpointed; the job completes once the final
+    /// fingerprints match too.
+    finishing: bool,
 }
 
 struct JobEntry {
@@ -99,6 +105,8 @@ pub struct RoundTicket {
     pub round: Arc<Round>,
     /// The worker's rank.
     pub rank: usize,
+    /// Samples of this rank's part of the step's global batch.
+    pub expected_samples: u64,
 }
 
 /// A worker's place in a running job.
@@ -164,11 +172,31 @@ impl Coordinator {
                                 })
                             }
                         };
-                        tracing::info!(job = %record.id, step = record.step, "resuming job after restart");
-                        record.state = JobState::Pending;
-                        record.reason =
-                            format!("coordinator restarted; resuming from step {}", record.step);
-                        data = Some(d);
+                        if record.step >= d.total_steps() {
+                            // The final checkpoint was written but the coordinator stopped
+                            // before it recorded the end: the job is done.
+                            tracing::info!(job = %record.id, step = record.step, "job had finished before the restart");
+                            record.state = JobState::Completed;
+                            record.reason.clear();
+                            record.finished_unix_ms = now_ms();
+                            if let Some(l) = ckpt.latest_valid(&d.arch) {
+                                record.metrics.extend(l.manifest.metrics.clone());
+                                if record.checkpoints.last().map(|c| c.step)
+                                    != Some(l.manifest.step)
+                                {
+                                    record.checkpoints.push(ckpt.record_of(&l.manifest));
+                                }
+                            }
+                            start = None;
+                        } else {
+                            tracing::info!(job = %record.id, step = record.step, "resuming job after restart");
+                            record.state = JobState::Pending;
+                            record.reason = format!(
+                                "coordinator restarted; resuming from step {}",
+                                record.step
+                            );
+                            data = Some(d);
+                        }
                     }
                     Err(e) => {
                         record.state = JobState::Failed;
@@ -371,11 +399,35 @@ impl Coordinator {
         self.schedule(core);
     }
 
-    /// Marks a job completed after its final state was evaluated and checkpointed.
+    /// Marks a job completed after its final state was evaluated and checkpointed — once the
+    /// replicas' final fingerprints have matched (else when they do).
     pub fn complete(&self, id: &JobId) {
-        if let Ok(mut core) = self.lock() {
-            self.end_job(&mut core, id, JobState::Completed, String::new());
+        let Ok(mut core) = self.lock() else { return };
+        let Some(job) = core.jobs.get_mut(id) else {
+            return;
+        };
+        let total = job.record.total_steps;
+        match job.run.as_mut() {
+            Some(run) if run.verified < total => run.finishing = true,
+            _ => self.end_job(&mut core, id, JobState::Completed, String::new()),
         }
+    }
+
+    /// A member worker gave up on its job: the job fails with its reason.
+    ///
+    /// # Errors
+    /// When the worker is not a member of the job's group.
+    pub fn leave(&self, worker: &str, job: &str, reason: &str) -> Result<(), CoordinatorError> {
+        let mut core = self.lock()?;
+        let (entry, rank) = Self::member(&mut core, worker, job, None)?;
+        let _ = entry;
+        let name = core
+            .workers
+            .get(worker)
+            .map_or("?".to_string(), |w| w.name.clone());
+        let reason = format!("worker {worker} ({name}, rank {rank}) left the job: {reason}");
+        self.end_job(&mut core, &JobId(job.to_string()), JobState::Failed, reason);
+        Ok(())
     }
 
     // ------------------------------------------------------------------ workers
@@ -544,6 +596,8 @@ impl Coordinator {
                 rounds: BTreeMap::new(),
                 fingerprints: BTreeMap::new(),
                 last_round_at: Instant::now(),
+                verified: 0,
+                finishing: false,
             });
             job.record.state = JobState::Running;
             job.record.reason.clear();
@@ -665,23 +719,32 @@ impl Coordinator {
             .data
             .clone()
             .ok_or_else(|| CoordinatorError::Internal(format!("job {job} has no data loaded")))?;
-        let (stage, _) = data.stage_of(step).ok_or_else(|| {
+        let (stage, plan) = data.stage_of(step).ok_or_else(|| {
             CoordinatorError::BadRequest(format!(
                 "step {step} is not in job {job} ({} steps)",
                 data.total_steps()
             ))
         })?;
-        if step < entry.record.step {
+        // The group moves in lockstep: the only step open for reduction is the next one.
+        if step != entry.record.step {
             return Err(CoordinatorError::BadRequest(format!(
-                "step {step} is already done (job {job} is at step {})",
+                "step {step} is not the job's current step ({})",
                 entry.record.step
             )));
         }
+        let batch = (step - plan.first_step) % plan.steps_per_epoch.max(1);
+        let global = shard::global_batch(
+            plan.samples,
+            entry.record.spec.training.global_batch_size,
+            batch,
+        );
         let run = entry
             .run
             .as_mut()
             .ok_or_else(|| CoordinatorError::Conflict(format!("job {job} is not running")))?;
         let world = run.members.len();
+        let expected_samples =
+            shard::local_part(global.len(), world as u32, my_rank as u32).len() as u64;
         let round = run
             .rounds
             .entry(step)
@@ -690,6 +753,7 @@ impl Coordinator {
         Ok(RoundTicket {
             round,
             rank: my_rank,
+            expected_samples,
         })
     }
 
@@ -766,6 +830,13 @@ impl Coordinator {
     ) -> Result<(), CoordinatorError> {
         let mut core = self.lock()?;
         let (entry, rank) = Self::member(&mut core, worker, job, Some(generation))?;
+        if step == 0 || step > entry.record.step {
+            return Err(CoordinatorError::BadRequest(format!(
+                "fingerprint for step {step}, but job {job} has done {} steps",
+                entry.record.step
+            )));
+        }
+        let total = entry.record.total_steps;
         let Some(run) = entry.run.as_mut() else {
             return Ok(());
         };
@@ -787,6 +858,12 @@ impl Coordinator {
                 let reason = format!("replicas diverged at step {step} ({})", detail.join(", "));
                 let jid = JobId(job.to_string());
                 self.end_job(&mut core, &jid, JobState::Failed, reason);
+                return Ok(());
+            }
+            run.verified = run.verified.max(step);
+            if run.finishing && run.verified >= total {
+                let jid = JobId(job.to_string());
+                self.end_job(&mut core, &jid, JobState::Completed, String::new());
             }
         }
         Ok(())
@@ -796,9 +873,20 @@ impl Coordinator {
     ///
     /// # Errors
     /// When the worker is not rank 0 of the running group.
-    pub fn upload_target(&self, worker: &str, job: &str) -> Result<JobHandle, CoordinatorError> {
+    pub fn upload_target(
+        &self,
+        worker: &str,
+        job: &str,
+        step: u64,
+    ) -> Result<JobHandle, CoordinatorError> {
         let mut core = self.lock()?;
         let (entry, rank) = Self::member(&mut core, worker, job, None)?;
+        if step == 0 || step > entry.record.step {
+            return Err(CoordinatorError::BadRequest(format!(
+                "state for step {step}, but job {job} has done {} steps",
+                entry.record.step
+            )));
+        }
         if rank != 0 {
             return Err(CoordinatorError::BadRequest(format!(
                 "only rank 0 uploads state; worker {worker} is rank {rank}"
@@ -838,10 +926,11 @@ impl Coordinator {
         let _ = entry.events.send(pb::JobEvent {
             event: Some(pb::job_event::Event::Evaluation(eval)),
         });
-        let record = entry.record.clone();
+        // Persisted under the lock, so that a concurrent end of the job cannot be overwritten
+        // by this older copy.
+        self.persist(&entry.record);
         drop(core);
         self.write_curves(job, &curves);
-        self.persist(&record);
     }
 
     /// Writes a job's curves (`<state_dir>/jobs/<id>/curves.svg`); a failure is logged, not
@@ -875,9 +964,7 @@ impl Coordinator {
         if n > keep {
             entry.record.checkpoints.drain(..n - keep);
         }
-        let record = entry.record.clone();
-        drop(core);
-        self.persist(&record);
+        self.persist(&entry.record);
     }
 
     /// The directory of a job's files.
@@ -890,3 +977,6 @@ impl Coordinator {
 pub fn state_word(s: JobState) -> &'static str {
     crate::wire::state_name(s.to_pb())
 }
+
+#[cfg(test)]
+mod tests;

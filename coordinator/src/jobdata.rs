@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use graft_transfer::data::{Dataset, MoonsConfig, catalog};
 use graft_transfer::methods::{Method, Stage, method_for, plan_stages};
+use graft_transfer::optim::Optimizer;
 use graft_transfer::spec::{DatasetSpec, MethodSpec, Role};
 use graft_transfer::{Architecture, JobSpec, Params, weights};
 
@@ -183,6 +184,11 @@ impl JobData {
             .iter()
             .enumerate()
             .find(|(_, s)| s.contains(step))
+    }
+
+    /// Length of the optimizer state in `stage` (as [`Optimizer::state`] lays it out).
+    pub fn optimizer_len(&self, stage: usize, spec: &JobSpec) -> usize {
+        Optimizer::state_len(&spec.optimizer, self.trainable_len(stage))
     }
 
     /// Length of the flattened gradient in `stage`.

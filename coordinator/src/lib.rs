@@ -40,7 +40,7 @@ pub use error::CoordinatorError;
 pub async fn main_with(args: CoordinatorArgs) -> anyhow::Result<()> {
     let config = CoordinatorConfig::load(&args)?;
     if args.check_config {
-        println!("{}", toml::to_string_pretty(&config)?);
+        println!("{}", toml::to_string_pretty(&config.redacted())?);
         return Ok(());
     }
     logging::init(config.log_format, "info");

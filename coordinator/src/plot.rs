@@ -23,14 +23,14 @@ impl History {
     /// Adds one step's training figures.
     pub fn push_step(&mut self, step: u64, loss: f64, accuracy: f64) {
         let stride = self.stride.max(1);
-        if step % stride != 0 {
+        if !step.is_multiple_of(stride) {
             return;
         }
         self.train.push((step, loss, accuracy));
         if self.train.len() > MAX_POINTS {
             self.stride = stride * 2;
             let keep = self.stride;
-            self.train.retain(|(s, _, _)| s % keep == 0);
+            self.train.retain(|(s, _, _)| s.is_multiple_of(keep));
         }
     }
 

@@ -115,8 +115,10 @@ impl Round {
                 self.len
             ));
         }
-        if let RoundStatus::Failed(r) = &*self.status.borrow() {
-            return Err(r.clone());
+        match &*self.status.borrow() {
+            RoundStatus::Failed(r) => return Err(r.clone()),
+            RoundStatus::Done(_) => return Err("this step's reduction is already complete".into()),
+            RoundStatus::Waiting => {}
         }
         let mut parts = self
             .parts
@@ -239,6 +241,10 @@ mod tests {
             .expect("complete");
         assert_eq!(done.grad, vec![2.0]);
         assert_eq!(waiter.await.expect("joins").expect("done").grad, vec![2.0]);
+        assert!(
+            round.deposit(0, vec![1.0], Stats::default()).is_err(),
+            "a complete round takes nothing more"
+        );
     }
 
     #[tokio::test]

@@ -97,10 +97,10 @@ impl Server {
         health
             .set_serving::<ClusterServiceServer<ClusterApi>>()
             .await;
-        let jobs = JobServiceServer::new(JobApi::new(coord.clone()))
+        let jobs = JobServiceServer::new(JobApi::new(coord.clone(), shutdown.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let cluster = ClusterServiceServer::new(ClusterApi::new(coord.clone()))
+        let cluster = ClusterServiceServer::new(ClusterApi::new(coord.clone(), shutdown.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         // Small step messages must not wait for Nagle's algorithm (40 ms per round trip).

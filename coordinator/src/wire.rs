@@ -73,7 +73,7 @@ pub fn role_from_pb(v: i32, field: &str) -> Result<Role, WireError> {
 pub fn spec_to_pb(s: &JobSpec) -> pb::JobSpec {
     let model = match &s.model {
         ModelSpec::Mlp { hidden } => pb::model_spec::Kind::Mlp(pb::MlpSpec {
-            hidden: hidden.iter().map(|&h| h as u32).collect(),
+            hidden: hidden.iter().map(|&h| h as u64).collect(),
         }),
         ModelSpec::DigitsCnn => pb::model_spec::Kind::DigitsCnn(pb::DigitsCnnSpec {}),
     };
@@ -157,7 +157,7 @@ pub fn spec_to_pb(s: &JobSpec) -> pb::JobSpec {
             kind: Some(schedule),
         }),
         training: Some(pb::TrainingSpec {
-            global_batch_size: s.training.global_batch_size as u32,
+            global_batch_size: s.training.global_batch_size as u64,
             steps: s.training.steps,
             epochs: s.training.epochs,
             fingerprint_interval: s.training.fingerprint_interval,
@@ -186,7 +186,12 @@ impl TryFrom<&pb::JobSpec> for WireSpec {
             .ok_or_else(|| missing("model"))?
         {
             pb::model_spec::Kind::Mlp(m) => ModelSpec::Mlp {
-                hidden: m.hidden.iter().map(|&h| h as usize).collect(),
+                hidden: m
+                    .hidden
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &h)| usize_of(h, &format!("model.hidden[{i}]")))
+                    .collect::<Result<_, _>>()?,
             },
             pb::model_spec::Kind::DigitsCnn(_) => ModelSpec::DigitsCnn,
         };
@@ -253,6 +258,12 @@ impl TryFrom<&pb::JobSpec> for WireSpec {
         let t = p.training.as_ref().ok_or_else(|| missing("training"))?;
         let w = p.workers.as_ref().ok_or_else(|| missing("workers"))?;
         let c = p.checkpoint.unwrap_or_default();
+        let defaults = (
+            TrainingSpec::default_fingerprint_interval(),
+            CheckpointSpec::default().keep,
+        );
+        // proto3 cannot tell 0 from unset: 0 means the default where 0 is not a valid value.
+        let or_default = |v: u64, d: u64| if v == 0 { d } else { v };
         Ok(WireSpec(JobSpec {
             name: p.name.clone(),
             seed: p.seed,
@@ -262,10 +273,10 @@ impl TryFrom<&pb::JobSpec> for WireSpec {
             optimizer,
             schedule,
             training: TrainingSpec {
-                global_batch_size: t.global_batch_size as usize,
+                global_batch_size: usize_of(t.global_batch_size, "training.global_batch_size")?,
                 steps: t.steps,
                 epochs: t.epochs,
-                fingerprint_interval: t.fingerprint_interval,
+                fingerprint_interval: or_default(t.fingerprint_interval, defaults.0),
             },
             workers: WorkersSpec {
                 min: w.min,
@@ -273,7 +284,7 @@ impl TryFrom<&pb::JobSpec> for WireSpec {
             },
             checkpoint: CheckpointSpec {
                 interval_steps: c.interval_steps,
-                keep: c.keep,
+                keep: if c.keep == 0 { defaults.1 } else { c.keep },
             },
             evaluation: EvaluationSpec {
                 interval_steps: p.evaluation.as_ref().map_or(0, |e| e.interval_steps),

@@ -72,6 +72,9 @@ pub enum ChunkError {
     },
 }
 
+/// Elements in a default-sized chunk.
+const CHUNK_ELEMENTS: usize = crate::CHUNK_BYTES / 4;
+
 /// CRC-32 (IEEE) of a chunk's bytes.
 pub fn checksum(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes)
@@ -145,7 +148,8 @@ impl Assembler {
             step,
             generation,
             total,
-            values: Vec::with_capacity(total as usize),
+            // The total comes from a peer: reserve at most a chunk's worth up front.
+            values: Vec::with_capacity((total as usize).min(CHUNK_ELEMENTS)),
             reject_non_finite: false,
         }
     }

@@ -43,6 +43,14 @@ impl Optimizer {
         }
     }
 
+    /// Length of [`Optimizer::state`] for `n` trainable elements.
+    pub fn state_len(spec: &OptimizerSpec, n: usize) -> usize {
+        match spec {
+            OptimizerSpec::Sgd { .. } => n,
+            OptimizerSpec::Adam { .. } => 2 * n,
+        }
+    }
+
     /// Restores state saved from [`Optimizer::state`].
     ///
     /// # Errors
@@ -92,8 +100,7 @@ impl Optimizer {
         state: &[f32],
         steps: u64,
     ) -> Result<Self, StateLengthError> {
-        let fresh = Self::new(spec, n);
-        let expected = fresh.m.len() + fresh.v.len();
+        let expected = Self::state_len(spec, n);
         if state.len() != expected {
             return Err(StateLengthError {
                 expected,

@@ -262,7 +262,14 @@ pub struct TrainingSpec {
 }
 
 fn default_fingerprint() -> u64 {
-    50
+    TrainingSpec::default_fingerprint_interval()
+}
+
+impl TrainingSpec {
+    /// Steps between replica checks when a job does not say.
+    pub const fn default_fingerprint_interval() -> u64 {
+        50
+    }
 }
 
 /// How many workers a job uses.
@@ -328,6 +335,12 @@ pub struct SpecError {
 /// Widest hidden layer a job may ask for; bounds the memory a job file can make the
 /// coordinator and workers allocate.
 pub const MAX_WIDTH: usize = 1 << 16;
+
+/// Longest stage in steps, so that step arithmetic can never overflow.
+pub const MAX_STEPS: u64 = 1 << 40;
+
+/// Longest stage in epochs, for the same reason.
+pub const MAX_EPOCHS: u32 = 1_000_000;
 
 /// Most samples the generator may be asked for, for the same reason.
 pub const MAX_GENERATED: usize = 10_000_000;
@@ -401,6 +414,12 @@ impl JobSpec {
             (None, None) => return Err(bad("training", "set steps or epochs")),
             (Some(0), _) => return Err(bad("training.steps", "must be > 0")),
             (_, Some(0)) => return Err(bad("training.epochs", "must be > 0")),
+            (Some(s), _) if s > MAX_STEPS => {
+                return Err(bad("training.steps", format!("must be <= {MAX_STEPS}")));
+            }
+            (_, Some(e)) if e > MAX_EPOCHS => {
+                return Err(bad("training.epochs", format!("must be <= {MAX_EPOCHS}")));
+            }
             _ => {}
         }
         if t.fingerprint_interval == 0 {
@@ -551,6 +570,14 @@ impl JobSpec {
                         "set source_steps or source_epochs (the source stage), or init_from",
                     )),
                     (None, Some(0), _) => Err(bad("method.source_steps", "must be > 0")),
+                    (None, Some(s), _) if *s > MAX_STEPS => Err(bad(
+                        "method.source_steps",
+                        format!("must be <= {MAX_STEPS}"),
+                    )),
+                    (None, _, Some(e)) if *e > MAX_EPOCHS => Err(bad(
+                        "method.source_epochs",
+                        format!("must be <= {MAX_EPOCHS}"),
+                    )),
                     (None, _, Some(0)) => Err(bad("method.source_epochs", "must be > 0")),
                     (None, _, _) => one(Role::Source),
                 }

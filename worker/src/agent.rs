@@ -178,10 +178,29 @@ async fn serve_assignments(
                 return Ok(());
             }
         };
-        match result {
-            Ok(Ok(())) => tracing::info!(%job, "finished my part of the job"),
-            Ok(Err(e)) => tracing::warn!(%job, error = %e, "left the job"),
-            Err(e) => tracing::error!(%job, error = %e, "training thread panicked"),
+        let failure = match result {
+            Ok(Ok(())) => {
+                tracing::info!(%job, "finished my part of the job");
+                None
+            }
+            Ok(Err(WorkerError::Aborted(_))) => {
+                tracing::info!(%job, "the coordinator stopped the job");
+                None
+            }
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(format!("training thread panicked: {e}")),
+        };
+        if let Some(reason) = failure {
+            tracing::warn!(%job, %reason, "leaving the job");
+            let req = pb::LeaveJobRequest {
+                worker_id: worker.to_string(),
+                job_id: job.clone(),
+                reason,
+            };
+            // The job may already have ended (a peer died first); nothing more to do then.
+            if let Err(s) = client.leave_job(req).await {
+                tracing::debug!(%job, error = %s.message(), "leave not recorded");
+            }
         }
         if let Ok(mut j) = shared.job.lock() {
             j.clear();

@@ -22,7 +22,14 @@ pub use config::{WorkerArgs, WorkerConfig};
 pub async fn main_with(args: WorkerArgs) -> anyhow::Result<()> {
     let config = WorkerConfig::load(&args)?;
     if args.check_config {
-        println!("{}", toml::to_string_pretty(&config)?);
+        let shown = WorkerConfig {
+            cluster_token: config
+                .cluster_token
+                .as_ref()
+                .map(|_| "<redacted>".to_string()),
+            ..config.clone()
+        };
+        println!("{}", toml::to_string_pretty(&shown)?);
         return Ok(());
     }
     graft_coordinator::logging::init(config.log_format, "info");

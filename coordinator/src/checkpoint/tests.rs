@@ -78,3 +78,38 @@ fn write_load_prune_and_detect_damage() {
             .exists()
     );
 }
+
+#[test]
+fn a_crashed_write_leaves_no_checkpoint_and_is_swept() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = CheckpointDir::new(tmp.path().to_path_buf());
+    let arch = Architecture::new(&ModelSpec::Mlp { hidden: vec![4] }, &[2], 2).expect("valid");
+    // What a crash after the weights but before the manifest leaves behind.
+    fs::write(tmp.path().join("model-00000007.safetensors"), b"partial").expect("write");
+    fs::write(tmp.path().join(".checkpoint-00000007.json.tmp"), b"{").expect("write");
+    assert!(
+        dir.latest_valid(&arch).is_none(),
+        "no manifest, no checkpoint"
+    );
+    let params = arch.init(1);
+    let spec = spec();
+    dir.write(
+        &Snapshot {
+            job: "job-1",
+            spec: &spec,
+            arch: &arch,
+            step: 9,
+            stage: 0,
+            epoch: 0,
+            params: &params,
+            optimizer_state: &[],
+            optimizer_steps: 0,
+            metrics: BTreeMap::new(),
+        },
+        3,
+    )
+    .expect("writes");
+    assert!(!tmp.path().join("model-00000007.safetensors").exists());
+    assert!(!tmp.path().join(".checkpoint-00000007.json.tmp").exists());
+    assert_eq!(dir.latest_valid(&arch).expect("valid").manifest.step, 9);
+}

@@ -8,6 +8,7 @@ use graft_proto::v1 as pb;
 use graft_proto::v1::cluster_service_server::ClusterService;
 use graft_proto::{CHUNK_BYTES, PROTOCOL_VERSION};
 use graft_transfer::shard;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::jobs::async_stream;
@@ -16,22 +17,20 @@ use crate::job::JobId;
 use crate::reduce::{self, Stats};
 use crate::upload::{Upload, process_upload};
 
-/// Longest a reduction waits for the rest of the group; the heartbeat monitor normally ends
-/// a stuck round much sooner by failing the job.
-const ROUND_TIMEOUT: Duration = Duration::from_secs(600);
-
 /// How long `NextAssignment` holds a request open.
 const ASSIGNMENT_POLL: Duration = Duration::from_secs(5);
 
 /// The worker-facing service.
 pub struct ClusterApi {
     coord: Arc<Coordinator>,
+    /// Cancelled when the server shuts down; ends waits that would hold connections open.
+    shutdown: CancellationToken,
 }
 
 impl ClusterApi {
     /// A service over `coord`.
-    pub fn new(coord: Arc<Coordinator>) -> Self {
-        Self { coord }
+    pub fn new(coord: Arc<Coordinator>, shutdown: CancellationToken) -> Self {
+        Self { coord, shutdown }
     }
 }
 
@@ -216,15 +215,7 @@ impl ClusterService for ClusterApi {
             samples: s.samples,
             correct: s.correct,
         });
-        if !stats.loss_sum.is_finite() {
-            let reason = format!(
-                "rank {} reported a non-finite loss at step {step}",
-                first.rank
-            );
-            self.coord
-                .fail(&JobId(first.job_id.clone()), reason.clone());
-            return Err(Status::invalid_argument(reason));
-        }
+        // Membership first: only a member of the job's group can stop its step.
         let ticket = self.coord.round(
             &first.worker_id,
             &first.job_id,
@@ -232,7 +223,21 @@ impl ClusterService for ClusterApi {
             step,
             generation,
         )?;
-        let job_id = first.job_id.clone();
+        let job = JobId(first.job_id.clone());
+        let rank = ticket.rank;
+        if !stats.loss_sum.is_finite() {
+            let reason = format!("rank {rank} reported a non-finite loss at step {step}");
+            self.coord.fail(&job, reason.clone());
+            return Err(Status::invalid_argument(reason));
+        }
+        if stats.samples != ticket.expected_samples || stats.correct > stats.samples {
+            let reason = format!(
+                "rank {rank} reported {} samples ({} correct) at step {step}; its part of the batch has {}",
+                stats.samples, stats.correct, ticket.expected_samples
+            );
+            self.coord.fail(&job, reason.clone());
+            return Err(Status::invalid_argument(reason));
+        }
         let mut asm = Assembler::new(step, generation, ticket.round.len as u64).reject_non_finite();
         let mut next = Some(first);
         while let Some(msg) = next.take() {
@@ -243,10 +248,9 @@ impl ClusterService for ClusterApi {
             if let Err(e) = asm.push(c) {
                 if let ChunkError::NonFinite { index } = e {
                     let reason = format!(
-                        "rank {} sent a non-finite gradient at step {step} (element {index}); the step is stopped",
-                        msg.rank
+                        "rank {rank} sent a non-finite gradient at step {step} (element {index}); the step is stopped"
                     );
-                    self.coord.fail(&JobId(msg.job_id.clone()), reason.clone());
+                    self.coord.fail(&job, reason.clone());
                     return Err(Status::invalid_argument(reason));
                 }
                 return Err(chunk_status("gradient", e));
@@ -262,20 +266,26 @@ impl ClusterService for ClusterApi {
         }
         let grad = asm.finish().map_err(|e| chunk_status("gradient", e))?;
         let rx = ticket.round.subscribe();
-        match ticket.round.deposit(ticket.rank, grad, stats) {
-            Ok(Some(reduced)) => self.coord.round_done(&job_id, step, &reduced),
+        match ticket.round.deposit(rank, grad, stats) {
+            Ok(Some(reduced)) => self.coord.round_done(&job.0, step, &reduced),
             Ok(None) => {}
             Err(reason) => return Err(Status::aborted(reason)),
         }
-        let reduced = match tokio::time::timeout(ROUND_TIMEOUT, reduce::wait(rx)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(reason)) => return Err(Status::aborted(reason)),
-            Err(_) => {
-                return Err(Status::deadline_exceeded(format!(
-                    "step {step}: the group did not complete the reduction in {}s",
-                    ROUND_TIMEOUT.as_secs()
-                )));
-            }
+        let timeout = Duration::from_millis(self.coord.config.step_timeout_ms);
+        let reduced = tokio::select! {
+            r = tokio::time::timeout(timeout, reduce::wait(rx)) => match r {
+                Ok(Ok(r)) => r,
+                Ok(Err(reason)) => return Err(Status::aborted(reason)),
+                Err(_) => {
+                    let reason = format!(
+                        "step {step}: the group did not complete the reduction within {}s (step_timeout_ms)",
+                        timeout.as_secs()
+                    );
+                    self.coord.fail(&job, reason.clone());
+                    return Err(Status::deadline_exceeded(reason));
+                }
+            },
+            _ = self.shutdown.cancelled() => return Err(Status::unavailable("the coordinator is shutting down")),
         };
         let s = reduced.stats;
         let out: Vec<Result<pb::ReduceGradientsResponse, Status>> =
@@ -294,6 +304,16 @@ impl ClusterService for ClusterApi {
                 })
                 .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(out))))
+    }
+
+    async fn leave_job(
+        &self,
+        req: Request<pb::LeaveJobRequest>,
+    ) -> Result<Response<pb::LeaveJobResponse>, Status> {
+        let r = req.into_inner();
+        let reason: String = r.reason.chars().take(1000).collect();
+        self.coord.leave(&r.worker_id, &r.job_id, &reason)?;
+        Ok(Response::new(pb::LeaveJobResponse {}))
     }
 
     async fn report_step(
@@ -315,7 +335,9 @@ impl ClusterService for ClusterApi {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("empty state stream"))?;
-        let handle = self.coord.upload_target(&first.worker_id, &first.job_id)?;
+        let handle = self
+            .coord
+            .upload_target(&first.worker_id, &first.job_id, first.step)?;
         let step = first.step;
         if step == 0 || step > handle.record.total_steps {
             return Err(Status::invalid_argument(format!(
@@ -324,6 +346,10 @@ impl ClusterService for ClusterApi {
             )));
         }
         let n_params = handle.data.arch.num_params() as u64;
+        // The optimizer state belongs to the stage of the last step done.
+        let opt_len = handle.data.stage_of(step - 1).map_or(0, |(stage, _)| {
+            handle.data.optimizer_len(stage, &handle.record.spec)
+        }) as u64;
         let mut params = Assembler::new(step, 0, n_params);
         let mut optimizer: Option<Assembler> = None;
         let optimizer_steps = first.optimizer_steps;
@@ -339,7 +365,7 @@ impl ClusterService for ClusterApi {
                     params.push(c).map_err(|e| chunk_status("parameters", e))?
                 }
                 Ok(pb::StateKind::Optimizer) => {
-                    let asm = optimizer.get_or_insert_with(|| Assembler::new(step, 0, c.total_len));
+                    let asm = optimizer.get_or_insert_with(|| Assembler::new(step, 0, opt_len));
                     asm.push(c)
                         .map_err(|e| chunk_status("optimizer state", e))?;
                 }

@@ -7,6 +7,7 @@ use futures::Stream;
 use graft_proto::v1 as pb;
 use graft_proto::v1::job_service_server::JobService;
 use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::checkpoint::CheckpointDir;
@@ -19,12 +20,15 @@ use crate::wire::spec_from_pb;
 /// The client-facing service.
 pub struct JobApi {
     coord: Arc<Coordinator>,
+    /// Cancelled when the server shuts down; ends open `WatchJob` streams so that shutdown
+    /// does not wait for jobs to finish.
+    shutdown: CancellationToken,
 }
 
 impl JobApi {
     /// A service over `coord`.
-    pub fn new(coord: Arc<Coordinator>) -> Self {
-        Self { coord }
+    pub fn new(coord: Arc<Coordinator>, shutdown: CancellationToken) -> Self {
+        Self { coord, shutdown }
     }
 }
 
@@ -89,6 +93,7 @@ impl JobService for JobApi {
         req: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let (record, mut rx) = self.coord.watch(&req.into_inner().job_id)?;
+        let shutdown = self.shutdown.clone();
         let stream = async_stream(move |tx| async move {
             let terminal = record.state.is_terminal();
             let snapshot = record.to_pb();
@@ -110,7 +115,14 @@ impl JobService for JobApi {
                 return;
             }
             loop {
-                match rx.recv().await {
+                let next = tokio::select! {
+                    ev = rx.recv() => ev,
+                    _ = shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("the coordinator is shutting down"))).await;
+                        return;
+                    }
+                };
+                match next {
                     Ok(ev) => {
                         let last = matches!(ev.event, Some(pb::job_event::Event::Finished(_)));
                         if tx.send(Ok(ev)).await.is_err() || last {

@@ -1,0 +1,325 @@
+//! The coordinator's state transitions, driven without a network.
+
+use std::time::Duration;
+
+use graft_transfer::JobSpec;
+
+use super::*;
+use crate::reduce::Stats;
+
+fn spec(workers: (u32, u32), steps: u64) -> JobSpec {
+    toml::from_str(&format!(
+        r#"
+name = "t"
+[model]
+kind = "mlp"
+hidden = [4]
+[method]
+kind = "supervised"
+[[datasets]]
+name = "moons"
+role = "source"
+samples = 100
+[[datasets]]
+name = "moons"
+split = "test"
+role = "eval"
+samples = 20
+[optimizer]
+kind = "sgd"
+lr = 0.1
+[training]
+global_batch_size = 10
+steps = {steps}
+fingerprint_interval = 1
+[workers]
+min = {}
+max = {}
+"#,
+        workers.0, workers.1
+    ))
+    .expect("parses")
+}
+
+fn coordinator(
+    tmp: &tempfile::TempDir,
+    heartbeat_timeout_ms: u64,
+    gather_window_ms: u64,
+) -> Coordinator {
+    let config = CoordinatorConfig {
+        state_dir: tmp.path().to_path_buf(),
+        heartbeat_timeout_ms,
+        heartbeat_interval_ms: 1,
+        gather_window_ms,
+        ..CoordinatorConfig::default()
+    };
+    let store = Store::open(&tmp.path().join("graft.redb")).expect("store");
+    Coordinator::new(config, store).expect("coordinator")
+}
+
+fn submit(c: &Coordinator, s: JobSpec) -> JobId {
+    let data = JobData::load(&s, tmp_data()).expect("moons need no files");
+    c.submit(s, data).expect("submitted").id
+}
+
+fn tmp_data() -> &'static std::path::Path {
+    std::path::Path::new("/nonexistent")
+}
+
+async fn assignment(c: &Coordinator, w: &str) -> Option<pb::Assignment> {
+    c.next_assignment(w, Duration::from_millis(10))
+        .await
+        .expect("known worker")
+}
+
+#[tokio::test]
+async fn a_job_starts_with_max_workers_at_once_and_ranks_them() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = coordinator(&tmp, 60_000, 60_000);
+    let id = submit(&c, spec((1, 2), 5));
+    let a = c.register("a".into(), "cpu".into()).expect("registers");
+    assert!(
+        assignment(&c, &a).await.is_none(),
+        "waits for a second worker inside the gather window"
+    );
+    assert_eq!(c.get(&id.0).expect("job").state, JobState::Pending);
+    let b = c.register("b".into(), "cpu".into()).expect("registers");
+    let (x, y) = (
+        assignment(&c, &a).await.expect("assigned"),
+        assignment(&c, &b).await.expect("assigned"),
+    );
+    assert_eq!((x.rank, y.rank, x.world_size), (0, 1, 2));
+    assert_eq!(c.get(&id.0).expect("job").state, JobState::Running);
+}
+
+#[tokio::test]
+async fn a_job_starts_with_min_workers_after_the_gather_window() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = coordinator(&tmp, 60_000, 30);
+    let id = submit(&c, spec((1, 3), 5));
+    let a = c.register("a".into(), "cpu".into()).expect("registers");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.tick();
+    assert_eq!(assignment(&c, &a).await.expect("assigned").world_size, 1);
+    assert_eq!(c.get(&id.0).expect("job").workers, 1);
+}
+
+#[tokio::test]
+async fn a_silent_worker_fails_its_job_naming_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = coordinator(&tmp, 40, 0);
+    let id = submit(&c, spec((1, 1), 5));
+    let a = c.register("alpha".into(), "cpu".into()).expect("registers");
+    assignment(&c, &a).await.expect("assigned");
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    c.tick();
+    let job = c.get(&id.0).expect("job");
+    assert_eq!(job.state, JobState::Failed);
+    assert!(
+        job.reason.contains(&a)
+            && job.reason.contains("alpha")
+            && job.reason.contains("heartbeats"),
+        "{}",
+        job.reason
+    );
+    assert_eq!(
+        c.heartbeat(&a, "").expect("ok"),
+        None,
+        "a timed-out worker must register again"
+    );
+}
+
+#[tokio::test]
+async fn only_members_reduce_and_only_the_current_step() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = coordinator(&tmp, 60_000, 0);
+    let id = submit(&c, spec((1, 1), 5));
+    let a = c.register("a".into(), "cpu".into()).expect("registers");
+    let stranger = c.register("s".into(), "cpu".into()).expect("registers");
+    let generation = assignment(&c, &a).await.expect("assigned").generation;
+    assert!(
+        c.round(&stranger, &id.0, 0, 0, generation).is_err(),
+        "not a member"
+    );
+    assert!(
+        c.round(&a, &id.0, 0, 1, generation).is_err(),
+        "not the current step"
+    );
+    assert!(
+        c.round(&a, &id.0, 0, 0, generation + 1).is_err(),
+        "stale generation"
+    );
+    assert!(
+        c.upload_target(&a, &id.0, 1).is_err(),
+        "no step is done yet"
+    );
+    let t = c
+        .round(&a, &id.0, 0, 0, generation)
+        .expect("member at the current step");
+    assert_eq!(t.expected_samples, 10);
+    let reduced = t
+        .round
+        .deposit(
+            0,
+            vec![0.0; t.round.len],
+            Stats {
+                samples: 10,
+                ..Stats::default()
+            },
+        )
+        .expect("ok")
+        .expect("done");
+    c.round_done(&id.0, 0, &reduced);
+    assert_eq!(c.get(&id.0).expect("job").step, 1);
+    assert!(c.upload_target(&a, &id.0, 1).is_ok());
+}
+
+#[tokio::test]
+async fn diverged_replicas_fail_the_job_and_completion_waits_for_the_final_check() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = coordinator(&tmp, 60_000, 0);
+    let id = submit(&c, spec((2, 2), 1));
+    let a = c.register("a".into(), "cpu".into()).expect("registers");
+    let b = c.register("b".into(), "cpu".into()).expect("registers");
+    let generation = assignment(&c, &a).await.expect("assigned").generation;
+    assignment(&c, &b).await.expect("assigned");
+    let (ta, tb) = (
+        c.round(&a, &id.0, 0, 0, generation).expect("a"),
+        c.round(&b, &id.0, 1, 0, generation).expect("b"),
+    );
+    let n = ta.round.len;
+    assert!(
+        ta.round
+            .deposit(
+                0,
+                vec![0.0; n],
+                Stats {
+                    samples: 5,
+                    ..Stats::default()
+                }
+            )
+            .expect("ok")
+            .is_none()
+    );
+    let reduced = tb
+        .round
+        .deposit(
+            1,
+            vec![0.0; n],
+            Stats {
+                samples: 5,
+                ..Stats::default()
+            },
+        )
+        .expect("ok")
+        .expect("done");
+    c.round_done(&id.0, 0, &reduced);
+    // The final state was processed, but one fingerprint is still missing: not complete yet.
+    c.complete(&id);
+    c.fingerprint(&a, &id.0, 1, generation, "same".into())
+        .expect("recorded");
+    assert_eq!(c.get(&id.0).expect("job").state, JobState::Running);
+    c.fingerprint(&b, &id.0, 1, generation, "same".into())
+        .expect("recorded");
+    assert_eq!(c.get(&id.0).expect("job").state, JobState::Completed);
+
+    let id2 = submit(&c, spec((2, 2), 3));
+    let generation = assignment(&c, &a).await.expect("assigned").generation;
+    assignment(&c, &b).await.expect("assigned");
+    let (ta, tb) = (
+        c.round(&a, &id2.0, 0, 0, generation).expect("a"),
+        c.round(&b, &id2.0, 1, 0, generation).expect("b"),
+    );
+    let n = ta.round.len;
+    assert!(
+        ta.round
+            .deposit(
+                0,
+                vec![0.0; n],
+                Stats {
+                    samples: 5,
+                    ..Stats::default()
+                }
+            )
+            .expect("ok")
+            .is_none()
+    );
+    let reduced = tb
+        .round
+        .deposit(
+            1,
+            vec![0.0; n],
+            Stats {
+                samples: 5,
+                ..Stats::default()
+            },
+        )
+        .expect("ok")
+        .expect("done");
+    c.round_done(&id2.0, 0, &reduced);
+    assert!(
+        c.fingerprint(&a, &id2.0, 2, generation, "x".into())
+            .is_err(),
+        "step 2 is not done"
+    );
+    c.fingerprint(&a, &id2.0, 1, generation, "aaaa".into())
+        .expect("recorded");
+    c.fingerprint(&b, &id2.0, 1, generation, "bbbb".into())
+        .expect("recorded");
+    let job = c.get(&id2.0).expect("job");
+    assert_eq!(job.state, JobState::Failed);
+    assert!(
+        job.reason.contains("diverged at step 1")
+            && job.reason.contains("aaaa")
+            && job.reason.contains("bbbb"),
+        "{}",
+        job.reason
+    );
+}
+
+#[tokio::test]
+async fn a_worker_that_leaves_fails_the_job_with_its_reason_and_frees_the_group() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = coordinator(&tmp, 60_000, 0);
+    let id = submit(&c, spec((2, 2), 5));
+    let a = c.register("a".into(), "cpu".into()).expect("registers");
+    let b = c.register("b".into(), "cpu".into()).expect("registers");
+    assignment(&c, &a).await.expect("assigned");
+    assignment(&c, &b).await.expect("assigned");
+    c.leave(&b, &id.0, "out of memory").expect("member");
+    let job = c.get(&id.0).expect("job");
+    assert_eq!(job.state, JobState::Failed);
+    assert!(
+        job.reason.contains("rank 1") && job.reason.contains("out of memory"),
+        "{}",
+        job.reason
+    );
+    assert_eq!(
+        c.heartbeat(&a, &id.0).expect("ok"),
+        Some(vec![id.0.clone()]),
+        "the survivor is told to stop"
+    );
+    let next = submit(&c, spec((2, 2), 5));
+    assert_eq!(assignment(&c, &a).await.expect("free again").job_id, next.0);
+}
+
+#[tokio::test]
+async fn jobs_survive_a_restart_and_unfinished_ones_are_pending_again() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let id = {
+        let c = coordinator(&tmp, 60_000, 0);
+        let id = submit(&c, spec((1, 1), 5));
+        let a = c.register("a".into(), "cpu".into()).expect("registers");
+        assignment(&c, &a).await.expect("assigned");
+        assert_eq!(c.get(&id.0).expect("job").state, JobState::Running);
+        id
+    };
+    let c = coordinator(&tmp, 60_000, 0);
+    let job = c.get(&id.0).expect("job kept");
+    assert_eq!(job.state, JobState::Pending);
+    assert!(
+        job.reason.contains("resuming from step 0"),
+        "{}",
+        job.reason
+    );
+}
