@@ -37,7 +37,7 @@ pub async fn follow(client: &mut Client, id: &str, show: bool) -> Result<Outcome
         },
     );
     bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} {msg}")
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
@@ -45,6 +45,7 @@ pub async fn follow(client: &mut Client, id: &str, show: bool) -> Result<Outcome
     let mut last_eval: Option<pb::Evaluation> = None;
     let mut last_job: Option<pb::Job> = None;
     let mut loss = f64::NAN;
+    let mut rates = Rates::default();
     while let Some(ev) = stream.message().await? {
         match ev.event {
             Some(pb::job_event::Event::Snapshot(j)) => {
@@ -59,11 +60,12 @@ pub async fn follow(client: &mut Client, id: &str, show: bool) -> Result<Outcome
                 bar.set_length(p.total_steps);
                 bar.set_position(p.step);
                 loss = p.loss;
-                bar.set_message(message(loss, p.samples_per_s, last_eval.as_ref()));
+                rates.update(p.step, p.samples_per_s);
+                bar.set_message(message(loss, &rates, last_eval.as_ref()));
             }
             Some(pb::job_event::Event::Evaluation(e)) => {
                 last_eval = Some(e);
-                bar.set_message(message(loss, 0.0, last_eval.as_ref()));
+                bar.set_message(message(loss, &rates, last_eval.as_ref()));
             }
             Some(pb::job_event::Event::Checkpoint(_)) => {}
             Some(pb::job_event::Event::Finished(j)) => {
@@ -94,11 +96,48 @@ pub async fn follow(client: &mut Client, id: &str, show: bool) -> Result<Outcome
     )))
 }
 
-fn message(loss: f64, samples_per_s: f64, eval: Option<&pb::Evaluation>) -> String {
-    let mut m = format!("loss {loss:.4}");
-    if samples_per_s > 0.0 {
-        m.push_str(&format!(" {samples_per_s:.0} samples/s"));
+/// Smoothed step and sample rates: per-step figures jitter too much to read.
+#[derive(Debug, Default)]
+struct Rates {
+    last: Option<(Instant, u64)>,
+    steps_per_s: f64,
+    samples_per_s: f64,
+}
+
+impl Rates {
+    /// Exponential moving average weight of the newest step.
+    const ALPHA: f64 = 0.05;
+
+    fn update(&mut self, step: u64, samples_per_s: f64) {
+        let now = Instant::now();
+        if let Some((t, s)) = self.last
+            && step > s
+        {
+            let inst = (step - s) as f64 / now.duration_since(t).as_secs_f64().max(1e-6);
+            self.steps_per_s = ema(self.steps_per_s, inst);
+            self.samples_per_s = ema(self.samples_per_s, samples_per_s);
+        }
+        self.last = Some((now, step));
     }
+}
+
+fn ema(old: f64, new: f64) -> f64 {
+    if old == 0.0 {
+        new
+    } else {
+        old + Rates::ALPHA * (new - old)
+    }
+}
+
+fn message(loss: f64, rates: &Rates, eval: Option<&pb::Evaluation>) -> String {
+    let mut m = String::new();
+    if rates.steps_per_s > 0.0 {
+        m.push_str(&format!(
+            "{:.1} steps/s {:.0} samples/s ",
+            rates.steps_per_s, rates.samples_per_s
+        ));
+    }
+    m.push_str(&format!("loss {loss:.4}"));
     if let Some(e) = eval {
         let mut keys: Vec<&String> = e
             .metrics

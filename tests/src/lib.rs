@@ -176,6 +176,18 @@ impl Cluster {
         std::fs::read_to_string(self.tmp.path().join(format!("{name}.log"))).unwrap_or_default()
     }
 
+    /// Runs `graft <args>` against this coordinator with extra environment variables.
+    pub fn graft_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        Command::new(bin("graft"))
+            .arg("--coordinator")
+            .arg(&self.url)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run graft")
+    }
+
     /// Runs `graft <args>` against this coordinator.
     pub fn graft(&self, args: &[&str]) -> Output {
         Command::new(bin("graft"))

@@ -463,3 +463,29 @@ fn fine_tuning_starts_from_an_exported_model() {
         "{err}"
     );
 }
+
+/// Every job-file key can be overridden by `GRAFT_JOB_<KEY>` (nested keys joined by `__`);
+/// an override naming no key is refused by name.
+#[test]
+fn job_file_keys_are_overridden_from_the_environment() {
+    let c = Cluster::start(1, 5_000);
+    let file = c.job_file(
+        "env.toml",
+        &moons_job("env", "kind = \"supervised\"", 50, 0.1),
+    );
+    let path = file.to_str().expect("utf-8");
+    let out = c.graft_env(
+        &["submit", path, "--watch", "--json"],
+        &[("GRAFT_JOB_TRAINING__STEPS", "7")],
+    );
+    let r = last_json(&out);
+    assert_eq!(r["state"], "COMPLETED", "{}", show(&out));
+    assert_eq!(r["steps"], 7, "the override replaced training.steps = 50");
+    let out = c.graft_env(&["submit", path], &[("GRAFT_JOB_TRAINING__STEPZ", "7")]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stepz"),
+        "{}",
+        show(&out)
+    );
+}

@@ -1,0 +1,354 @@
+//! Steps: membership checks, reduction rounds, progress, fingerprints, state uploads,
+//! evaluations and checkpoints.
+
+use graft_transfer::shard;
+
+use super::*;
+
+impl Coordinator {
+    /// Checks that `worker` is rank `rank` of the running group of `job` at `generation`,
+    /// and returns the job's data.
+    pub(super) fn member<'a>(
+        core: &'a mut Core,
+        worker: &str,
+        job: &str,
+        generation: Option<u64>,
+    ) -> Result<(&'a mut JobEntry, usize), CoordinatorError> {
+        let jid = JobId(job.to_string());
+        let entry = core
+            .jobs
+            .get_mut(&jid)
+            .ok_or_else(|| CoordinatorError::UnknownJob(job.to_string()))?;
+        if entry.record.state.is_terminal() {
+            return Err(CoordinatorError::JobStopped {
+                job: job.to_string(),
+                state: state_word(entry.record.state),
+                reason: entry.record.reason.clone(),
+            });
+        }
+        let run = entry
+            .run
+            .as_ref()
+            .ok_or_else(|| CoordinatorError::Conflict(format!("job {job} is not running")))?;
+        if let Some(g) = generation
+            && g != run.generation
+        {
+            return Err(CoordinatorError::Conflict(format!(
+                "generation {g} is stale; the group of job {job} is at generation {}",
+                run.generation
+            )));
+        }
+        let rank = run
+            .members
+            .iter()
+            .position(|m| m == worker)
+            .ok_or_else(|| {
+                CoordinatorError::Conflict(format!(
+                    "worker {worker} is not in the group of job {job}"
+                ))
+            })?;
+        Ok((entry, rank))
+    }
+
+    /// The job's data and this worker's place in its group.
+    ///
+    /// # Errors
+    /// When the worker is not a member of the running group.
+    pub fn membership(
+        &self,
+        worker: &str,
+        job: &str,
+        generation: Option<u64>,
+    ) -> Result<Membership, CoordinatorError> {
+        let mut core = self.lock()?;
+        let (entry, rank) = Self::member(&mut core, worker, job, generation)?;
+        let data = entry
+            .data
+            .clone()
+            .ok_or_else(|| CoordinatorError::Internal(format!("job {job} has no data loaded")))?;
+        let world = entry.run.as_ref().map_or(1, |r| r.members.len());
+        Ok(Membership {
+            data,
+            spec: entry.record.spec.clone(),
+            rank,
+            world,
+            start: entry.start.clone(),
+        })
+    }
+
+    /// The reduction round of `step` for a member worker, created on first use.
+    ///
+    /// # Errors
+    /// When the worker is not rank `rank` of the group, or the step is not in the job.
+    pub fn round(
+        &self,
+        worker: &str,
+        job: &str,
+        rank: u32,
+        step: u64,
+        generation: u64,
+    ) -> Result<RoundTicket, CoordinatorError> {
+        let mut core = self.lock()?;
+        let (entry, my_rank) = Self::member(&mut core, worker, job, Some(generation))?;
+        if my_rank != rank as usize {
+            return Err(CoordinatorError::BadRequest(format!(
+                "worker {worker} is rank {my_rank}, not {rank}"
+            )));
+        }
+        let data = entry
+            .data
+            .clone()
+            .ok_or_else(|| CoordinatorError::Internal(format!("job {job} has no data loaded")))?;
+        let (stage, plan) = data.stage_of(step).ok_or_else(|| {
+            CoordinatorError::BadRequest(format!(
+                "step {step} is not in job {job} ({} steps)",
+                data.total_steps()
+            ))
+        })?;
+        // The group moves in lockstep: the only step open for reduction is the next one.
+        if step != entry.record.step {
+            return Err(CoordinatorError::BadRequest(format!(
+                "step {step} is not the job's current step ({})",
+                entry.record.step
+            )));
+        }
+        let batch = (step - plan.first_step) % plan.steps_per_epoch.max(1);
+        let global = shard::global_batch(
+            plan.samples,
+            entry.record.spec.training.global_batch_size,
+            batch,
+        );
+        let run = entry
+            .run
+            .as_mut()
+            .ok_or_else(|| CoordinatorError::Conflict(format!("job {job} is not running")))?;
+        let world = run.members.len();
+        let expected_samples =
+            shard::local_part(global.len(), world as u32, my_rank as u32).len() as u64;
+        let round = run
+            .rounds
+            .entry(step)
+            .or_insert_with(|| Arc::new(Round::new(world, data.trainable_len(stage))))
+            .clone();
+        Ok(RoundTicket {
+            round,
+            rank: my_rank,
+            expected_samples,
+        })
+    }
+
+    /// Records a finished round: progress for watchers; old rounds are dropped.
+    pub fn round_done(&self, job: &str, step: u64, reduced: &Reduced) {
+        let Ok(mut core) = self.lock() else { return };
+        let Some(entry) = core.jobs.get_mut(&JobId(job.to_string())) else {
+            return;
+        };
+        let Some(run) = entry.run.as_mut() else {
+            return;
+        };
+        let elapsed = run.last_round_at.elapsed().as_secs_f64().max(1e-9);
+        run.last_round_at = Instant::now();
+        run.rounds.retain(|&s, _| s > step);
+        let workers = run.members.len() as u32;
+        entry.record.step = entry.record.step.max(step + 1);
+        let Some(data) = entry.data.clone() else {
+            return;
+        };
+        let (stage_idx, stage) = data.stage_of(step).map_or((0, None), |(i, s)| (i, Some(s)));
+        let Stats {
+            loss_sum,
+            samples,
+            correct,
+        } = reduced.stats;
+        let lr = stage.map_or(0.0, |s| {
+            graft_transfer::optim::learning_rate(
+                entry.record.spec.optimizer.lr(),
+                &entry.record.spec.schedule,
+                step - s.first_step,
+                s.steps,
+            )
+        });
+        let progress = pb::Progress {
+            step: step + 1,
+            total_steps: entry.record.total_steps,
+            stage: stage_idx as u32,
+            stage_name: stage.map(|s| s.name.clone()).unwrap_or_default(),
+            epoch: stage.map_or(0, |s| (step - s.first_step) / s.steps_per_epoch.max(1)),
+            loss: if samples > 0 {
+                loss_sum / samples as f64
+            } else {
+                0.0
+            },
+            train_accuracy: if samples > 0 {
+                correct as f64 / samples as f64
+            } else {
+                0.0
+            },
+            samples_per_s: samples as f64 / elapsed,
+            lr,
+            workers,
+        };
+        entry
+            .history
+            .push_step(progress.step, progress.loss, progress.train_accuracy);
+        let _ = entry.events.send(pb::JobEvent {
+            event: Some(pb::job_event::Event::Progress(progress)),
+        });
+    }
+
+    /// Records a parameter fingerprint; fails the job when replicas differ.
+    ///
+    /// # Errors
+    /// When the worker is not a member.
+    pub fn fingerprint(
+        &self,
+        worker: &str,
+        job: &str,
+        step: u64,
+        generation: u64,
+        fp: String,
+    ) -> Result<(), CoordinatorError> {
+        let mut core = self.lock()?;
+        let (entry, rank) = Self::member(&mut core, worker, job, Some(generation))?;
+        if step == 0 || step > entry.record.step {
+            return Err(CoordinatorError::BadRequest(format!(
+                "fingerprint for step {step}, but job {job} has done {} steps",
+                entry.record.step
+            )));
+        }
+        let total = entry.record.total_steps;
+        let Some(run) = entry.run.as_mut() else {
+            return Ok(());
+        };
+        let world = run.members.len();
+        let slots = run
+            .fingerprints
+            .entry(step)
+            .or_insert_with(|| vec![None; world]);
+        slots[rank] = Some(fp);
+        if slots.iter().all(Option::is_some) {
+            let all: Vec<String> = slots.iter().flatten().cloned().collect();
+            run.fingerprints.remove(&step);
+            if all.iter().any(|f| *f != all[0]) {
+                let detail: Vec<String> = all
+                    .iter()
+                    .enumerate()
+                    .map(|(r, f)| format!("rank {r}: {f}"))
+                    .collect();
+                let reason = format!("replicas diverged at step {step} ({})", detail.join(", "));
+                let jid = JobId(job.to_string());
+                self.end_job(&mut core, &jid, JobState::Failed, reason);
+                return Ok(());
+            }
+            run.verified = run.verified.max(step);
+            if run.finishing && run.verified >= total {
+                let jid = JobId(job.to_string());
+                self.end_job(&mut core, &jid, JobState::Completed, String::new());
+            }
+        }
+        Ok(())
+    }
+
+    /// What a state upload needs, for the rank-0 member.
+    ///
+    /// # Errors
+    /// When the worker is not rank 0 of the running group.
+    pub fn upload_target(
+        &self,
+        worker: &str,
+        job: &str,
+        step: u64,
+    ) -> Result<JobHandle, CoordinatorError> {
+        let mut core = self.lock()?;
+        let (entry, rank) = Self::member(&mut core, worker, job, None)?;
+        if step == 0 || step > entry.record.step {
+            return Err(CoordinatorError::BadRequest(format!(
+                "state for step {step}, but job {job} has done {} steps",
+                entry.record.step
+            )));
+        }
+        if rank != 0 {
+            return Err(CoordinatorError::BadRequest(format!(
+                "only rank 0 uploads state; worker {worker} is rank {rank}"
+            )));
+        }
+        let data = entry
+            .data
+            .clone()
+            .ok_or_else(|| CoordinatorError::Internal(format!("job {job} has no data loaded")))?;
+        Ok(JobHandle {
+            record: entry.record.clone(),
+            data,
+            state_lock: entry.state_lock.clone(),
+        })
+    }
+
+    /// Records an evaluation: metrics into the record (stage-end evaluations of earlier
+    /// stages also under `<stage>_stage.`), an event for watchers.
+    pub fn evaluated(&self, job: &JobId, eval: pb::Evaluation, stage_prefix: Option<String>) {
+        let Ok(mut core) = self.lock() else { return };
+        let Some(entry) = core.jobs.get_mut(job) else {
+            return;
+        };
+        for (k, v) in &eval.metrics {
+            entry.record.metrics.insert(k.clone(), *v);
+            if let Some(p) = &stage_prefix {
+                entry.record.metrics.insert(format!("{p}.{k}"), *v);
+            }
+        }
+        entry
+            .history
+            .push_eval(eval.step, eval.metrics.clone().into_iter().collect());
+        let curves = plot::render(
+            &format!("{} ({})", job, entry.record.spec.name),
+            &entry.history,
+        );
+        let _ = entry.events.send(pb::JobEvent {
+            event: Some(pb::job_event::Event::Evaluation(eval)),
+        });
+        // Persisted under the lock, so that a concurrent end of the job cannot be overwritten
+        // by this older copy.
+        self.persist(&entry.record);
+        drop(core);
+        self.write_curves(job, &curves);
+    }
+
+    /// Writes a job's curves (`<state_dir>/jobs/<id>/curves.svg`); a failure is logged, not
+    /// fatal: the curves are a convenience.
+    pub(super) fn write_curves(&self, job: &JobId, svg: &str) {
+        let dir = self.config.job_dir(job);
+        let write = std::fs::create_dir_all(&dir)
+            .map_err(|source| CoordinatorError::Io {
+                path: dir.display().to_string(),
+                source,
+            })
+            .and_then(|()| {
+                crate::checkpoint::write_atomic(&dir.join("curves.svg"), svg.as_bytes())
+            });
+        if let Err(e) = write {
+            tracing::warn!(%job, error = %e, "cannot write the training curves");
+        }
+    }
+
+    /// Records a written checkpoint.
+    pub fn checkpointed(&self, job: &JobId, ckpt: crate::job::CheckpointRecord, keep: usize) {
+        let Ok(mut core) = self.lock() else { return };
+        let Some(entry) = core.jobs.get_mut(job) else {
+            return;
+        };
+        let _ = entry.events.send(pb::JobEvent {
+            event: Some(pb::job_event::Event::Checkpoint(ckpt.to_pb())),
+        });
+        entry.record.checkpoints.push(ckpt);
+        let n = entry.record.checkpoints.len();
+        if n > keep {
+            entry.record.checkpoints.drain(..n - keep);
+        }
+        self.persist(&entry.record);
+    }
+
+    /// The directory of a job's files.
+    pub fn job_dir(&self, job: &JobId) -> PathBuf {
+        self.config.job_dir(job)
+    }
+}
