@@ -253,18 +253,24 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Cmd::Status { id, json } => {
             let mut c = connect(&cli).await?;
             let job = c.get(id).await?;
+            // Running time so far, or start to end for a finished job.
+            let end = if job.finished_unix_ms > 0 {
+                job.finished_unix_ms
+            } else {
+                graft_coordinator::job::now_ms()
+            };
+            let seconds = if job.started_unix_ms > 0 {
+                end.saturating_sub(job.started_unix_ms) as f64 / 1000.0
+            } else {
+                0.0
+            };
             let o = Outcome {
                 job,
                 last_evaluation: None,
-                seconds: 0.0,
+                seconds,
             };
             if *json {
-                let secs = if o.job.finished_unix_ms > 0 {
-                    (o.job.finished_unix_ms.saturating_sub(o.job.started_unix_ms)) as f64 / 1000.0
-                } else {
-                    0.0
-                };
-                println!("{}", summary::json_line(&o.job, secs));
+                println!("{}", summary::json_line(&o.job, o.seconds));
             } else {
                 print!("{}", summary::human(&o));
             }

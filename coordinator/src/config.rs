@@ -14,6 +14,8 @@ use crate::logging::LogFormat;
 pub struct CoordinatorConfig {
     /// Address to serve on (`127.0.0.1:0` picks a free port).
     pub listen: String,
+    /// Address of the Prometheus `/metrics` endpoint (none: not served).
+    pub metrics_listen: Option<String>,
     /// Where the job store and checkpoints live.
     pub state_dir: PathBuf,
     /// Where the datasets are (overridden by `GRAFT_DATA_DIR`).
@@ -40,6 +42,7 @@ impl Default for CoordinatorConfig {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:7070".into(),
+            metrics_listen: None,
             state_dir: PathBuf::from("graft-state"),
             data_dir: PathBuf::from("../shared/data"),
             heartbeat_timeout_ms: 5_000,
@@ -63,6 +66,9 @@ pub struct CoordinatorArgs {
     /// Address to serve on.
     #[arg(long)]
     pub listen: Option<String>,
+    /// Address of the Prometheus `/metrics` endpoint.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
     /// Directory for the job store and checkpoints.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
@@ -125,6 +131,9 @@ impl CoordinatorConfig {
         if let Some(v) = &args.listen {
             c.listen = v.clone();
         }
+        if let Some(v) = &args.metrics_listen {
+            c.metrics_listen = Some(v.clone());
+        }
         if let Some(v) = &args.state_dir {
             c.state_dir = v.clone();
         }
@@ -153,6 +162,13 @@ impl CoordinatorConfig {
             return Err(ConfigError(format!(
                 "listen: {:?} is not an address like 0.0.0.0:7070",
                 self.listen
+            )));
+        }
+        if let Some(m) = &self.metrics_listen
+            && m.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError(format!(
+                "metrics_listen: {m:?} is not an address like 0.0.0.0:9090"
             )));
         }
         if self.step_timeout_ms == 0 {

@@ -63,6 +63,8 @@ pub struct Run {
     last_round_at: Instant,
     /// Highest step at which every replica's fingerprint matched.
     verified: u64,
+    /// Smoothed samples per second, for `/metrics`.
+    samples_per_s: f64,
     /// The final state was evaluated and checkpointed; the job completes once the final
     /// fingerprints match too.
     finishing: bool,
@@ -94,6 +96,8 @@ pub struct Coordinator {
     store: Store,
     /// Its configuration.
     pub config: CoordinatorConfig,
+    /// Counters for `/metrics`, updated on the step path without the lock.
+    pub counters: crate::metrics::Counters,
     /// Woken whenever assignments are made, so long-polling workers pick them up.
     assigned: Notify,
     boot: u64,
@@ -229,6 +233,7 @@ impl Coordinator {
             }),
             store,
             config,
+            counters: crate::metrics::Counters::default(),
             assigned: Notify::new(),
             boot: now_ms() % 0xFFFF_FFFF,
         })

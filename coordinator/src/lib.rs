@@ -11,6 +11,7 @@
 //! - [`jobdata`]: a job's datasets, network and stages.
 //! - [`job`]: the persisted job record.
 //! - [`plot`]: training curves as SVG.
+//! - [`metrics`]: the Prometheus `/metrics` endpoint.
 //! - [`wire`]: proto ↔ domain conversions, shared with the worker and the client.
 //! - [`auth`], [`logging`], [`server`], [`error`].
 
@@ -22,6 +23,7 @@ pub mod error;
 pub mod job;
 pub mod jobdata;
 pub mod logging;
+pub mod metrics;
 pub mod plot;
 pub mod reduce;
 pub mod server;

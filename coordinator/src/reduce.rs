@@ -76,6 +76,10 @@ type Contribution = (Vec<f32>, Stats);
 pub struct Round {
     /// Elements of the flattened gradient.
     pub len: usize,
+    /// When the first rank asked for it.
+    pub created: std::time::Instant,
+    /// Ranks in the group.
+    pub world: usize,
     parts: Mutex<Vec<Option<Contribution>>>,
     /// Sent by whoever completes or fails the round; every handler of the step waits on a
     /// receiver. Never closed while the round is referenced.
@@ -87,6 +91,8 @@ impl Round {
     pub fn new(world: usize, len: usize) -> Self {
         Self {
             len,
+            created: std::time::Instant::now(),
+            world,
             parts: Mutex::new(vec![None; world]),
             status: watch::channel(RoundStatus::Waiting).0,
         }

@@ -92,6 +92,21 @@ impl Server {
                 }
             })
         };
+        if let Some(addr) = &config.metrics_listen {
+            let listener =
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| CoordinatorError::Io {
+                        path: addr.clone(),
+                        source,
+                    })?;
+            tracing::info!(addr = %addr, "metrics serving");
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                coord.clone(),
+                shutdown.clone(),
+            ));
+        }
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<JobServiceServer<JobApi>>().await;
         health

@@ -54,6 +54,7 @@ pub struct Cluster {
     pub tmp: tempfile::TempDir,
     heartbeat_timeout_ms: u64,
     listen: String,
+    extra_args: Vec<String>,
 }
 
 impl Cluster {
@@ -71,7 +72,16 @@ impl Cluster {
         Self::start_on(&format!("127.0.0.1:{port}"), workers, heartbeat_timeout_ms)
     }
 
+    /// A coordinator on a free port with extra flags, and `workers` workers.
+    pub fn start_with_args(workers: usize, heartbeat_timeout_ms: u64, args: &[&str]) -> Self {
+        Self::start_full("127.0.0.1:0", workers, heartbeat_timeout_ms, args)
+    }
+
     fn start_on(listen: &str, workers: usize, heartbeat_timeout_ms: u64) -> Self {
+        Self::start_full(listen, workers, heartbeat_timeout_ms, &[])
+    }
+
+    fn start_full(listen: &str, workers: usize, heartbeat_timeout_ms: u64, args: &[&str]) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let state = tmp.path().join("state");
         let mut c = Cluster {
@@ -82,6 +92,7 @@ impl Cluster {
             tmp,
             heartbeat_timeout_ms,
             listen: listen.to_string(),
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
         };
         c.start_coordinator();
         for _ in 0..workers {
@@ -112,6 +123,7 @@ impl Cluster {
             .arg(data_dir())
             .arg("--ready-file")
             .arg(&ready)
+            .args(&self.extra_args)
             .env_remove("GRAFT_DATA_DIR")
             .stdout(Stdio::null())
             .stderr(log)
@@ -270,4 +282,24 @@ pub fn max_relative_diff(a: &[f32], b: &[f32]) -> f64 {
         .zip(b)
         .fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()))
         / scale
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// `GET path` over plain HTTP/1.1; the body.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }

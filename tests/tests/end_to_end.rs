@@ -489,3 +489,28 @@ fn job_file_keys_are_overridden_from_the_environment() {
         show(&out)
     );
 }
+
+/// The coordinator's Prometheus endpoint reports steps, samples, jobs and evaluations.
+#[test]
+fn metrics_endpoint_reports_training() {
+    let addr = format!("127.0.0.1:{}", graft_tests::free_port());
+    let c = Cluster::start_with_args(1, 5_000, &["--metrics-listen", &addr]);
+    let file = c.job_file(
+        "m.toml",
+        &moons_job("metrics", "kind = \"supervised\"", 12, 0.1),
+    );
+    let out = c.graft(&["submit", file.to_str().expect("utf-8"), "--watch", "--json"]);
+    assert_eq!(last_json(&out)["state"], "COMPLETED", "{}", show(&out));
+    let body = graft_tests::http_get(&addr, "/metrics");
+    assert!(body.contains("graft_steps_total 12\n"), "{body}");
+    assert!(
+        body.contains("graft_samples_total 384\n"),
+        "12 steps of 32: {body}"
+    );
+    assert!(body.contains("graft_jobs{state=\"COMPLETED\"} 1"), "{body}");
+    assert!(body.contains("graft_workers 1\n"), "{body}");
+    assert!(
+        body.contains("graft_job_evaluation{job=\"job-1\",metric=\"target_accuracy\"}"),
+        "{body}"
+    );
+}

@@ -92,7 +92,8 @@ impl Coordinator {
             .ok_or_else(|| CoordinatorError::UnknownJob(id.to_string()))?;
         if state.is_terminal() {
             return Err(CoordinatorError::Conflict(format!(
-                "job {id} has already ended ({state:?})"
+                "job {id} has already ended ({})",
+                state_word(state)
             )));
         }
         self.end_job(

@@ -148,6 +148,18 @@ impl Coordinator {
         };
         let elapsed = run.last_round_at.elapsed().as_secs_f64().max(1e-9);
         run.last_round_at = Instant::now();
+        if let Some(round) = run.rounds.get(&step) {
+            // Every rank's gradient in, and the sum out to every rank.
+            let bytes = (round.len * 4 * round.world * 2) as u64;
+            self.counters
+                .round(reduced.stats.samples, round.created.elapsed(), bytes);
+        }
+        let rate = reduced.stats.samples as f64 / elapsed;
+        run.samples_per_s = if run.samples_per_s == 0.0 {
+            rate
+        } else {
+            0.95 * run.samples_per_s + 0.05 * rate
+        };
         run.rounds.retain(|&s, _| s > step);
         let workers = run.members.len() as u32;
         entry.record.step = entry.record.step.max(step + 1);
@@ -350,5 +362,28 @@ impl Coordinator {
     /// The directory of a job's files.
     pub fn job_dir(&self, job: &JobId) -> PathBuf {
         self.config.job_dir(job)
+    }
+
+    /// Gauges for `/metrics`.
+    pub fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        let Ok(core) = self.lock() else {
+            return crate::metrics::Snapshot::default();
+        };
+        crate::metrics::Snapshot {
+            workers: core.workers.len(),
+            jobs: core
+                .jobs
+                .values()
+                .map(|j| crate::metrics::JobGauges {
+                    id: j.record.id.0.clone(),
+                    state: state_word(j.record.state),
+                    step: j.record.step,
+                    total_steps: j.record.total_steps,
+                    workers: j.record.workers,
+                    samples_per_s: j.run.as_ref().map_or(0.0, |r| r.samples_per_s),
+                    metrics: j.record.metrics.clone(),
+                })
+                .collect(),
+        }
     }
 }

@@ -170,6 +170,7 @@ impl Coordinator {
                 fingerprints: BTreeMap::new(),
                 last_round_at: Instant::now(),
                 verified: 0,
+                samples_per_s: 0.0,
                 finishing: false,
             });
             job.record.state = JobState::Running;

@@ -1,0 +1,280 @@
+//! Prometheus metrics: a plain-text `/metrics` endpoint on its own port (`metrics_listen`),
+//! for scrapers and for the Kubernetes Service. Written by hand — a few counters and gauges
+//! in the text exposition format need no metrics library.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::Coordinator;
+
+/// Counters updated on the step path (atomics: no lock on the hot path).
+#[derive(Debug, Default)]
+pub struct Counters {
+    steps: AtomicU64,
+    samples: AtomicU64,
+    allreduce_nanos: AtomicU64,
+    allreduce_bytes: AtomicU64,
+}
+
+impl Counters {
+    /// Records a completed reduction round.
+    pub fn round(&self, samples: u64, elapsed: Duration, bytes: u64) {
+        self.steps.fetch_add(1, Ordering::Relaxed);
+        self.samples.fetch_add(samples, Ordering::Relaxed);
+        self.allreduce_nanos.fetch_add(
+            elapsed.as_nanos().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+        self.allreduce_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// One job's gauges.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobGauges {
+    /// Its id.
+    pub id: String,
+    /// Its state's name.
+    pub state: &'static str,
+    /// Steps done.
+    pub step: u64,
+    /// Steps in all.
+    pub total_steps: u64,
+    /// Group size.
+    pub workers: u32,
+    /// Smoothed training throughput.
+    pub samples_per_s: f64,
+    /// Latest evaluation metrics.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// What a scrape reports besides the counters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// Registered workers.
+    pub workers: usize,
+    /// Every job.
+    pub jobs: Vec<JobGauges>,
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The text exposition of the counters and a snapshot.
+pub fn render(c: &Counters, s: &Snapshot) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+    metric(
+        "graft_workers",
+        "gauge",
+        "Registered workers.",
+        vec![(String::new(), s.workers as f64)],
+    );
+    let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
+    for j in &s.jobs {
+        *by_state.entry(j.state).or_default() += 1;
+    }
+    metric(
+        "graft_jobs",
+        "gauge",
+        "Jobs by state.",
+        by_state
+            .iter()
+            .map(|(k, v)| (format!("{{state=\"{k}\"}}"), *v as f64))
+            .collect(),
+    );
+    metric(
+        "graft_steps_total",
+        "counter",
+        "Synchronous steps completed, all jobs.",
+        vec![(String::new(), get(&c.steps))],
+    );
+    metric(
+        "graft_samples_total",
+        "counter",
+        "Training samples processed, all jobs.",
+        vec![(String::new(), get(&c.samples))],
+    );
+    metric(
+        "graft_allreduce_seconds_total",
+        "counter",
+        "Time from the first rank's gradient to the group's sum, summed over steps.",
+        vec![(String::new(), get(&c.allreduce_nanos) / 1e9)],
+    );
+    metric(
+        "graft_allreduce_bytes_total",
+        "counter",
+        "Gradient bytes received and sent by the star all-reduce.",
+        vec![(String::new(), get(&c.allreduce_bytes))],
+    );
+    let running: Vec<&JobGauges> = s.jobs.iter().filter(|j| j.state == "RUNNING").collect();
+    let per_job = |f: &dyn Fn(&JobGauges) -> f64| {
+        running
+            .iter()
+            .map(|j| (format!("{{job=\"{}\"}}", label(&j.id)), f(j)))
+            .collect()
+    };
+    metric(
+        "graft_job_step",
+        "gauge",
+        "Steps done by a running job.",
+        per_job(&|j| j.step as f64),
+    );
+    metric(
+        "graft_job_total_steps",
+        "gauge",
+        "Steps of a running job.",
+        per_job(&|j| j.total_steps as f64),
+    );
+    metric(
+        "graft_job_group_size",
+        "gauge",
+        "Workers in a running job's group.",
+        per_job(&|j| j.workers as f64),
+    );
+    metric(
+        "graft_job_samples_per_second",
+        "gauge",
+        "Training throughput of a running job.",
+        per_job(&|j| j.samples_per_s),
+    );
+    let evals = s
+        .jobs
+        .iter()
+        .flat_map(|j| {
+            j.metrics.iter().map(move |(k, v)| {
+                (
+                    format!("{{job=\"{}\",metric=\"{}\"}}", label(&j.id), label(k)),
+                    *v,
+                )
+            })
+        })
+        .collect();
+    metric(
+        "graft_job_evaluation",
+        "gauge",
+        "Latest evaluation metrics of each job.",
+        evals,
+    );
+    out
+}
+
+/// Serves `GET /metrics` until `shutdown`.
+pub async fn serve(listener: TcpListener, coord: Arc<Coordinator>, shutdown: CancellationToken) {
+    loop {
+        let (mut stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    continue;
+                }
+            },
+        };
+        let coord = coord.clone();
+        tokio::spawn(async move {
+            // One request per connection; a slow or oversized request is dropped.
+            let mut buf = vec![0u8; 4096];
+            let mut n = 0;
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while n < buf.len() {
+                    let m = stream.read(&mut buf[n..]).await?;
+                    if m == 0 {
+                        break;
+                    }
+                    n += m;
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+            if !matches!(read, Ok(Ok(()))) {
+                return;
+            }
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let response = if request.starts_with("GET /metrics ") || request.starts_with("GET / ")
+            {
+                let body = render(&coord.counters, &coord.metrics_snapshot());
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string()
+            };
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_gauges_in_the_text_format() {
+        let c = Counters::default();
+        c.round(128, Duration::from_millis(5), 4096);
+        c.round(128, Duration::from_millis(5), 4096);
+        let s = Snapshot {
+            workers: 2,
+            jobs: vec![
+                JobGauges {
+                    id: "job-1".into(),
+                    state: "RUNNING",
+                    step: 10,
+                    total_steps: 100,
+                    workers: 2,
+                    samples_per_s: 900.0,
+                    metrics: BTreeMap::from([("target_accuracy".into(), 0.9)]),
+                },
+                JobGauges {
+                    id: "job-2".into(),
+                    state: "COMPLETED",
+                    step: 5,
+                    total_steps: 5,
+                    workers: 1,
+                    samples_per_s: 0.0,
+                    metrics: BTreeMap::new(),
+                },
+            ],
+        };
+        let text = render(&c, &s);
+        assert!(text.contains("graft_steps_total 2\n"), "{text}");
+        assert!(text.contains("graft_samples_total 256\n"));
+        assert!(text.contains("graft_allreduce_seconds_total 0.01\n"));
+        assert!(
+            text.contains("graft_jobs{state=\"RUNNING\"} 1\n")
+                && text.contains("graft_jobs{state=\"COMPLETED\"} 1\n")
+        );
+        assert!(
+            text.contains("graft_job_step{job=\"job-1\"} 10\n")
+                && !text.contains("graft_job_step{job=\"job-2\"}")
+        );
+        assert!(
+            text.contains("graft_job_evaluation{job=\"job-1\",metric=\"target_accuracy\"} 0.9\n")
+        );
+        assert!(text.contains("# TYPE graft_steps_total counter"));
+    }
+}
