@@ -276,20 +276,22 @@ impl CheckpointDir {
         Ok(())
     }
 
+    /// The manifest of `step`.
+    fn manifest(&self, step: u64) -> Result<Manifest, CoordinatorError> {
+        let path = self.dir.join(format!("checkpoint-{step:08}.json"));
+        let raw = fs::read(&path).map_err(io(&path))?;
+        serde_json::from_slice(&raw).map_err(|e| {
+            CoordinatorError::BadRequest(format!("{}: damaged manifest: {e}", path.display()))
+        })
+    }
+
     /// Reads and verifies the checkpoint of `step`.
     ///
     /// # Errors
     /// [`CoordinatorError`] naming the file that is missing, damaged or does not match its
     /// checksum or the network.
     pub fn load(&self, step: u64, arch: &Architecture) -> Result<Loaded, CoordinatorError> {
-        let manifest_path = self.dir.join(format!("checkpoint-{step:08}.json"));
-        let raw = fs::read(&manifest_path).map_err(io(&manifest_path))?;
-        let manifest: Manifest = serde_json::from_slice(&raw).map_err(|e| {
-            CoordinatorError::BadRequest(format!(
-                "{}: damaged manifest: {e}",
-                manifest_path.display()
-            ))
-        })?;
+        let manifest = self.manifest(step)?;
         let read_checked = |entry: &FileEntry| -> Result<Vec<u8>, CoordinatorError> {
             let p = self.dir.join(&entry.file);
             let bytes = fs::read(&p).map_err(io(&p))?;
@@ -339,14 +341,7 @@ impl CheckpointDir {
     /// # Errors
     /// [`CoordinatorError`] when it is missing or damaged.
     pub fn model_bytes(&self, step: u64) -> Result<Vec<u8>, CoordinatorError> {
-        let manifest_path = self.dir.join(format!("checkpoint-{step:08}.json"));
-        let raw = fs::read(&manifest_path).map_err(io(&manifest_path))?;
-        let manifest: Manifest = serde_json::from_slice(&raw).map_err(|e| {
-            CoordinatorError::BadRequest(format!(
-                "{}: damaged manifest: {e}",
-                manifest_path.display()
-            ))
-        })?;
+        let manifest = self.manifest(step)?;
         let p = self.dir.join(&manifest.model.file);
         let bytes = fs::read(&p).map_err(io(&p))?;
         if sha256_hex(&bytes) != manifest.model.sha256 {

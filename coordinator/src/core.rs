@@ -84,6 +84,21 @@ struct JobEntry {
     history: History,
 }
 
+impl JobEntry {
+    fn new(record: JobRecord, data: Option<Arc<JobData>>, start: Option<Arc<StartState>>) -> Self {
+        Self {
+            record,
+            data,
+            events: broadcast::channel(1024).0,
+            pending_since: Instant::now(),
+            run: None,
+            start,
+            state_lock: Arc::new(tokio::sync::Mutex::new(())),
+            history: History::default(),
+        }
+    }
+}
+
 struct Core {
     workers: BTreeMap<WorkerId, WorkerEntry>,
     jobs: BTreeMap<JobId, JobEntry>,
@@ -210,20 +225,7 @@ impl Coordinator {
                 }
                 store.put(&record)?;
             }
-            let id = record.id.clone();
-            jobs.insert(
-                id,
-                JobEntry {
-                    record,
-                    data,
-                    events: broadcast::channel(1024).0,
-                    pending_since: Instant::now(),
-                    run: None,
-                    start,
-                    state_lock: Arc::new(tokio::sync::Mutex::new(())),
-                    history: History::default(),
-                },
-            );
+            jobs.insert(record.id.clone(), JobEntry::new(record, data, start));
         }
         Ok(Self {
             core: Mutex::new(Core {

@@ -32,6 +32,9 @@ pub mod store;
 pub mod upload;
 pub mod wire;
 
+#[cfg(test)]
+mod testing;
+
 pub use config::{CoordinatorArgs, CoordinatorConfig};
 pub use error::CoordinatorError;
 

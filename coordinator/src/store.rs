@@ -109,30 +109,7 @@ mod tests {
     use crate::job::JobState;
 
     fn spec() -> graft_transfer::JobSpec {
-        toml::from_str(
-            r#"
-name = "t"
-[model]
-kind = "mlp"
-hidden = [4]
-[method]
-kind = "supervised"
-[[datasets]]
-name = "moons"
-role = "source"
-[[datasets]]
-name = "moons"
-split = "test"
-role = "eval"
-[optimizer]
-kind = "sgd"
-lr = 0.1
-[training]
-global_batch_size = 8
-steps = 3
-"#,
-        )
-        .expect("parses")
+        crate::testing::moons_spec((1, 1), 3)
     }
 
     #[test]

@@ -22,16 +22,7 @@ impl Coordinator {
         let mut core = self.lock()?;
         core.jobs.insert(
             id.clone(),
-            JobEntry {
-                record: record.clone(),
-                data: Some(Arc::new(data)),
-                events: broadcast::channel(1024).0,
-                pending_since: Instant::now(),
-                run: None,
-                start,
-                state_lock: Arc::new(tokio::sync::Mutex::new(())),
-                history: History::default(),
-            },
+            JobEntry::new(record.clone(), Some(Arc::new(data)), start),
         );
         tracing::info!(job = %id, name = %record.spec.name, method = record.spec.method.name(), "job submitted");
         self.schedule(&mut core);

@@ -8,37 +8,7 @@ use super::*;
 use crate::reduce::Stats;
 
 fn spec(workers: (u32, u32), steps: u64) -> JobSpec {
-    toml::from_str(&format!(
-        r#"
-name = "t"
-[model]
-kind = "mlp"
-hidden = [4]
-[method]
-kind = "supervised"
-[[datasets]]
-name = "moons"
-role = "source"
-samples = 100
-[[datasets]]
-name = "moons"
-split = "test"
-role = "eval"
-samples = 20
-[optimizer]
-kind = "sgd"
-lr = 0.1
-[training]
-global_batch_size = 10
-steps = {steps}
-fingerprint_interval = 1
-[workers]
-min = {}
-max = {}
-"#,
-        workers.0, workers.1
-    ))
-    .expect("parses")
+    crate::testing::moons_spec(workers, steps)
 }
 
 fn coordinator(

@@ -4,7 +4,7 @@
 use burn::tensor::{Device, Tensor};
 
 use super::supervised::training_length;
-use super::{Batch, BatchLoss, Length, Method, StageDef, batch_tensors, cross_entropy_sum};
+use super::{Batch, BatchLoss, Length, Method, StageDef, classification_loss};
 use crate::model::Architecture;
 use crate::spec::{JobSpec, MethodSpec, Role};
 
@@ -85,9 +85,6 @@ impl Method for FineTuning {
         _stage: usize,
         device: &Device,
     ) -> BatchLoss {
-        let (x, y) = batch_tensors(batch, device);
-        let out = arch.forward(params, x);
-        let (loss, correct) = cross_entropy_sum(out.logits, y);
-        BatchLoss { loss, correct }
+        classification_loss(arch, params, batch, device)
     }
 }

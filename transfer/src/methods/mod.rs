@@ -211,6 +211,20 @@ pub fn cross_entropy_sum(logits: Tensor<2>, labels: Tensor<2, Int>) -> (Tensor<1
     (picked.sum().neg(), correct.max(0) as u64)
 }
 
+/// Cross-entropy of the label head on a labelled batch: the loss of supervised training and
+/// of both fine-tuning stages.
+pub fn classification_loss(
+    arch: &Architecture,
+    params: &[Tensor<1>],
+    batch: &Batch,
+    device: &Device,
+) -> BatchLoss {
+    let (x, y) = batch_tensors(batch, device);
+    let out = arch.forward(params, x);
+    let (loss, correct) = cross_entropy_sum(out.logits, y);
+    BatchLoss { loss, correct }
+}
+
 /// Reads a scalar from an int tensor.
 trait IntoScalarI64 {
     fn into_scalar_i64(self) -> i64;

@@ -33,9 +33,7 @@ impl Method for AllSupervised {
         _: usize,
         d: &Device,
     ) -> BatchLoss {
-        let (x, y) = batch_tensors(b, d);
-        let (loss, correct) = cross_entropy_sum(arch.forward(p, x).logits, y);
-        BatchLoss { loss, correct }
+        classification_loss(arch, p, b, d)
     }
 }
 
