@@ -1,8 +1,6 @@
 //! The typed client library: a `JobService` connection with the API token, and calls that
 //! take and return domain types.
 
-use std::time::Duration;
-
 use graft_coordinator::auth::Bearer;
 use graft_coordinator::wire::spec_to_pb;
 use graft_proto::MAX_MESSAGE_BYTES;
@@ -10,7 +8,7 @@ use graft_proto::v1 as pb;
 use graft_proto::v1::job_service_client::JobServiceClient;
 use graft_transfer::JobSpec;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// What a client call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -57,14 +55,24 @@ impl Client {
     /// # Errors
     /// [`ClientError::Unreachable`] when no connection can be made within a few seconds.
     pub async fn connect(url: &str, token: Option<&str>) -> Result<Self, ClientError> {
+        Self::connect_tls(url, token, None).await
+    }
+
+    /// Connects to `url`, trusting the CA certificate `tls_ca` (PEM) for `https://`.
+    ///
+    /// # Errors
+    /// [`ClientError::Unreachable`] when no connection can be made within a few seconds.
+    pub async fn connect_tls(
+        url: &str,
+        token: Option<&str>,
+        tls_ca: Option<&std::path::Path>,
+    ) -> Result<Self, ClientError> {
         let unreachable = |reason: String| ClientError::Unreachable {
             url: url.to_string(),
             reason,
         };
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| unreachable(e.to_string()))?
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true);
+        let endpoint =
+            graft_coordinator::tls::client_endpoint(url, tls_ca).map_err(ClientError::Local)?;
         let channel = endpoint
             .connect()
             .await

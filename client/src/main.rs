@@ -33,6 +33,9 @@ struct Cli {
     /// API token (sent as `authorization: Bearer`).
     #[arg(long, global = true, env = "GRAFT_API_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// CA certificate (PEM) to trust for an https:// coordinator.
+    #[arg(long, global = true, env = "GRAFT_TLS_CA")]
+    tls_ca: Option<PathBuf>,
     /// Log format of the client.
     #[arg(long, global = true, default_value = "plain")]
     log_format: LogFormat,
@@ -150,7 +153,12 @@ fn finish(o: &Outcome, json: bool) -> bool {
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<Client> {
-    Ok(Client::connect(&cli.coordinator, cli.token.as_deref()).await?)
+    Ok(Client::connect_tls(
+        &cli.coordinator,
+        cli.token.as_deref(),
+        cli.tls_ca.as_deref(),
+    )
+    .await?)
 }
 
 /// Submits `spec` to a fresh local cluster and follows it.

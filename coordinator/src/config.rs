@@ -32,6 +32,10 @@ pub struct CoordinatorConfig {
     pub api_token: Option<String>,
     /// Bearer token workers must send (none: no check).
     pub cluster_token: Option<String>,
+    /// Serve TLS with this certificate chain (PEM); needs `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    pub tls_key: Option<PathBuf>,
     /// After binding, write the address here (for tools that start the coordinator on port 0).
     pub ready_file: Option<PathBuf>,
     /// Log format.
@@ -51,6 +55,8 @@ impl Default for CoordinatorConfig {
             step_timeout_ms: 300_000,
             api_token: None,
             cluster_token: None,
+            tls_cert: None,
+            tls_key: None,
             ready_file: None,
             log_format: LogFormat::Plain,
         }
@@ -78,6 +84,12 @@ pub struct CoordinatorArgs {
     /// Heartbeat timeout in milliseconds.
     #[arg(long)]
     pub heartbeat_timeout_ms: Option<u64>,
+    /// Serve TLS with this certificate chain (PEM).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS certificate's private key (PEM).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
     /// Write the bound address to this file once serving.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
@@ -143,6 +155,12 @@ impl CoordinatorConfig {
         if let Some(v) = args.heartbeat_timeout_ms {
             c.heartbeat_timeout_ms = v;
         }
+        if let Some(v) = &args.tls_cert {
+            c.tls_cert = Some(v.clone());
+        }
+        if let Some(v) = &args.tls_key {
+            c.tls_key = Some(v.clone());
+        }
         if let Some(v) = &args.ready_file {
             c.ready_file = Some(v.clone());
         }
@@ -170,6 +188,11 @@ impl CoordinatorConfig {
             return Err(ConfigError(format!(
                 "metrics_listen: {m:?} is not an address like 0.0.0.0:9090"
             )));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError(
+                "tls_cert and tls_key: give both or neither".into(),
+            ));
         }
         if self.step_timeout_ms == 0 {
             return Err(ConfigError("step_timeout_ms: must be > 0".into()));

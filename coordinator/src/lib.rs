@@ -13,7 +13,7 @@
 //! - [`plot`]: training curves as SVG.
 //! - [`metrics`]: the Prometheus `/metrics` endpoint.
 //! - [`wire`]: proto ↔ domain conversions, shared with the worker and the client.
-//! - [`auth`], [`logging`], [`server`], [`error`].
+//! - [`auth`], [`tls`], [`logging`], [`server`], [`error`].
 
 pub mod auth;
 pub mod checkpoint;
@@ -29,6 +29,7 @@ pub mod reduce;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tls;
 pub mod upload;
 pub mod wire;
 

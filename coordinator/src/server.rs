@@ -29,6 +29,7 @@ pub struct Server {
     pub addr: SocketAddr,
     listener: TcpListener,
     coord: Arc<Coordinator>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl Server {
@@ -55,8 +56,17 @@ impl Server {
                 path: config.listen.clone(),
                 source,
             })?;
+        // Read the certificate now, so that a bad one stops the start, before anything serves.
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                crate::tls::server_config(cert, key)
+                    .map_err(|e| CoordinatorError::Internal(format!("TLS: {e}")))?,
+            ),
+            _ => None,
+        };
         let coord = Arc::new(Coordinator::new(config, store)?);
         Ok(Self {
+            tls,
             addr,
             listener,
             coord,
@@ -125,7 +135,13 @@ impl Server {
             }
             s
         });
-        let result = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| CoordinatorError::Internal(format!("TLS: {e}")))?;
+        }
+        let result = builder
             .add_service(health_service)
             .add_service(tonic::service::interceptor::InterceptedService::new(
                 jobs,

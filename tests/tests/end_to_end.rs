@@ -514,3 +514,64 @@ fn metrics_endpoint_reports_training() {
         "{body}"
     );
 }
+
+/// With a certificate the coordinator serves TLS: a worker and the CLI that trust its CA
+/// train a job over it; a client without the CA is refused in one line.
+#[test]
+fn workers_and_clients_train_over_tls() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("certificate");
+    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+    let mut c = Cluster::start_with_args(
+        0,
+        5_000,
+        &[
+            "--tls-cert",
+            cert.to_str().expect("utf-8"),
+            "--tls-key",
+            key.to_str().expect("utf-8"),
+        ],
+    );
+    c.url = c.url.replace("http://", "https://");
+    let mut worker = std::process::Command::new(graft_tests::bin("graft-worker"))
+        .args([
+            "--coordinator",
+            &c.url,
+            "--tls-ca",
+            cert.to_str().expect("utf-8"),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start worker");
+    let file = c.job_file(
+        "tls.toml",
+        &moons_job("tls", "kind = \"supervised\"", 10, 0.1),
+    );
+    let ca = cert.to_str().expect("utf-8");
+    let out = c.graft(&[
+        "--tls-ca",
+        ca,
+        "submit",
+        file.to_str().expect("utf-8"),
+        "--watch",
+        "--json",
+    ]);
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert_eq!(
+        last_json(&out)["state"],
+        "COMPLETED",
+        "{}\n{}",
+        show(&out),
+        c.log("coordinator")
+    );
+    let refused = c.graft(&["list"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("tls-ca"), "{err}");
+}

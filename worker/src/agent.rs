@@ -10,7 +10,7 @@ use graft_proto::PROTOCOL_VERSION;
 use graft_proto::v1 as pb;
 use graft_transfer::device::DeviceName;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::config::WorkerConfig;
 use crate::error::WorkerError;
@@ -31,10 +31,8 @@ struct Shared {
 }
 
 async fn connect(cfg: &WorkerConfig) -> Result<Channel, WorkerError> {
-    let endpoint = Endpoint::from_shared(cfg.coordinator.clone())
-        .map_err(|e| WorkerError::Setup(format!("coordinator {:?}: {e}", cfg.coordinator)))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
+    let endpoint = graft_coordinator::tls::client_endpoint(&cfg.coordinator, cfg.tls_ca.as_deref())
+        .map_err(|e| WorkerError::Setup(format!("coordinator: {e}")))?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.connect_timeout_ms);
     loop {
         match endpoint.connect().await {

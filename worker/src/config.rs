@@ -20,6 +20,8 @@ pub struct WorkerConfig {
     pub device: String,
     /// Bearer token for the coordinator's cluster service.
     pub cluster_token: Option<String>,
+    /// CA certificate (PEM) to trust for an `https://` coordinator.
+    pub tls_ca: Option<PathBuf>,
     /// Give up if the coordinator cannot be reached for this long at start-up.
     pub connect_timeout_ms: u64,
     /// Log format.
@@ -34,6 +36,7 @@ impl Default for WorkerConfig {
             name: format!("{host}-{}", std::process::id()),
             device: "cpu".into(),
             cluster_token: None,
+            tls_ca: None,
             connect_timeout_ms: 30_000,
             log_format: LogFormat::Plain,
         }
@@ -55,6 +58,9 @@ pub struct WorkerArgs {
     /// Device: cpu, libtorch-cpu, cuda:N.
     #[arg(long)]
     pub device: Option<String>,
+    /// CA certificate (PEM) to trust for an https:// coordinator.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
     /// `plain` or `json`.
     #[arg(long)]
     pub log_format: Option<LogFormat>,
@@ -78,6 +84,9 @@ impl WorkerConfig {
         }
         if let Some(v) = &args.device {
             c.device = v.clone();
+        }
+        if let Some(v) = &args.tls_ca {
+            c.tls_ca = Some(v.clone());
         }
         if let Some(v) = args.log_format {
             c.log_format = v;

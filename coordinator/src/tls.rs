@@ -1,0 +1,43 @@
+//! TLS (rustls): the coordinator serves TLS when given a certificate and key; workers and
+//! clients connect with `https://` URLs and trust the CA certificate they are given.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+
+/// The server side: certificate chain and key, PEM.
+///
+/// # Errors
+/// A message naming the file that cannot be read.
+pub fn server_config(cert: &Path, key: &Path) -> Result<ServerTlsConfig, String> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    Ok(ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?)))
+}
+
+/// An endpoint for `url`: plain for `http://`, TLS trusting `ca` (PEM) for `https://`.
+///
+/// # Errors
+/// A message when the URL is malformed, `https://` comes without a CA file, or the file
+/// cannot be read.
+pub fn client_endpoint(url: &str, ca: Option<&Path>) -> Result<Endpoint, String> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    match (url.starts_with("https://"), ca) {
+        (true, Some(ca)) => {
+            let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+            endpoint
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+                .map_err(|e| format!("TLS: {e}"))
+        }
+        (true, None) => Err(format!(
+            "{url} uses TLS: give the CA certificate that signed the coordinator's (tls_ca / --tls-ca)"
+        )),
+        (false, Some(_)) => Err(format!(
+            "a CA certificate was given but {url} is not https://"
+        )),
+        (false, None) => Ok(endpoint),
+    }
+}
