@@ -575,3 +575,63 @@ fn workers_and_clients_train_over_tls() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("tls-ca"), "{err}");
 }
+
+/// With tokens configured, clients and workers without them are refused; with them, a job
+/// runs.
+#[test]
+fn tokens_keep_out_clients_and_workers_without_them() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = tmp.path().join("coordinator.toml");
+    std::fs::write(
+        &config,
+        "api_token = \"client-secret\"\ncluster_token = \"worker-secret\"\n",
+    )
+    .expect("write config");
+    let c = Cluster::start_with_args(0, 5_000, &["--config", config.to_str().expect("utf-8")]);
+
+    let refused = c.graft(&["list"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("unauthenticated"),
+        "{}",
+        show(&refused)
+    );
+    let wrong = c.graft(&["--token", "guess", "list"]);
+    assert!(!wrong.status.success(), "{}", show(&wrong));
+
+    let intruder = std::process::Command::new(graft_tests::bin("graft-worker"))
+        .args(["--coordinator", &c.url])
+        .output()
+        .expect("run worker");
+    assert!(
+        !intruder.status.success(),
+        "a worker without the cluster token must not join"
+    );
+    assert!(
+        String::from_utf8_lossy(&intruder.stderr).contains("Register"),
+        "{}",
+        show(&intruder)
+    );
+
+    let mut worker = std::process::Command::new(graft_tests::bin("graft-worker"))
+        .args(["--coordinator", &c.url])
+        .env("GRAFT_WORKER_CLUSTER_TOKEN", "worker-secret")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start worker");
+    let file = c.job_file(
+        "auth.toml",
+        &moons_job("auth", "kind = \"supervised\"", 5, 0.1),
+    );
+    let out = c.graft(&[
+        "--token",
+        "client-secret",
+        "submit",
+        file.to_str().expect("utf-8"),
+        "--watch",
+        "--json",
+    ]);
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert_eq!(last_json(&out)["state"], "COMPLETED", "{}", show(&out));
+}
