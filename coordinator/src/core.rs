@@ -65,9 +65,9 @@ pub struct Run {
     verified: u64,
     /// Smoothed samples per second, for `/metrics`.
     samples_per_s: f64,
-    /// The final state was evaluated and checkpointed; the job completes once the final
-    /// fingerprints match too.
-    finishing: bool,
+    /// Since when the final state is evaluated and checkpointed; the job completes once the
+    /// final fingerprints match too, and fails if they do not come within `step_timeout_ms`.
+    finishing: Option<Instant>,
 }
 
 struct JobEntry {

@@ -175,57 +175,66 @@ pub fn render(c: &Counters, s: &Snapshot) -> String {
     out
 }
 
+/// Scrapes served at once; more wait for a place.
+const MAX_CONNECTIONS: usize = 16;
+
+/// Longest a scrape may take, reading and writing; a slower client is dropped.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `GET /metrics` until `shutdown`.
 pub async fn serve(listener: TcpListener, coord: Arc<Coordinator>, shutdown: CancellationToken) {
+    let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (mut stream, _) = tokio::select! {
+        let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
+                    // Out of descriptors, say: back off instead of spinning.
                     tracing::warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
+        let Ok(place) = places.clone().acquire_owned().await else {
+            return;
+        };
         let coord = coord.clone();
         tokio::spawn(async move {
-            // One request per connection; a slow or oversized request is dropped.
-            let mut buf = vec![0u8; 4096];
-            let mut n = 0;
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while n < buf.len() {
-                    let m = stream.read(&mut buf[n..]).await?;
-                    if m == 0 {
-                        break;
-                    }
-                    n += m;
-                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-            if !matches!(read, Ok(Ok(()))) {
-                return;
-            }
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let response = if request.starts_with("GET /metrics ") || request.starts_with("GET / ")
-            {
-                let body = render(&coord.counters, &coord.metrics_snapshot());
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_string()
-            };
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
+            let _place = place;
+            let _ = tokio::time::timeout(SCRAPE_TIMEOUT, scrape(stream, &coord)).await;
         });
     }
+}
+
+/// Answers one request on `stream`. Only the first 4 KiB of the request are read: enough
+/// for the request line, which is all that is looked at.
+async fn scrape(mut stream: tokio::net::TcpStream, coord: &Coordinator) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0;
+    while n < buf.len() {
+        let m = stream.read(&mut buf[n..]).await?;
+        if m == 0 {
+            break;
+        }
+        n += m;
+        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let request = String::from_utf8_lossy(&buf[..n]);
+    let response = if request.starts_with("GET /metrics ") || request.starts_with("GET / ") {
+        let body = render(&coord.counters, &coord.metrics_snapshot());
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+    };
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
 }
 
 #[cfg(test)]

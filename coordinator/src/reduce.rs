@@ -71,6 +71,13 @@ pub fn reduce_in_rank_order(parts: &[(Vec<f32>, Stats)]) -> Reduced {
 /// One rank's gradient and stats.
 type Contribution = (Vec<f32>, Stats);
 
+#[derive(Debug)]
+struct Slots {
+    parts: Vec<Option<Contribution>>,
+    /// Every rank contributed; nothing more is taken.
+    complete: bool,
+}
+
 /// One step's reduction.
 #[derive(Debug)]
 pub struct Round {
@@ -80,7 +87,7 @@ pub struct Round {
     pub created: std::time::Instant,
     /// Ranks in the group.
     pub world: usize,
-    parts: Mutex<Vec<Option<Contribution>>>,
+    slots: Mutex<Slots>,
     /// Sent by whoever completes or fails the round; every handler of the step waits on a
     /// receiver. Never closed while the round is referenced.
     status: watch::Sender<RoundStatus>,
@@ -93,7 +100,10 @@ impl Round {
             len,
             created: std::time::Instant::now(),
             world,
-            parts: Mutex::new(vec![None; world]),
+            slots: Mutex::new(Slots {
+                parts: vec![None; world],
+                complete: false,
+            }),
             status: watch::channel(RoundStatus::Waiting).0,
         }
     }
@@ -103,11 +113,13 @@ impl Round {
         self.status.subscribe()
     }
 
-    /// Adds rank `rank`'s contribution; returns the result if it was the last one.
+    /// Adds rank `rank`'s contribution; returns the sum if it was the last one. The caller
+    /// records the step, then [`publish`](Round::publish)es the sum to the waiters, so that no
+    /// rank can ask for the next step before the coordinator has moved on to it.
     ///
     /// # Errors
     /// A message when the rank is out of range, already contributed, the length is wrong or
-    /// the round has failed.
+    /// the round is complete or failed.
     pub fn deposit(
         &self,
         rank: usize,
@@ -121,17 +133,19 @@ impl Round {
                 self.len
             ));
         }
-        match &*self.status.borrow() {
-            RoundStatus::Failed(r) => return Err(r.clone()),
-            RoundStatus::Done(_) => return Err("this step's reduction is already complete".into()),
-            RoundStatus::Waiting => {}
+        if let RoundStatus::Failed(r) = &*self.status.borrow() {
+            return Err(r.clone());
         }
-        let mut parts = self
-            .parts
+        let mut slots = self
+            .slots
             .lock()
             .map_err(|_| "round lock poisoned".to_string())?;
-        let world = parts.len();
-        let slot = parts
+        if slots.complete {
+            return Err("this step's reduction is already complete".into());
+        }
+        let world = slots.parts.len();
+        let slot = slots
+            .parts
             .get_mut(rank)
             .ok_or_else(|| format!("rank {rank} is not in a group of {world}"))?;
         if slot.is_some() {
@@ -140,13 +154,25 @@ impl Round {
             ));
         }
         *slot = Some((grad, stats));
-        if parts.iter().all(Option::is_some) {
-            let all: Vec<(Vec<f32>, Stats)> = parts.iter_mut().filter_map(Option::take).collect();
-            let reduced = Arc::new(reduce_in_rank_order(&all));
-            self.status.send_replace(RoundStatus::Done(reduced.clone()));
-            return Ok(Some(reduced));
+        if slots.parts.iter().all(Option::is_some) {
+            slots.complete = true;
+            let all: Vec<Contribution> = slots.parts.iter_mut().filter_map(Option::take).collect();
+            return Ok(Some(Arc::new(reduce_in_rank_order(&all))));
         }
         Ok(None)
+    }
+
+    /// Wakes every waiter with the sum.
+    pub fn publish(&self, reduced: Arc<Reduced>) {
+        // A round failed in the meantime (the job ended) stays failed.
+        self.status.send_if_modified(|status| {
+            if matches!(status, RoundStatus::Waiting) {
+                *status = RoundStatus::Done(reduced);
+                true
+            } else {
+                false
+            }
+        });
     }
 
     /// Fails the round: every waiter wakes with `reason`.
@@ -246,6 +272,11 @@ mod tests {
             .expect("ok")
             .expect("complete");
         assert_eq!(done.grad, vec![2.0]);
+        assert!(
+            !waiter.is_finished(),
+            "waiters wake only when the sum is published"
+        );
+        round.publish(done);
         assert_eq!(waiter.await.expect("joins").expect("done").grad, vec![2.0]);
         assert!(
             round.deposit(0, vec![1.0], Stats::default()).is_err(),

@@ -28,6 +28,7 @@ pub struct Server {
     /// The address it serves on (the real port when configured with port 0).
     pub addr: SocketAddr,
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     coord: Arc<Coordinator>,
     tls: Option<tonic::transport::ServerTlsConfig>,
 }
@@ -64,9 +65,23 @@ impl Server {
             ),
             _ => None,
         };
+        let metrics = match &config.metrics_listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| CoordinatorError::Io {
+                        path: addr.clone(),
+                        source,
+                    })?;
+                tracing::info!(addr = %addr, "metrics serving");
+                Some(l)
+            }
+            None => None,
+        };
         let coord = Arc::new(Coordinator::new(config, store)?);
         Ok(Self {
             tls,
+            metrics,
             addr,
             listener,
             coord,
@@ -85,37 +100,12 @@ impl Server {
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), CoordinatorError> {
         let coord = self.coord.clone();
         let config = coord.config.clone();
-        if let Some(f) = &config.ready_file {
-            crate::checkpoint::write_atomic(f, self.addr.to_string().as_bytes())?;
-        }
-        tracing::info!(addr = %self.addr, state_dir = %config.state_dir.display(), data_dir = %config.datasets_dir().display(), "coordinator serving");
-        let monitor = {
-            let coord = coord.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(TICK);
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = every.tick() => coord.tick(),
-                    }
-                }
-            })
-        };
-        if let Some(addr) = &config.metrics_listen {
-            let listener =
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| CoordinatorError::Io {
-                        path: addr.clone(),
-                        source,
-                    })?;
-            tracing::info!(addr = %addr, "metrics serving");
-            tokio::spawn(crate::metrics::serve(
-                listener,
-                coord.clone(),
-                shutdown.clone(),
-            ));
+        // Everything that can fail comes first, so that nothing is left running on an error.
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls {
+            builder = builder.tls_config(tls).map_err(|e| {
+                CoordinatorError::Internal(format!("TLS: {}", crate::tls::chain(&e)))
+            })?;
         }
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<JobServiceServer<JobApi>>().await;
@@ -135,11 +125,29 @@ impl Server {
             }
             s
         });
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = self.tls {
-            builder = builder
-                .tls_config(tls)
-                .map_err(|e| CoordinatorError::Internal(format!("TLS: {e}")))?;
+        if let Some(f) = &config.ready_file {
+            crate::checkpoint::write_atomic(f, self.addr.to_string().as_bytes())?;
+        }
+        tracing::info!(addr = %self.addr, state_dir = %config.state_dir.display(), data_dir = %config.datasets_dir().display(), "coordinator serving");
+        let monitor = {
+            let coord = coord.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(TICK);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = every.tick() => coord.tick(),
+                    }
+                }
+            })
+        };
+        if let Some(listener) = self.metrics {
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                coord.clone(),
+                shutdown.clone(),
+            ));
         }
         let result = builder
             .add_service(health_service)

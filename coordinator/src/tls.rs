@@ -12,7 +12,31 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerT
 /// A message naming the file that cannot be read.
 pub fn server_config(cert: &Path, key: &Path) -> Result<ServerTlsConfig, String> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-    Ok(ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?)))
+    let config = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    // tonic parses the PEM only when the server takes the config: do that now, so that a bad
+    // certificate is an error at start-up, named, and not after the server said it was up.
+    tonic::transport::Server::builder()
+        .tls_config(config.clone())
+        .map_err(|e| format!("{} / {}: {}", cert.display(), key.display(), chain(&e)))?;
+    Ok(config)
+}
+
+/// An error with its sources: tonic's transport errors say only their kind on top.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Whether `url` asks for TLS.
+fn is_https(url: &str) -> bool {
+    url.get(..8)
+        .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
 }
 
 /// An endpoint for `url`: plain for `http://`, TLS trusting `ca` (PEM) for `https://`.
@@ -25,12 +49,12 @@ pub fn client_endpoint(url: &str, ca: Option<&Path>) -> Result<Endpoint, String>
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    match (url.starts_with("https://"), ca) {
+    match (is_https(url), ca) {
         (true, Some(ca)) => {
             let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
             endpoint
                 .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
-                .map_err(|e| format!("TLS: {e}"))
+                .map_err(|e| format!("TLS: {}", chain(&e)))
         }
         (true, None) => Err(format!(
             "{url} uses TLS: give the CA certificate that signed the coordinator's (tls_ca / --tls-ca)"

@@ -43,8 +43,9 @@ async fn connect(cfg: &WorkerConfig) -> Result<Channel, WorkerError> {
             }
             Err(e) => {
                 return Err(WorkerError::Setup(format!(
-                    "cannot reach the coordinator at {}: {e}",
-                    cfg.coordinator
+                    "cannot reach the coordinator at {}: {}",
+                    cfg.coordinator,
+                    graft_coordinator::tls::chain(&e)
                 )));
             }
         }
@@ -173,6 +174,9 @@ async fn serve_assignments(
             r = &mut task => r,
             _ = shutdown.cancelled() => {
                 abort.store(true, Ordering::Relaxed);
+                // Tell the coordinator now rather than let it wait for the heartbeat timeout.
+                let req = pb::LeaveJobRequest { worker_id: worker.to_string(), job_id: job.clone(), reason: "the worker is shutting down".into() };
+                let _ = tokio::time::timeout(Duration::from_secs(2), client.leave_job(req)).await;
                 return Ok(());
             }
         };

@@ -164,6 +164,7 @@ pub async fn reduce(
 }
 
 /// Sends the replica's state (rank 0) for evaluation and checkpoints.
+#[allow(clippy::too_many_arguments)]
 ///
 /// # Errors
 /// [`WorkerError`] when the call fails.
@@ -172,12 +173,13 @@ pub async fn upload_state(
     worker: &str,
     job: &str,
     step: u64,
+    generation: u64,
     params: &[f32],
     optimizer: &[f32],
     optimizer_steps: u64,
 ) -> Result<(), WorkerError> {
     let mut msgs = Vec::new();
-    for chunk in split(params, step, 0, CHUNK_BYTES) {
+    for chunk in split(params, step, generation, CHUNK_BYTES) {
         msgs.push(pb::StateChunk {
             worker_id: worker.into(),
             job_id: job.into(),
@@ -188,7 +190,7 @@ pub async fn upload_state(
             r#final: false,
         });
     }
-    for chunk in split(optimizer, step, 0, CHUNK_BYTES) {
+    for chunk in split(optimizer, step, generation, CHUNK_BYTES) {
         msgs.push(pb::StateChunk {
             worker_id: worker.into(),
             job_id: job.into(),

@@ -249,6 +249,7 @@ pub fn run_job(mut ctx: JobContext) -> Result<(), WorkerError> {
                     &ctx.worker,
                     &job,
                     step,
+                    generation,
                     &all,
                     &opt.state(),
                     opt.steps,

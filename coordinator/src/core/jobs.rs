@@ -155,7 +155,7 @@ impl Coordinator {
         };
         let total = job.record.total_steps;
         match job.run.as_mut() {
-            Some(run) if run.verified < total => run.finishing = true,
+            Some(run) if run.verified < total => run.finishing = Some(Instant::now()),
             _ => self.end_job(&mut core, id, JobState::Completed, String::new()),
         }
     }

@@ -253,7 +253,7 @@ impl Coordinator {
                 return Ok(());
             }
             run.verified = run.verified.max(step);
-            if run.finishing && run.verified >= total {
+            if run.finishing.is_some() && run.verified >= total {
                 let jid = JobId(job.to_string());
                 self.end_job(&mut core, &jid, JobState::Completed, String::new());
             }
@@ -270,9 +270,10 @@ impl Coordinator {
         worker: &str,
         job: &str,
         step: u64,
+        generation: u64,
     ) -> Result<JobHandle, CoordinatorError> {
         let mut core = self.lock()?;
-        let (entry, rank) = Self::member(&mut core, worker, job, None)?;
+        let (entry, rank) = Self::member(&mut core, worker, job, Some(generation))?;
         if step == 0 || step > entry.record.step {
             return Err(CoordinatorError::BadRequest(format!(
                 "state for step {step}, but job {job} has done {} steps",

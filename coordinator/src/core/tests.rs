@@ -120,7 +120,7 @@ async fn only_members_reduce_and_only_the_current_step() {
         "stale generation"
     );
     assert!(
-        c.upload_target(&a, &id.0, 1).is_err(),
+        c.upload_target(&a, &id.0, 1, generation).is_err(),
         "no step is done yet"
     );
     let t = c
@@ -141,7 +141,7 @@ async fn only_members_reduce_and_only_the_current_step() {
         .expect("done");
     c.round_done(&id.0, 0, &reduced);
     assert_eq!(c.get(&id.0).expect("job").step, 1);
-    assert!(c.upload_target(&a, &id.0, 1).is_ok());
+    assert!(c.upload_target(&a, &id.0, 1, generation).is_ok());
 }
 
 #[tokio::test]
@@ -289,6 +289,68 @@ async fn jobs_survive_a_restart_and_unfinished_ones_are_pending_again() {
     assert_eq!(job.state, JobState::Pending);
     assert!(
         job.reason.contains("resuming from step 0"),
+        "{}",
+        job.reason
+    );
+}
+
+#[tokio::test]
+async fn missing_final_fingerprints_fail_the_job_after_the_step_timeout() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = CoordinatorConfig {
+        state_dir: tmp.path().to_path_buf(),
+        heartbeat_timeout_ms: 60_000,
+        heartbeat_interval_ms: 1,
+        gather_window_ms: 0,
+        step_timeout_ms: 30,
+        ..CoordinatorConfig::default()
+    };
+    let c = Coordinator::new(
+        config,
+        Store::open(&tmp.path().join("graft.redb")).expect("store"),
+    )
+    .expect("coordinator");
+    let id = submit(&c, spec((2, 2), 1));
+    let a = c.register("a".into(), "cpu".into()).expect("registers");
+    let b = c.register("b".into(), "cpu".into()).expect("registers");
+    let generation = assignment(&c, &a).await.expect("assigned").generation;
+    assignment(&c, &b).await.expect("assigned");
+    let (ta, tb) = (
+        c.round(&a, &id.0, 0, 0, generation).expect("a"),
+        c.round(&b, &id.0, 1, 0, generation).expect("b"),
+    );
+    let n = ta.round.len;
+    let five = Stats {
+        samples: 5,
+        ..Stats::default()
+    };
+    assert!(
+        ta.round
+            .deposit(0, vec![0.0; n], five)
+            .expect("ok")
+            .is_none()
+    );
+    let reduced = tb
+        .round
+        .deposit(1, vec![0.0; n], five)
+        .expect("ok")
+        .expect("done");
+    c.round_done(&id.0, 0, &reduced);
+    c.fingerprint(&a, &id.0, 1, generation, "f".into())
+        .expect("recorded");
+    c.complete(&id);
+    c.tick();
+    assert_eq!(
+        c.get(&id.0).expect("job").state,
+        JobState::Running,
+        "still inside the timeout"
+    );
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    c.tick();
+    let job = c.get(&id.0).expect("job");
+    assert_eq!(job.state, JobState::Failed);
+    assert!(
+        job.reason.contains("rank(s) 1 never reported"),
         "{}",
         job.reason
     );

@@ -86,6 +86,34 @@ impl Coordinator {
     /// can start. Called periodically.
     pub fn tick(&self) {
         let Ok(mut core) = self.lock() else { return };
+        let step_timeout = Duration::from_millis(self.config.step_timeout_ms);
+        let overdue: Vec<(JobId, String)> = core
+            .jobs
+            .iter()
+            .filter_map(|(id, j)| {
+                let run = j.run.as_ref()?;
+                if run.finishing.is_none_or(|t| t.elapsed() <= step_timeout) {
+                    return None;
+                }
+                let reported = run.fingerprints.get(&j.record.total_steps);
+                let missing: Vec<String> = (0..run.members.len())
+                    .filter(|&r| {
+                        reported.is_none_or(|slots| slots.get(r).is_none_or(Option::is_none))
+                    })
+                    .map(|r| r.to_string())
+                    .collect();
+                Some((
+                    id.clone(),
+                    format!(
+                        "rank(s) {} never reported their final fingerprint",
+                        missing.join(", ")
+                    ),
+                ))
+            })
+            .collect();
+        for (id, reason) in overdue {
+            self.end_job(&mut core, &id, JobState::Failed, reason);
+        }
         let timeout = Duration::from_millis(self.config.heartbeat_timeout_ms);
         let dead: Vec<WorkerId> = core
             .workers
@@ -171,7 +199,7 @@ impl Coordinator {
                 last_round_at: Instant::now(),
                 verified: 0,
                 samples_per_s: 0.0,
-                finishing: false,
+                finishing: None,
             });
             job.record.state = JobState::Running;
             job.record.reason.clear();

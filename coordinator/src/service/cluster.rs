@@ -267,7 +267,12 @@ impl ClusterService for ClusterApi {
         let grad = asm.finish().map_err(|e| chunk_status("gradient", e))?;
         let rx = ticket.round.subscribe();
         match ticket.round.deposit(rank, grad, stats) {
-            Ok(Some(reduced)) => self.coord.round_done(&job.0, step, &reduced),
+            Ok(Some(reduced)) => {
+                // Record the step before anyone learns the sum: the next request is then
+                // for a step the coordinator already expects.
+                self.coord.round_done(&job.0, step, &reduced);
+                ticket.round.publish(reduced);
+            }
             Ok(None) => {}
             Err(reason) => return Err(Status::aborted(reason)),
         }
@@ -335,9 +340,10 @@ impl ClusterService for ClusterApi {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("empty state stream"))?;
-        let handle = self
-            .coord
-            .upload_target(&first.worker_id, &first.job_id, first.step)?;
+        let generation = first.chunk.as_ref().map_or(0, |c| c.generation);
+        let handle =
+            self.coord
+                .upload_target(&first.worker_id, &first.job_id, first.step, generation)?;
         let step = first.step;
         if step == 0 || step > handle.record.total_steps {
             return Err(Status::invalid_argument(format!(
@@ -350,7 +356,8 @@ impl ClusterService for ClusterApi {
         let opt_len = handle.data.stage_of(step - 1).map_or(0, |(stage, _)| {
             handle.data.optimizer_len(stage, &handle.record.spec)
         }) as u64;
-        let mut params = Assembler::new(step, 0, n_params);
+        // NaN weights would be evaluated and checkpointed as if they were a model.
+        let mut params = Assembler::new(step, generation, n_params).reject_non_finite();
         let mut optimizer: Option<Assembler> = None;
         let optimizer_steps = first.optimizer_steps;
         let mut msg = Some(first);
@@ -365,7 +372,9 @@ impl ClusterService for ClusterApi {
                     params.push(c).map_err(|e| chunk_status("parameters", e))?
                 }
                 Ok(pb::StateKind::Optimizer) => {
-                    let asm = optimizer.get_or_insert_with(|| Assembler::new(step, 0, opt_len));
+                    let asm = optimizer.get_or_insert_with(|| {
+                        Assembler::new(step, generation, opt_len).reject_non_finite()
+                    });
                     asm.push(c)
                         .map_err(|e| chunk_status("optimizer state", e))?;
                 }
@@ -390,7 +399,12 @@ impl ClusterService for ClusterApi {
         let params = params.finish().map_err(|e| chunk_status("parameters", e))?;
         let optimizer_state = match optimizer {
             Some(a) => a.finish().map_err(|e| chunk_status("optimizer state", e))?,
-            None => Vec::new(),
+            None if opt_len == 0 => Vec::new(),
+            None => {
+                return Err(Status::invalid_argument(format!(
+                    "state for step {step} has no optimizer state ({opt_len} values expected)"
+                )));
+            }
         };
         let upload = Upload {
             step,
