@@ -76,7 +76,7 @@ impl Client {
         let channel = endpoint
             .connect()
             .await
-            .map_err(|e| unreachable(source_chain(&e)))?;
+            .map_err(|e| unreachable(graft_coordinator::tls::chain(&e)))?;
         let bearer = Bearer::new(token).map_err(ClientError::Local)?;
         let inner = JobServiceClient::with_interceptor(channel, bearer)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -207,15 +207,4 @@ impl Client {
         }
         Ok((at_step, bytes))
     }
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

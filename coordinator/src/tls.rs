@@ -23,14 +23,17 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<ServerTlsConfig, String>
 
 /// An error with its sources: tonic's transport errors say only their kind on top.
 pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
+    let mut parts = vec![e.to_string()];
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        // Wrappers often repeat their source's text; say it once.
+        let text = c.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
         cur = c.source();
     }
-    s
+    parts.join(": ")
 }
 
 /// Whether `url` asks for TLS.
@@ -63,5 +66,26 @@ pub fn client_endpoint(url: &str, ca: Option<&Path>) -> Result<Endpoint, String>
             "a CA certificate was given but {url} is not https://"
         )),
         (false, None) => Ok(endpoint),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_ca_files_must_agree() {
+        assert!(client_endpoint("http://127.0.0.1:7070", None).is_ok());
+        let e = client_endpoint("HTTPS://127.0.0.1:7070", None).expect_err("https needs a CA");
+        assert!(e.contains("tls-ca"), "{e}");
+        let e = client_endpoint("http://127.0.0.1:7070", Some(Path::new("/ca.pem")))
+            .expect_err("CA without https");
+        assert!(e.contains("not https"), "{e}");
+        let e = client_endpoint("https://127.0.0.1:7070", Some(Path::new("/no/such/ca.pem")))
+            .expect_err("missing file");
+        assert!(e.contains("/no/such/ca.pem"), "{e}");
+        let e = server_config(Path::new("/no/cert.pem"), Path::new("/no/key.pem"))
+            .expect_err("missing files");
+        assert!(e.contains("/no/cert.pem"), "{e}");
     }
 }
