@@ -26,7 +26,7 @@ struct Cli {
     #[arg(
         long,
         global = true,
-        env = "GRAFT_COORDINATOR_URL",
+        env = "GRAFT_URL",
         default_value = "http://127.0.0.1:7070"
     )]
     coordinator: String,

@@ -635,3 +635,58 @@ fn tokens_keep_out_clients_and_workers_without_them() {
     let _ = worker.wait();
     assert_eq!(last_json(&out)["state"], "COMPLETED", "{}", show(&out));
 }
+
+/// Configuration layers: the file, then `GRAFT_COORDINATOR_*`, then flags; unknown keys in any
+/// layer are refused by name, and tokens are never printed.
+#[test]
+fn configuration_layers_and_strictness() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("c.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:7001\"\nheartbeat_timeout_ms = 9000\napi_token = \"s3cret\"\n",
+    )
+    .expect("write");
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        std::process::Command::new(graft_tests::bin("graft-coordinator"))
+            .arg("--config")
+            .arg(&file)
+            .args(args)
+            .arg("--check-config")
+            .envs(env.iter().copied())
+            .output()
+            .expect("graft-coordinator")
+    };
+    let out = run(
+        &[("GRAFT_COORDINATOR_HEARTBEAT_TIMEOUT_MS", "7000")],
+        &["--listen", "127.0.0.1:7002"],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("listen = \"127.0.0.1:7002\""),
+        "flags win: {text}"
+    );
+    assert!(
+        text.contains("heartbeat_timeout_ms = 7000"),
+        "environment beats the file: {text}"
+    );
+    assert!(
+        !text.contains("s3cret") && text.contains("<redacted>"),
+        "{text}"
+    );
+    let out = run(&[("GRAFT_COORDINATOR_LISTNE", "x")], &[]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("listne"),
+        "{}",
+        show(&out)
+    );
+    std::fs::write(&file, "heartbeat_timeout_msec = 1\n").expect("write");
+    let out = run(&[], &[]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("heartbeat_timeout_msec"),
+        "{}",
+        show(&out)
+    );
+}
