@@ -44,6 +44,15 @@ max = {workers}
     )
 }
 
+/// Writes a job file, submits it with `--watch --json`, and checks that it completed.
+fn run_to_completion(c: &Cluster, file: &str, job: &str) -> serde_json::Value {
+    let path = c.job_file(file, job);
+    let out = c.graft(&["submit", path.to_str().expect("utf-8"), "--watch", "--json"]);
+    let r = last_json(&out);
+    assert_eq!(r["state"], "COMPLETED", "{}", show(&out));
+    r
+}
+
 fn export_tensors(c: &Cluster, job: &str) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
     let out_path = c.tmp.path().join(format!("{job}.safetensors"));
     let out = c.graft(&[
@@ -178,9 +187,7 @@ fn a_killed_worker_fails_its_job_within_the_timeout() {
         "took {took:?} to notice the dead worker"
     );
     // The survivor is free again and takes the next job.
-    let c2 = c.job_file("short.toml", &small_mnist_job("after", 1, 5));
-    let out = c.graft(&["submit", c2.to_str().expect("utf-8"), "--watch", "--json"]);
-    assert_eq!(last_json(&out)["state"], "COMPLETED", "{}", show(&out));
+    run_to_completion(&c, "short.toml", &small_mnist_job("after", 1, 5));
 }
 
 /// (d): a bad job file is refused with the field named, and nothing is created.
@@ -290,9 +297,7 @@ fn cancel_stops_a_running_job() {
         !again.status.success(),
         "a finished job cannot be cancelled twice"
     );
-    let f2 = c.job_file("next.toml", &small_mnist_job("next", 2, 5));
-    let out = c.graft(&["submit", f2.to_str().expect("utf-8"), "--watch", "--json"]);
-    assert_eq!(last_json(&out)["state"], "COMPLETED", "{}", show(&out));
+    run_to_completion(&c, "next.toml", &small_mnist_job("next", 2, 5));
 }
 
 /// An unreachable coordinator gives a one-line error and a non-zero exit.

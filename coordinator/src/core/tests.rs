@@ -42,6 +42,34 @@ async fn assignment(c: &Coordinator, w: &str) -> Option<pb::Assignment> {
         .expect("known worker")
 }
 
+/// Ranks `a` (0) and `b` (1) each send five samples' gradient for step 0, which completes.
+fn two_ranks_finish_step_0(c: &Coordinator, id: &JobId, a: &str, b: &str, generation: u64) {
+    let (ta, tb) = (
+        c.round(a, &id.0, 0, 0, generation)
+            .expect("rank 0 is a member"),
+        c.round(b, &id.0, 1, 0, generation)
+            .expect("rank 1 is a member"),
+    );
+    let n = ta.round.len;
+    let five = Stats {
+        samples: 5,
+        ..Stats::default()
+    };
+    assert!(
+        ta.round
+            .deposit(0, vec![0.0; n], five)
+            .expect("ok")
+            .is_none(),
+        "waits for rank 1"
+    );
+    let reduced = tb
+        .round
+        .deposit(1, vec![0.0; n], five)
+        .expect("ok")
+        .expect("complete");
+    c.round_done(&id.0, 0, &reduced);
+}
+
 #[tokio::test]
 async fn a_job_starts_with_max_workers_at_once_and_ranks_them() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -153,37 +181,7 @@ async fn diverged_replicas_fail_the_job_and_completion_waits_for_the_final_check
     let b = c.register("b".into(), "cpu".into()).expect("registers");
     let generation = assignment(&c, &a).await.expect("assigned").generation;
     assignment(&c, &b).await.expect("assigned");
-    let (ta, tb) = (
-        c.round(&a, &id.0, 0, 0, generation).expect("a"),
-        c.round(&b, &id.0, 1, 0, generation).expect("b"),
-    );
-    let n = ta.round.len;
-    assert!(
-        ta.round
-            .deposit(
-                0,
-                vec![0.0; n],
-                Stats {
-                    samples: 5,
-                    ..Stats::default()
-                }
-            )
-            .expect("ok")
-            .is_none()
-    );
-    let reduced = tb
-        .round
-        .deposit(
-            1,
-            vec![0.0; n],
-            Stats {
-                samples: 5,
-                ..Stats::default()
-            },
-        )
-        .expect("ok")
-        .expect("done");
-    c.round_done(&id.0, 0, &reduced);
+    two_ranks_finish_step_0(&c, &id, &a, &b, generation);
     // The final state was processed, but one fingerprint is still missing: not complete yet.
     c.complete(&id);
     c.fingerprint(&a, &id.0, 1, generation, "same".into())
@@ -196,37 +194,7 @@ async fn diverged_replicas_fail_the_job_and_completion_waits_for_the_final_check
     let id2 = submit(&c, spec((2, 2), 3));
     let generation = assignment(&c, &a).await.expect("assigned").generation;
     assignment(&c, &b).await.expect("assigned");
-    let (ta, tb) = (
-        c.round(&a, &id2.0, 0, 0, generation).expect("a"),
-        c.round(&b, &id2.0, 1, 0, generation).expect("b"),
-    );
-    let n = ta.round.len;
-    assert!(
-        ta.round
-            .deposit(
-                0,
-                vec![0.0; n],
-                Stats {
-                    samples: 5,
-                    ..Stats::default()
-                }
-            )
-            .expect("ok")
-            .is_none()
-    );
-    let reduced = tb
-        .round
-        .deposit(
-            1,
-            vec![0.0; n],
-            Stats {
-                samples: 5,
-                ..Stats::default()
-            },
-        )
-        .expect("ok")
-        .expect("done");
-    c.round_done(&id2.0, 0, &reduced);
+    two_ranks_finish_step_0(&c, &id2, &a, &b, generation);
     assert!(
         c.fingerprint(&a, &id2.0, 2, generation, "x".into())
             .is_err(),
@@ -315,27 +283,7 @@ async fn missing_final_fingerprints_fail_the_job_after_the_step_timeout() {
     let b = c.register("b".into(), "cpu".into()).expect("registers");
     let generation = assignment(&c, &a).await.expect("assigned").generation;
     assignment(&c, &b).await.expect("assigned");
-    let (ta, tb) = (
-        c.round(&a, &id.0, 0, 0, generation).expect("a"),
-        c.round(&b, &id.0, 1, 0, generation).expect("b"),
-    );
-    let n = ta.round.len;
-    let five = Stats {
-        samples: 5,
-        ..Stats::default()
-    };
-    assert!(
-        ta.round
-            .deposit(0, vec![0.0; n], five)
-            .expect("ok")
-            .is_none()
-    );
-    let reduced = tb
-        .round
-        .deposit(1, vec![0.0; n], five)
-        .expect("ok")
-        .expect("done");
-    c.round_done(&id.0, 0, &reduced);
+    two_ranks_finish_step_0(&c, &id, &a, &b, generation);
     c.fingerprint(&a, &id.0, 1, generation, "f".into())
         .expect("recorded");
     c.complete(&id);
