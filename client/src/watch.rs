@@ -43,7 +43,6 @@ pub async fn follow(client: &mut Client, id: &str, show: bool) -> Result<Outcome
     );
     bar.set_prefix(id.to_string());
     let mut last_eval: Option<pb::Evaluation> = None;
-    let mut last_job: Option<pb::Job> = None;
     let mut loss = f64::NAN;
     let mut rates = Rates::default();
     while let Some(ev) = stream.message().await? {
@@ -54,7 +53,6 @@ pub async fn follow(client: &mut Client, id: &str, show: bool) -> Result<Outcome
                 bar.set_message(
                     state_name(pb::JobState::try_from(j.state).unwrap_or_default()).to_string(),
                 );
-                last_job = Some(j);
             }
             Some(pb::job_event::Event::Progress(p)) => {
                 bar.set_length(p.total_steps);
@@ -89,7 +87,6 @@ pub async fn follow(client: &mut Client, id: &str, show: bool) -> Result<Outcome
             seconds: started.elapsed().as_secs_f64(),
         });
     }
-    let _ = last_job;
     Err(ClientError::Local(format!(
         "lost the event stream of job {id} while it was {}",
         state_name(pb::JobState::try_from(job.state).unwrap_or_default())

@@ -289,7 +289,15 @@ mod tests {
         let round = Round::new(2, 1);
         let rx = round.subscribe();
         round.fail("worker w-1 died");
-        assert_eq!(wait(rx).await.expect_err("failed"), "worker w-1 died");
+        round.publish(Arc::new(reduce_in_rank_order(&[(
+            vec![1.0],
+            Stats::default(),
+        )])));
+        assert_eq!(
+            wait(rx).await.expect_err("failed"),
+            "worker w-1 died",
+            "publishing does not revive a failed round"
+        );
         assert!(round.deposit(0, vec![1.0], Stats::default()).is_err());
     }
 }

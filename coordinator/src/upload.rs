@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use burn::tensor::Device;
 use graft_proto::v1 as pb;
-use graft_transfer::Params;
 use graft_transfer::eval::evaluate;
 use graft_transfer::methods::{checkpoint_due, evaluation_due};
 
@@ -51,14 +50,10 @@ pub async fn process_upload(coord: Arc<Coordinator>, handle: JobHandle, upload: 
 fn run(coord: &Coordinator, h: &JobHandle, u: Upload) -> Result<(), CoordinatorError> {
     let data = &h.data;
     let spec = &h.record.spec;
-    let mut values = Vec::with_capacity(data.arch.params.len());
-    let mut at = 0;
-    for p in &data.arch.params {
-        let n = p.numel();
-        values.push(u.params[at..at + n].to_vec());
-        at += n;
-    }
-    let params = Params::new(values);
+    let params = data
+        .arch
+        .params_from_flat(&u.params)
+        .map_err(|e| CoordinatorError::BadRequest(format!("uploaded parameters: {e}")))?;
     let mut metrics = BTreeMap::new();
     if evaluation_due(spec, &data.stages, u.step) {
         let device = Device::flex();

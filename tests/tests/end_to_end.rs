@@ -82,6 +82,12 @@ fn mnist_mlp_on_two_workers_reaches_97_percent_and_exports() {
     let ckpt = r["checkpoint"].as_str().expect("checkpoint path");
     assert!(std::path::Path::new(ckpt).exists(), "{ckpt} does not exist");
     let id = r["job"].as_str().expect("id").to_string();
+    let curves = std::fs::read_to_string(c.state.join("jobs").join(&id).join("curves.svg"))
+        .expect("curves.svg next to the checkpoints");
+    assert!(
+        curves.contains("<polyline") && curves.contains("target_accuracy"),
+        "{curves}"
+    );
 
     let tensors = export_tensors(&c, &id);
     let arch = Architecture::new(

@@ -13,7 +13,7 @@ use burn::tensor::module::{conv2d, linear, max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData, activation::relu};
 
-use crate::params::Params;
+use crate::params::{FlatLengthError, Params};
 use crate::rng::SplitMix64;
 use crate::spec::ModelSpec;
 
@@ -236,6 +236,17 @@ impl Architecture {
         )
     }
 
+    /// Parameters from every tensor concatenated in order (the inverse of
+    /// [`Params::flatten_all`]).
+    ///
+    /// # Errors
+    /// [`FlatLengthError`] when `flat` does not hold exactly [`Architecture::num_params`] values.
+    pub fn params_from_flat(&self, flat: &[f32]) -> Result<Params, FlatLengthError> {
+        let mut params = Params::new(self.params.iter().map(|p| vec![0.0; p.numel()]).collect());
+        params.unflatten(&vec![true; self.params.len()], flat)?;
+        Ok(params)
+    }
+
     /// Puts the parameters on `device` as rank-1 tensors; `track[i]` marks those that need a
     /// gradient (on an autodiff device).
     pub fn tensors(&self, params: &Params, device: &Device, track: &[bool]) -> Vec<Tensor<1>> {
@@ -334,6 +345,16 @@ mod tests {
         assert_eq!(fc1.shape, vec![768, 100]);
         assert!(Architecture::new(&ModelSpec::DigitsCnn, &[2], 2).is_err());
         assert!(Architecture::new(&ModelSpec::DigitsCnn, &[1, 8, 8], 10).is_err());
+    }
+
+    #[test]
+    fn whole_states_round_trip_through_one_flat_vector() {
+        let a = Architecture::new(&ModelSpec::Mlp { hidden: vec![3] }, &[2], 2).expect("valid");
+        let p = a.init(9);
+        let flat = p.flatten_all();
+        assert_eq!(flat.len(), a.num_params());
+        assert_eq!(a.params_from_flat(&flat).expect("fits"), p);
+        assert!(a.params_from_flat(&flat[1..]).is_err());
     }
 
     #[test]

@@ -80,6 +80,11 @@ impl Params {
         Ok(())
     }
 
+    /// Every tensor concatenated in order: the form in which whole states travel.
+    pub fn flatten_all(&self) -> Vec<f32> {
+        self.values.iter().flatten().copied().collect()
+    }
+
     /// A hash of every parameter's exact bits: replicas that differ in one bit differ here.
     pub fn fingerprint(&self) -> String {
         let mut h = Sha256::new();

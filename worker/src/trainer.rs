@@ -10,7 +10,7 @@ use graft_coordinator::wire::{spec_from_pb, stage_from_pb};
 use graft_proto::v1 as pb;
 use graft_transfer::methods::{Batch, Stage, compute_step, method_for, state_due};
 use graft_transfer::optim::{Optimizer, learning_rate};
-use graft_transfer::{Architecture, Params, shard};
+use graft_transfer::{Architecture, shard};
 use tokio::runtime::Handle;
 
 use crate::error::WorkerError;
@@ -114,14 +114,9 @@ pub fn run_job(mut ctx: JobContext) -> Result<(), WorkerError> {
             &job,
             arch.num_params(),
         ))?;
-        let mut values = Vec::with_capacity(arch.params.len());
-        let mut at = 0;
-        for p in &arch.params {
-            values.push(flat[at..at + p.numel()].to_vec());
-            at += p.numel();
-        }
         (
-            Params::new(values),
+            arch.params_from_flat(&flat)
+                .map_err(|e| WorkerError::Protocol(format!("starting state: {e}")))?,
             (!opt.is_empty()).then_some((opt, opt_steps)),
         )
     } else {
@@ -243,7 +238,7 @@ pub fn run_job(mut ctx: JobContext) -> Result<(), WorkerError> {
                     .map_err(|e| WorkerError::rpc("ReportStep", e))?;
             }
             if rank == 0 && state_due(&spec, &stages, step) {
-                let all: Vec<f32> = params.values().iter().flatten().copied().collect();
+                let all = params.flatten_all();
                 ctx.rt.block_on(rpc::upload_state(
                     &mut ctx.cluster,
                     &ctx.worker,

@@ -166,8 +166,7 @@ impl Coordinator {
     /// When the worker is not a member of the job's group.
     pub fn leave(&self, worker: &str, job: &str, reason: &str) -> Result<(), CoordinatorError> {
         let mut core = self.lock()?;
-        let (entry, rank) = Self::member(&mut core, worker, job, None)?;
-        let _ = entry;
+        let (_, rank) = Self::member(&mut core, worker, job, None)?;
         let name = core
             .workers
             .get(worker)

@@ -431,7 +431,7 @@ impl ClusterService for ClusterApi {
                 r.job_id
             ))
         })?;
-        let flat: Vec<f32> = start.params.values().iter().flatten().copied().collect();
+        let flat = start.params.flatten_all();
         let mut out = Vec::new();
         for c in split(&flat, start.step, 0, CHUNK_BYTES) {
             out.push(pb::StateChunk {
