@@ -8,6 +8,7 @@
 //! - [`demo`]: the built-in demonstration jobs.
 
 pub mod api;
+pub mod bench;
 pub mod demo;
 pub mod jobfile;
 pub mod local;

@@ -44,6 +44,26 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum BenchCmd {
+    /// Run every example job of the transfer methods (W = 2) and write docs/RESULTS.md.
+    Methods {
+        /// Only these example files (by name, e.g. dann-moons.toml); earlier results of the
+        /// others are kept.
+        #[arg(long = "only")]
+        only: Vec<String>,
+        /// The examples folder.
+        #[arg(long, default_value = "examples")]
+        examples: PathBuf,
+        /// Where RESULTS.md and RESULTS.json go.
+        #[arg(long, default_value = "docs")]
+        out: PathBuf,
+        /// Workers per job.
+        #[arg(long, default_value_t = 2)]
+        workers: u32,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Submit a job file.
     Submit {
@@ -119,7 +139,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Run the built-in demonstration (two-moons, source-only vs fine-tuning).
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+    /// Run the built-in demonstration (two moons rotated by 35°: source-only vs DANN).
     Demo {
         /// Workers to start.
         #[arg(long, default_value_t = 2)]
@@ -169,6 +192,21 @@ async fn run_local(
     state_dir: PathBuf,
     json: bool,
 ) -> anyhow::Result<bool> {
+    run_local_jobs(specs, workers, device, state_dir, json)
+        .await
+        .map(|(ok, _)| ok)
+}
+
+/// Runs `specs` one after the other on a local cluster; whether all completed, and each
+/// job's final metrics.
+async fn run_local_jobs(
+    specs: Vec<JobSpec>,
+    workers: u32,
+    device: &str,
+    state_dir: PathBuf,
+    json: bool,
+) -> anyhow::Result<(bool, Vec<(String, std::collections::HashMap<String, f64>)>)> {
+    let mut results = Vec::new();
     let mut cluster = LocalCluster::start(&LocalOptions {
         workers: workers as usize,
         device,
@@ -204,9 +242,10 @@ async fn run_local(
             }
         };
         all_ok &= finish(&outcome, json);
+        results.push((spec.name.clone(), outcome.job.metrics.clone()));
     }
     drop(cluster);
-    Ok(all_ok)
+    Ok((all_ok, results))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<bool> {
@@ -335,14 +374,35 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let dir = state_dir.clone().unwrap_or_else(|| run_dir("local"));
             run_local(vec![spec], *workers, device, dir, *json).await
         }
+        Cmd::Bench(BenchCmd::Methods {
+            only,
+            examples,
+            out,
+            workers,
+        }) => {
+            let paths = graft_client::bench::Paths {
+                examples: examples.clone(),
+                markdown: out.join("RESULTS.md"),
+                json: out.join("RESULTS.json"),
+            };
+            let (only, workers) = (only.clone(), *workers);
+            tokio::task::spawn_blocking(move || {
+                graft_client::bench::run_methods(&paths, &only, workers)
+            })
+            .await?
+        }
         Cmd::Demo {
             workers,
             state_dir,
             json,
         } => {
-            let specs = graft_client::demo::jobs(*workers).map_err(anyhow::Error::msg)?;
+            let specs = graft_client::demo::jobs().map_err(anyhow::Error::msg)?;
             let dir = state_dir.clone().unwrap_or_else(|| run_dir("demo"));
-            run_local(specs, *workers, "cpu", dir, *json).await
+            let (ok, results) = run_local_jobs(specs, *workers, "cpu", dir, *json).await?;
+            if !json {
+                eprintln!("{}", graft_client::demo::side_by_side(&results));
+            }
+            Ok(ok)
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::watch::Outcome;
 
 /// The JSON line `local`, `submit --watch`, `status` and `demo` print with `--json`.
 pub fn json_line(job: &pb::Job, seconds: f64) -> String {
-    let metrics: BTreeMap<&String, &f64> = job.metrics.iter().collect();
+    let metrics = nested_metrics(&job.metrics);
     json!({
         "job": job.id,
         "state": state_name(pb::JobState::try_from(job.state).unwrap_or_default()),
@@ -23,6 +23,59 @@ pub fn json_line(job: &pb::Job, seconds: f64) -> String {
         "reason": job.reason,
     })
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotted_metric_names_nest() {
+        let m = std::collections::HashMap::from([
+            ("target_accuracy".to_string(), 0.5),
+            ("tasks.mnist.accuracy".to_string(), 0.9),
+            ("tasks.usps.accuracy".to_string(), 0.8),
+            ("mnist_stage.tasks.mnist.accuracy".to_string(), 0.7),
+        ]);
+        let v = nested_metrics(&m);
+        assert_eq!(v["target_accuracy"], 0.5);
+        assert_eq!(v["tasks"]["mnist"]["accuracy"], 0.9);
+        assert_eq!(v["tasks"]["usps"]["accuracy"], 0.8);
+        assert_eq!(v["mnist_stage"]["tasks"]["mnist"]["accuracy"], 0.7);
+    }
+}
+
+/// Metrics as a JSON object where dotted names nest (`tasks.mnist.accuracy` becomes
+/// `{"tasks": {"mnist": {"accuracy": ...}}}`), so that scripts read them as paths. A name
+/// that would clash with a value already there stays flat.
+pub fn nested_metrics(metrics: &std::collections::HashMap<String, f64>) -> serde_json::Value {
+    let sorted: BTreeMap<&String, &f64> = metrics.iter().collect();
+    let mut root = serde_json::Map::new();
+    for (k, v) in sorted {
+        let parts: Vec<&str> = k.split('.').collect();
+        let mut node = &mut root;
+        let mut placed = false;
+        for (i, part) in parts.iter().enumerate() {
+            if i + 1 == parts.len() {
+                if !node.contains_key(*part) {
+                    node.insert((*part).to_string(), json!(v));
+                    placed = true;
+                }
+                break;
+            }
+            let entry = node
+                .entry((*part).to_string())
+                .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+            match entry.as_object_mut() {
+                Some(o) => node = o,
+                None => break,
+            }
+        }
+        if !placed {
+            root.insert(k.clone(), json!(v));
+        }
+    }
+    serde_json::Value::Object(root)
 }
 
 /// A few lines for people: state, metrics, per-class accuracy and the confusion matrix.

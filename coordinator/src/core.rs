@@ -23,7 +23,7 @@ use crate::jobdata::JobData;
 use crate::plot::{self, History};
 use crate::reduce::{Reduced, Round, Stats};
 use crate::store::Store;
-use crate::wire::{spec_to_pb, stage_to_pb};
+use crate::wire::{class_vectors_to_pb, spec_to_pb, stage_to_pb};
 
 /// A worker's id: `w-<boot>-<n>`, unique across coordinator restarts.
 pub type WorkerId = String;

@@ -4,14 +4,17 @@
 //! Built once at submission (so that a bad dataset is refused before the job exists) and
 //! again after a restart; the workers receive their shards from here.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use graft_transfer::data::{Dataset, MoonsConfig, catalog};
-use graft_transfer::methods::{Method, Stage, method_for, plan_stages};
+use graft_transfer::methods::{
+    DataKey, EvalSet, Method, MethodData, Stage, method_for, plan_stages,
+};
 use graft_transfer::optim::Optimizer;
-use graft_transfer::spec::{DatasetSpec, MethodSpec, Role};
+use graft_transfer::spec::{AttributeSource, DatasetSpec, MethodSpec, Role};
+use graft_transfer::zeroshot::{ClassVectors, builtin_table};
 use graft_transfer::{Architecture, JobSpec, Params, weights};
 
 use crate::error::CoordinatorError;
@@ -26,13 +29,15 @@ pub struct JobData {
     pub arch: Architecture,
     /// The method.
     pub method: Box<dyn Method>,
+    /// What the method needs besides its spec (sent to the workers).
+    pub method_data: MethodData,
     /// Stages with their steps.
     pub stages: Vec<Stage>,
-    /// Training sets by role.
-    pub train: HashMap<Role, Arc<Dataset>>,
-    /// Evaluation sets with their metric labels, in job order.
-    pub eval: Vec<(String, Arc<Dataset>)>,
-    /// Weights to start from (fine-tuning from a file).
+    /// Training sets by key.
+    pub train: BTreeMap<DataKey, Arc<Dataset>>,
+    /// Evaluation sets in job order.
+    pub eval: Vec<EvalSet>,
+    /// Weights to start from (a source model from a file).
     pub init_params: Option<Params>,
 }
 
@@ -48,6 +53,13 @@ fn field_err(i: usize, e: impl std::fmt::Display) -> CoordinatorError {
     CoordinatorError::InvalidSpec {
         field: format!("datasets[{i}]"),
         reason: e.to_string(),
+    }
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> CoordinatorError {
+    CoordinatorError::InvalidSpec {
+        field: field.into(),
+        reason: reason.into(),
     }
 }
 
@@ -76,7 +88,89 @@ fn load_one(
     if ds.is_empty() {
         return Err(field_err(i, "has no samples"));
     }
+    if let Some(size) = d.image_size {
+        let shape = match ds.sample_shape.as_slice() {
+            [c, _, _] => vec![*c, size, size],
+            other => {
+                return Err(field_err(
+                    i,
+                    format!("image_size needs images, the samples are {other:?}"),
+                ));
+            }
+        };
+        ds = ds.resize_to(&shape).map_err(|e| field_err(i, e))?;
+    }
     Ok(ds)
+}
+
+/// The training set a dataset of the job feeds, if any.
+fn train_key(d: &DatasetSpec) -> Option<DataKey> {
+    match (d.role, &d.task) {
+        (Role::Eval, _) => None,
+        (Role::Train, Some(t)) => Some(DataKey::task(t)),
+        (role, _) => Some(DataKey::role(role)),
+    }
+}
+
+/// Zero-shot learning: the class vectors the job asks for, checked against the data.
+fn class_vectors(
+    spec: &JobSpec,
+    num_classes: usize,
+    data_dir: &Path,
+) -> Result<Option<ClassVectors>, CoordinatorError> {
+    let MethodSpec::ZeroShot {
+        unseen_classes,
+        attributes,
+    } = &spec.method
+    else {
+        return Ok(None);
+    };
+    if let Some(c) = unseen_classes.iter().find(|&&c| c as usize >= num_classes) {
+        return Err(invalid(
+            "method.unseen_classes",
+            format!("class {c} is not in the data ({num_classes} classes)"),
+        ));
+    }
+    if unseen_classes.len() >= num_classes {
+        return Err(invalid(
+            "method.unseen_classes",
+            "leaves no class to train on",
+        ));
+    }
+    let seen: Vec<u32> = (0..num_classes as u32)
+        .filter(|c| !unseen_classes.contains(c))
+        .collect();
+    let cv = match attributes {
+        AttributeSource::Builtin { table } => builtin_table(table).ok_or_else(|| {
+            invalid(
+                "method.attributes.table",
+                format!("unknown table {table:?}"),
+            )
+        })?,
+        AttributeSource::File { path } => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid("method.attributes.path", format!("{path}: {e}")))?;
+            ClassVectors::from_csv(&text)
+                .map_err(|e| invalid("method.attributes.path", format!("{path}: {e}")))?
+        }
+        AttributeSource::Pca {
+            dataset,
+            split,
+            components,
+        } => {
+            let ds = catalog::load(dataset, split, data_dir, &MoonsConfig::default())
+                .map_err(|e| invalid("method.attributes.dataset", e.to_string()))?;
+            ClassVectors::pca(&ds, num_classes, &seen, *components)
+                .map_err(|e| invalid("method.attributes", e.to_string()))?
+        }
+    };
+    if cv.rows < num_classes {
+        return Err(invalid(
+            "method.attributes",
+            format!("describes {} classes, the data has {num_classes}", cv.rows),
+        ));
+    }
+    Ok(Some(cv))
 }
 
 impl JobData {
@@ -85,80 +179,112 @@ impl JobData {
     /// # Errors
     /// [`CoordinatorError::InvalidSpec`] naming the dataset or field that cannot be used.
     pub fn load(spec: &JobSpec, data_dir: &Path) -> Result<Self, CoordinatorError> {
-        let method = method_for(spec);
-        let defs = method.stages();
-        // The model's input is the first training set's shape; every other set is resized to it.
-        let first_role = defs.first().map_or(Role::Source, |d| d.train_role);
         let mut loaded: Vec<(usize, &DatasetSpec, Dataset)> = Vec::new();
         for (i, d) in spec.datasets.iter().enumerate() {
             loaded.push((i, d, load_one(spec, i, d, data_dir)?));
         }
-        let input_shape = loaded
-            .iter()
-            .find(|(_, d, _)| d.role == first_role)
-            .map(|(_, _, ds)| ds.sample_shape.clone())
-            .ok_or_else(|| CoordinatorError::InvalidSpec {
-                field: "datasets".into(),
-                reason: format!("needs a dataset with role = {:?}", first_role.as_str()),
-            })?;
         let num_classes = loaded
             .iter()
             .map(|(_, _, ds)| ds.num_classes)
             .max()
             .unwrap_or(0);
-        let arch = Architecture::new(&spec.model, &input_shape, num_classes).map_err(|e| {
-            CoordinatorError::InvalidSpec {
-                field: "model".into(),
-                reason: e.to_string(),
-            }
-        })?;
+        let method_data = MethodData {
+            class_vectors: class_vectors(spec, num_classes, data_dir)?,
+        };
+        let method = method_for(spec, &method_data);
+        let defs = method.stages();
+        // The model's input is the first training set's shape; every other set is resized to it.
+        let first_key = defs
+            .first()
+            .and_then(|d| d.streams.first())
+            .map(|s| s.data.clone())
+            .ok_or_else(|| invalid("method", "has no training stage"))?;
+        let input_shape = loaded
+            .iter()
+            .find(|(_, d, _)| train_key(d).as_ref() == Some(&first_key))
+            .map(|(_, _, ds)| ds.sample_shape.clone())
+            .ok_or_else(|| invalid("datasets", format!("needs a training set for {first_key}")))?;
+        let layout = method.layout(num_classes);
+        let arch = Architecture::with_layout(&spec.model, &input_shape, num_classes, &layout)
+            .map_err(|e| invalid("model", e.to_string()))?;
         if arch.num_params() > MAX_PARAMS {
-            return Err(CoordinatorError::InvalidSpec {
-                field: "model".into(),
-                reason: format!(
+            return Err(invalid(
+                "model",
+                format!(
                     "{} parameters for input {input_shape:?}; graft takes at most {MAX_PARAMS}",
                     arch.num_params()
                 ),
-            });
+            ));
         }
-        let mut train = HashMap::new();
+        let mut train = BTreeMap::new();
         let mut eval = Vec::new();
         for (i, d, ds) in loaded {
-            let ds = ds.resize_to(&input_shape).map_err(|e| field_err(i, e))?;
-            match d.role {
-                Role::Eval => eval.push((d.metric_label().to_string(), Arc::new(ds))),
-                role => {
-                    train.insert(role, Arc::new(ds));
+            let mut ds = ds.resize_to(&input_shape).map_err(|e| field_err(i, e))?;
+            if let (MethodSpec::ZeroShot { unseen_classes, .. }, Role::Source) =
+                (&spec.method, d.role)
+            {
+                // Zero-shot learning never trains on the unseen classes.
+                let keep: Vec<usize> = (0..ds.len())
+                    .filter(|&k| !unseen_classes.contains(&ds.labels[k]))
+                    .collect();
+                ds = ds.subset(&keep);
+                if ds.is_empty() {
+                    return Err(field_err(i, "has no sample of a seen class"));
+                }
+            }
+            match train_key(d) {
+                None => eval.push(EvalSet {
+                    label: d.metric_label(),
+                    task: d.task.clone(),
+                    data: Arc::new(ds),
+                }),
+                Some(key) => {
+                    train.insert(key, Arc::new(ds));
                 }
             }
         }
-        let mut labels: Vec<&str> = eval.iter().map(|(l, _)| l.as_str()).collect();
+        let mut labels: Vec<&str> = eval.iter().map(|s| s.label.as_str()).collect();
         labels.sort_unstable();
         if labels.windows(2).any(|w| w[0] == w[1]) {
-            return Err(CoordinatorError::InvalidSpec {
-                field: "datasets".into(),
-                reason: "evaluation sets need distinct labels".into(),
-            });
+            return Err(invalid("datasets", "evaluation sets need distinct labels"));
         }
-        let stages = plan_stages(&defs, spec.training.global_batch_size, |r| {
-            train.get(&r).map_or(0, |d| d.len())
-        });
-        let init_params = match &spec.method {
-            MethodSpec::FineTuning {
-                init_from: Some(path),
-                ..
-            } => {
-                let bytes = std::fs::read(path).map_err(|e| CoordinatorError::InvalidSpec {
-                    field: "method.init_from".into(),
-                    reason: format!("{path}: {e}"),
-                })?;
+        for d in &defs {
+            for s in &d.streams {
+                if !train.contains_key(&s.data) {
+                    return Err(invalid(
+                        "datasets",
+                        format!("needs a training set for {}", s.data),
+                    ));
+                }
+            }
+        }
+        let stages = plan_stages(&defs, |k| train.get(k).map_or(0, |d| d.len()));
+        for (i, _) in stages.iter().enumerate() {
+            let mask = method.trainable(&arch, i);
+            if !mask.iter().any(|m| *m) {
+                return Err(invalid(
+                    "method",
+                    format!("stage {i} has no trainable parameter (is every layer frozen?)"),
+                ));
+            }
+        }
+        let init_params = match spec.method.source_stage() {
+            Some((_, _, Some(path))) => {
+                let bytes = std::fs::read(path)
+                    .map_err(|e| invalid("method.init_from", format!("{path}: {e}")))?;
+                // Tensors a stage copies into are filled by the job itself.
+                let filled: Vec<&str> = stages
+                    .iter()
+                    .flat_map(|s| s.copies.iter().map(|(_, to)| to.as_str()))
+                    .collect();
                 Some(
-                    weights::params_from_safetensors(&arch, &bytes).map_err(|e| {
-                        CoordinatorError::InvalidSpec {
-                            field: "method.init_from".into(),
-                            reason: format!("{path}: {e}"),
-                        }
-                    })?,
+                    weights::params_from_safetensors_over(
+                        &arch,
+                        &bytes,
+                        &arch.init(spec.seed),
+                        |name| filled.iter().any(|p| name.starts_with(p)),
+                    )
+                    .map_err(|e| invalid("method.init_from", format!("{path}: {e}")))?,
                 )
             }
             _ => None,
@@ -166,6 +292,7 @@ impl JobData {
         Ok(Self {
             arch,
             method,
+            method_data,
             stages,
             train,
             eval,

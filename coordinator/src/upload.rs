@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use burn::tensor::Device;
 use graft_proto::v1 as pb;
-use graft_transfer::eval::evaluate;
-use graft_transfer::methods::{checkpoint_due, evaluation_due};
+use graft_transfer::methods::{EvalInputs, checkpoint_due, evaluation_due};
 
 use crate::checkpoint::{CheckpointDir, Snapshot};
 use crate::core::{Coordinator, JobHandle};
@@ -57,17 +56,31 @@ fn run(coord: &Coordinator, h: &JobHandle, u: Upload) -> Result<(), CoordinatorE
     let mut metrics = BTreeMap::new();
     if evaluation_due(spec, &data.stages, u.step) {
         let device = Device::flex();
-        let mut sets = Vec::new();
-        for (label, set) in &data.eval {
-            let r = evaluate(&data.arch, &params, set, label, &device);
-            metrics.extend(r.metrics());
-            sets.push(pb::EvalSet {
+        let inputs = EvalInputs {
+            sets: &data.eval,
+            train: &data.train,
+        };
+        let report = data.method.evaluate(&data.arch, &params, &inputs, &device);
+        metrics.extend(report.metrics);
+        // What each worker flattens and sends per step in the stage just finished: frozen
+        // parameters are left out.
+        let stage = data
+            .stage_of(u.step.saturating_sub(1))
+            .map_or(0, |(i, _)| i);
+        metrics.insert(
+            "allreduce_bytes_per_step".into(),
+            (data.trainable_len(stage) * 4) as f64,
+        );
+        let sets: Vec<pb::EvalSet> = report
+            .sets
+            .iter()
+            .map(|r| pb::EvalSet {
                 label: r.label.clone(),
                 per_class_accuracy: r.per_class_accuracy.clone(),
                 confusion: r.confusion.iter().flatten().copied().collect(),
-                num_classes: data.arch.num_classes as u32,
-            });
-        }
+                num_classes: r.confusion.len() as u32,
+            })
+            .collect();
         tracing::info!(job = %h.record.id, step = u.step, ?metrics, "evaluated");
         // Evaluations at the end of an earlier stage are kept under the stage's name too.
         let stage_prefix = data
@@ -88,9 +101,7 @@ fn run(coord: &Coordinator, h: &JobHandle, u: Upload) -> Result<(), CoordinatorE
     if checkpoint_due(spec, &data.stages, u.step) {
         let (stage, epoch) = data
             .stage_of(u.step)
-            .map_or((data.stages.len(), 0), |(i, s)| {
-                (i, (u.step - s.first_step) / s.steps_per_epoch.max(1))
-            });
+            .map_or((data.stages.len(), 0), |(i, s)| (i, s.epoch_at(u.step)));
         let dir = CheckpointDir::new(coord.job_dir(&h.record.id).join("checkpoints"));
         let keep = spec.checkpoint.keep as usize;
         let rec = dir.write(

@@ -5,12 +5,17 @@
 //! naming the field. The worker and the client use these too, so all three sides agree.
 
 use graft_proto::v1 as pb;
-use graft_transfer::methods::Stage;
 use graft_transfer::spec::{
-    CheckpointSpec, DatasetSpec, EvaluationSpec, JobSpec, MethodSpec, ModelSpec, OptimizerSpec,
-    Role, ScheduleSpec, TrainingSpec, WorkersSpec,
+    CheckpointSpec, DatasetSpec, EvaluationSpec, JobSpec, ModelSpec, OptimizerSpec, Role,
+    ScheduleSpec, TrainingSpec, WorkersSpec,
 };
 use tonic::Status;
+
+mod method;
+pub use method::{
+    class_vectors_from_pb, class_vectors_to_pb, method_from_pb, method_to_pb, stage_from_pb,
+    stage_to_pb,
+};
 
 /// A wire field that is missing or out of range.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -49,6 +54,7 @@ pub fn role_to_pb(r: Role) -> pb::DatasetRole {
         Role::TargetLabelled => pb::DatasetRole::TargetLabelled,
         Role::TargetUnlabelled => pb::DatasetRole::TargetUnlabelled,
         Role::Eval => pb::DatasetRole::Eval,
+        Role::Train => pb::DatasetRole::Train,
     }
 }
 
@@ -62,6 +68,7 @@ pub fn role_from_pb(v: i32, field: &str) -> Result<Role, WireError> {
         Ok(pb::DatasetRole::TargetLabelled) => Ok(Role::TargetLabelled),
         Ok(pb::DatasetRole::TargetUnlabelled) => Ok(Role::TargetUnlabelled),
         Ok(pb::DatasetRole::Eval) => Ok(Role::Eval),
+        Ok(pb::DatasetRole::Train) => Ok(Role::Train),
         _ => Err(WireError {
             field: field.into(),
             reason: format!("unknown role {v}"),
@@ -77,20 +84,7 @@ pub fn spec_to_pb(s: &JobSpec) -> pb::JobSpec {
         }),
         ModelSpec::DigitsCnn => pb::model_spec::Kind::DigitsCnn(pb::DigitsCnnSpec {}),
     };
-    let method = match &s.method {
-        MethodSpec::Supervised => pb::method_spec::Kind::Supervised(pb::SupervisedSpec {}),
-        MethodSpec::FineTuning {
-            source_steps,
-            source_epochs,
-            init_from,
-            reset_head,
-        } => pb::method_spec::Kind::FineTuning(pb::FineTuningSpec {
-            source_steps: *source_steps,
-            source_epochs: *source_epochs,
-            init_from: init_from.clone(),
-            reset_head: *reset_head,
-        }),
-    };
+    let method = method_to_pb(&s.method);
     let optimizer = match &s.optimizer {
         OptimizerSpec::Sgd {
             lr,
@@ -145,6 +139,8 @@ pub fn spec_to_pb(s: &JobSpec) -> pb::JobSpec {
                 labels_per_class: d.labels_per_class.map(|v| v as u32),
                 limit: d.limit.map(|v| v as u64),
                 label: d.label.clone(),
+                task: d.task.clone(),
+                image_size: d.image_size.map(|v| v.min(u32::MAX as usize) as u32),
                 samples: d.samples.map(|v| v as u64),
                 noise: d.noise,
                 rotation_deg: d.rotation_deg,
@@ -195,20 +191,12 @@ impl TryFrom<&pb::JobSpec> for WireSpec {
             },
             pb::model_spec::Kind::DigitsCnn(_) => ModelSpec::DigitsCnn,
         };
-        let method = match p
-            .method
-            .as_ref()
-            .and_then(|m| m.kind.as_ref())
-            .ok_or_else(|| missing("method"))?
-        {
-            pb::method_spec::Kind::Supervised(_) => MethodSpec::Supervised,
-            pb::method_spec::Kind::FineTuning(f) => MethodSpec::FineTuning {
-                source_steps: f.source_steps,
-                source_epochs: f.source_epochs,
-                init_from: f.init_from.clone(),
-                reset_head: f.reset_head,
-            },
-        };
+        let method = method_from_pb(
+            p.method
+                .as_ref()
+                .and_then(|m| m.kind.as_ref())
+                .ok_or_else(|| missing("method"))?,
+        )?;
         let mut datasets = Vec::with_capacity(p.datasets.len());
         for (i, d) in p.datasets.iter().enumerate() {
             let f = |k: &str| format!("datasets[{i}].{k}");
@@ -219,6 +207,8 @@ impl TryFrom<&pb::JobSpec> for WireSpec {
                 labels_per_class: d.labels_per_class.map(|v| v as usize),
                 limit: d.limit.map(|v| usize_of(v, &f("limit"))).transpose()?,
                 label: d.label.clone(),
+                task: d.task.clone(),
+                image_size: d.image_size.map(|v| v as usize),
                 samples: d.samples.map(|v| usize_of(v, &f("samples"))).transpose()?,
                 noise: d.noise,
                 rotation_deg: d.rotation_deg,
@@ -305,35 +295,6 @@ pub fn spec_from_pb(p: &pb::JobSpec) -> Result<JobSpec, WireError> {
     WireSpec::try_from(p).map(|w| w.0)
 }
 
-/// The wire form of a stage.
-pub fn stage_to_pb(s: &Stage) -> pb::StagePlan {
-    pb::StagePlan {
-        name: s.name.clone(),
-        train_role: role_to_pb(s.train_role) as i32,
-        first_step: s.first_step,
-        steps: s.steps,
-        samples: s.samples as u64,
-        steps_per_epoch: s.steps_per_epoch,
-        reset_prefixes: s.reset_prefixes.clone(),
-    }
-}
-
-/// A stage off the wire.
-///
-/// # Errors
-/// [`WireError`] for a bad role or size.
-pub fn stage_from_pb(p: &pb::StagePlan, i: usize) -> Result<Stage, WireError> {
-    Ok(Stage {
-        name: p.name.clone(),
-        train_role: role_from_pb(p.train_role, &format!("stages[{i}].train_role"))?,
-        first_step: p.first_step,
-        steps: p.steps,
-        samples: usize_of(p.samples, &format!("stages[{i}].samples"))?,
-        steps_per_epoch: p.steps_per_epoch.max(1),
-        reset_prefixes: p.reset_prefixes.clone(),
-    })
-}
-
 /// The name of a job state as people read it (`COMPLETED`).
 pub fn state_name(s: pb::JobState) -> &'static str {
     match s {
@@ -398,6 +359,28 @@ max = 3
         )
         .expect("parses");
         assert_eq!(spec_from_pb(&spec_to_pb(&spec)).expect("converts"), spec);
+    }
+
+    #[test]
+    fn every_example_job_round_trips_through_the_wire() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+        let mut seen = 0;
+        for e in std::fs::read_dir(dir).expect("examples") {
+            let path = e.expect("entry").path();
+            if path.extension().and_then(|x| x.to_str()) != Some("toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("readable");
+            let spec: JobSpec = toml::from_str(&text).expect("parses");
+            assert_eq!(
+                spec_from_pb(&spec_to_pb(&spec)).expect("converts"),
+                spec,
+                "{}",
+                path.display()
+            );
+            seen += 1;
+        }
+        assert!(seen >= 15, "only {seen} examples");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`weights`]: safetensors in and out.
 //! - [`device`]: device names.
 //! - [`rng`]: the deterministic random numbers every process shares.
+//! - [`zeroshot`]: class vectors for zero-shot learning.
 
 pub mod data;
 pub mod device;
@@ -26,6 +27,7 @@ pub mod rng;
 pub mod shard;
 pub mod spec;
 pub mod weights;
+pub mod zeroshot;
 
 pub use model::Architecture;
 pub use params::Params;

@@ -48,10 +48,94 @@ impl ParamSpec {
     }
 }
 
+/// A head on top of column 0's features: a small MLP (ReLU between layers).
 #[derive(Debug, Clone, PartialEq)]
-enum Layer {
-    Linear { weight: usize, bias: usize },
-    Conv { weight: usize, bias: usize },
+pub struct HeadDef {
+    /// Name prefix of its parameters (`domain_head`, `task_heads.mnist`).
+    pub prefix: String,
+    /// Hidden widths.
+    pub hidden: Vec<usize>,
+    /// Output width.
+    pub outputs: usize,
+}
+
+/// One column: a copy of the model's trunk, optionally with its label head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnDef {
+    /// Name prefix of its parameters (empty for the main network, `anchor.` for the frozen
+    /// source copy of conservative training, `columns.N.` for progressive networks).
+    pub prefix: String,
+    /// Width of its label head's output; `None` for a trunk alone.
+    pub outputs: Option<usize>,
+    /// Whether every earlier column feeds each of its layers through a lateral connection.
+    pub laterals: bool,
+}
+
+/// The parts a method needs beyond one trunk and one label head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    /// The columns; column 0's features feed the heads.
+    pub columns: Vec<ColumnDef>,
+    /// Extra heads on column 0's features.
+    pub heads: Vec<HeadDef>,
+}
+
+impl Layout {
+    /// One network with a label head of `outputs` outputs.
+    pub fn single(outputs: usize) -> Self {
+        Self {
+            columns: vec![ColumnDef {
+                prefix: String::new(),
+                outputs: Some(outputs),
+                laterals: false,
+            }],
+            heads: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Linear,
+    /// 5×5 valid convolution, ReLU, 2×2 max-pool.
+    Conv,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Layer {
+    kind: Kind,
+    weight: usize,
+    bias: usize,
+    /// ReLU after it (every layer but a head's last).
+    relu: bool,
+    /// Lateral weights into it, one per earlier column (progressive networks).
+    laterals: Vec<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Column {
+    layers: Vec<Layer>,
+    /// Layers that make up the trunk (the rest is the label head).
+    trunk_len: usize,
+}
+
+/// A hidden activation: a feature map inside the convolutions, a matrix after.
+#[derive(Debug, Clone)]
+enum Act {
+    Map(Tensor<4>),
+    Flat(Tensor<2>),
+}
+
+impl Act {
+    fn flat(self) -> Tensor<2> {
+        match self {
+            Act::Flat(t) => t,
+            Act::Map(t) => {
+                let [b, c, h, w] = t.dims();
+                t.reshape([b, c * h * w])
+            }
+        }
+    }
 }
 
 /// A network built for a given input shape and class count.
@@ -61,12 +145,14 @@ pub struct Architecture {
     pub model: ModelSpec,
     /// Per-sample input shape (`[c, h, w]` for images).
     pub input_shape: Vec<usize>,
-    /// Output classes of the label head.
+    /// Classes in the data (the label head's outputs unless the layout says otherwise).
     pub num_classes: usize,
     /// The parameters, in the fixed order used for flattening.
     pub params: Vec<ParamSpec>,
-    features: Vec<Layer>,
-    head: Vec<Layer>,
+    /// The columns and heads.
+    pub layout: Layout,
+    columns: Vec<Column>,
+    heads: Vec<Vec<Layer>>,
     /// `[c, h, w]` after the convolutions (CNN only), to flatten into the dense layers.
     conv_out: Option<[usize; 3]>,
 }
@@ -75,15 +161,19 @@ pub struct Architecture {
 #[derive(Debug, Clone)]
 pub struct Outputs {
     /// # Shapes
-    /// `[batch, feature_dim]`: the extractor's output.
+    /// `[batch, feature_dim]`: the trunk's output.
     pub features: Tensor<2>,
     /// # Shapes
-    /// `[batch, num_classes]`.
+    /// `[batch, outputs]`: the label head's output (the features for a trunk alone).
     pub logits: Tensor<2>,
 }
 
+/// One trunk layer: name, kind, inputs, outputs.
+type TrunkLayer = (String, Kind, usize, usize);
+
 impl Architecture {
-    /// Builds the network of `model` for samples of `input_shape` and `num_classes` classes.
+    /// Builds the single network of `model` (trunk + label head) for samples of
+    /// `input_shape` and `num_classes` classes.
     ///
     /// # Errors
     /// [`ModelError`] when the input does not suit the architecture (a CNN needs images large
@@ -93,15 +183,24 @@ impl Architecture {
         input_shape: &[usize],
         num_classes: usize,
     ) -> Result<Self, ModelError> {
-        let mut arch = Architecture {
-            model: model.clone(),
-            input_shape: input_shape.to_vec(),
+        Self::with_layout(
+            model,
+            input_shape,
             num_classes,
-            params: Vec::new(),
-            features: Vec::new(),
-            head: Vec::new(),
-            conv_out: None,
-        };
+            &Layout::single(num_classes),
+        )
+    }
+
+    /// Builds the columns and heads of `layout`.
+    ///
+    /// # Errors
+    /// As [`Architecture::new`], and for a layout without columns or with an empty output.
+    pub fn with_layout(
+        model: &ModelSpec,
+        input_shape: &[usize],
+        num_classes: usize,
+        layout: &Layout,
+    ) -> Result<Self, ModelError> {
         let input_dim: usize = input_shape.iter().product();
         if input_dim == 0 || num_classes < 2 {
             return Err(ModelError::Input {
@@ -111,25 +210,106 @@ impl Architecture {
                 ),
             });
         }
-        match model {
+        if layout.columns.is_empty()
+            || layout.columns.iter().any(|c| c.outputs == Some(0))
+            || layout.heads.iter().any(|h| h.outputs == 0)
+        {
+            return Err(ModelError::Input {
+                model: "any",
+                reason: "needs at least one column and non-empty outputs".into(),
+            });
+        }
+        let mut arch = Architecture {
+            model: model.clone(),
+            input_shape: input_shape.to_vec(),
+            num_classes,
+            params: Vec::new(),
+            layout: layout.clone(),
+            columns: Vec::new(),
+            heads: Vec::new(),
+            conv_out: None,
+        };
+        let (trunk, feature_dim, head_hidden) = arch.trunk_plan(input_dim)?;
+        for (ci, cdef) in layout.columns.iter().enumerate() {
+            let laterals_from = if cdef.laterals { ci } else { 0 };
+            let mut layers = Vec::new();
+            for (li, (name, kind, d_in, d_out)) in trunk.iter().enumerate() {
+                let prefix = format!("{}features.{name}", cdef.prefix);
+                let mut l = arch.push_layer(&prefix, *kind, *d_in, *d_out, true);
+                if li > 0 {
+                    l.laterals = (0..laterals_from)
+                        .map(|j| arch.push_lateral(&cdef.prefix, &prefix, j, *kind, *d_in, *d_out))
+                        .collect();
+                }
+                layers.push(l);
+            }
+            let trunk_len = layers.len();
+            if let Some(outputs) = cdef.outputs {
+                let widths = head_widths(feature_dim, &head_hidden, outputs);
+                let single = widths.len() == 2;
+                for (k, pair) in widths.windows(2).enumerate() {
+                    let name = if single {
+                        format!("{}label_head.fc", cdef.prefix)
+                    } else {
+                        format!("{}label_head.fc{}", cdef.prefix, k + 1)
+                    };
+                    let last = k + 2 == widths.len();
+                    let mut l = arch.push_layer(&name, Kind::Linear, pair[0], pair[1], !last);
+                    if trunk_len + k > 0 {
+                        l.laterals = (0..laterals_from)
+                            .map(|j| {
+                                arch.push_lateral(
+                                    &cdef.prefix,
+                                    &name,
+                                    j,
+                                    Kind::Linear,
+                                    pair[0],
+                                    pair[1],
+                                )
+                            })
+                            .collect();
+                    }
+                    layers.push(l);
+                }
+            }
+            arch.columns.push(Column { layers, trunk_len });
+        }
+        for hdef in &layout.heads {
+            let widths = head_widths(feature_dim, &hdef.hidden, hdef.outputs);
+            let mut layers = Vec::new();
+            for (k, pair) in widths.windows(2).enumerate() {
+                let name = format!("{}.fc{}", hdef.prefix, k + 1);
+                let last = k + 2 == widths.len();
+                layers.push(arch.push_layer(&name, Kind::Linear, pair[0], pair[1], !last));
+            }
+            arch.heads.push(layers);
+        }
+        Ok(arch)
+    }
+
+    /// The trunk's layers, its feature width and the label head's hidden widths.
+    fn trunk_plan(
+        &mut self,
+        input_dim: usize,
+    ) -> Result<(Vec<TrunkLayer>, usize, Vec<usize>), ModelError> {
+        match &self.model {
             ModelSpec::Mlp { hidden } => {
                 let mut width = input_dim;
+                let mut t = Vec::new();
                 for (i, &h) in hidden.iter().enumerate() {
-                    let l = arch.push_linear(&format!("features.fc{}", i + 1), width, h);
-                    arch.features.push(l);
+                    t.push((format!("fc{}", i + 1), Kind::Linear, width, h));
                     width = h;
                 }
-                let l = arch.push_linear("label_head.fc", width, num_classes);
-                arch.head.push(l);
+                Ok((t, width, label_head_hidden(&self.model)))
             }
             ModelSpec::DigitsCnn => {
-                let [c, h, w] = match input_shape {
+                let [c, h, w] = match self.input_shape.as_slice() {
                     [c, h, w] => [*c, *h, *w],
-                    _ => {
+                    other => {
                         return Err(ModelError::Input {
                             model: "digits_cnn",
                             reason: format!(
-                                "needs image input [channels, height, width], got {input_shape:?}"
+                                "needs image input [channels, height, width], got {other:?}"
                             ),
                         });
                     }
@@ -143,58 +323,68 @@ impl Architecture {
                         reason: format!("images of {h}x{w} are too small (needs at least 16x16)"),
                     });
                 }
-                let l = arch.push_conv("features.conv1", c, 32, 5);
-                arch.features.push(l);
-                let l = arch.push_conv("features.conv2", 32, 48, 5);
-                arch.features.push(l);
-                arch.conv_out = Some([48, h2, w2]);
-                let flat = 48 * h2 * w2;
-                let l = arch.push_linear("label_head.fc1", flat, 100);
-                arch.head.push(l);
-                let l = arch.push_linear("label_head.fc2", 100, 100);
-                arch.head.push(l);
-                let l = arch.push_linear("label_head.fc3", 100, num_classes);
-                arch.head.push(l);
+                self.conv_out = Some([48, h2, w2]);
+                Ok((
+                    vec![
+                        ("conv1".into(), Kind::Conv, c, 32),
+                        ("conv2".into(), Kind::Conv, 32, 48),
+                    ],
+                    48 * h2 * w2,
+                    label_head_hidden(&self.model),
+                ))
             }
         }
-        Ok(arch)
     }
 
-    fn push_linear(&mut self, name: &str, d_in: usize, d_out: usize) -> Layer {
+    fn push_layer(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        d_in: usize,
+        d_out: usize,
+        relu: bool,
+    ) -> Layer {
         let weight = self.params.len();
+        let (shape, fan_in) = weight_shape(kind, d_in, d_out);
         self.params.push(ParamSpec {
             name: format!("{name}.weight"),
-            shape: vec![d_in, d_out],
-            fan_in: d_in,
+            shape,
+            fan_in,
         });
         self.params.push(ParamSpec {
             name: format!("{name}.bias"),
             shape: vec![d_out],
-            fan_in: d_in,
+            fan_in,
         });
-        Layer::Linear {
+        Layer {
+            kind,
             weight,
             bias: weight + 1,
+            relu,
+            laterals: Vec::new(),
         }
     }
 
-    fn push_conv(&mut self, name: &str, c_in: usize, c_out: usize, k: usize) -> Layer {
-        let weight = self.params.len();
-        let fan_in = c_in * k * k;
+    /// A lateral connection from column `from` into layer `layer` of the column with
+    /// `prefix`; no bias (the layer has one).
+    fn push_lateral(
+        &mut self,
+        prefix: &str,
+        layer: &str,
+        from: usize,
+        kind: Kind,
+        d_in: usize,
+        d_out: usize,
+    ) -> usize {
+        let i = self.params.len();
+        let (shape, fan_in) = weight_shape(kind, d_in, d_out);
+        let short = layer.strip_prefix(prefix).unwrap_or(layer);
         self.params.push(ParamSpec {
-            name: format!("{name}.weight"),
-            shape: vec![c_out, c_in, k, k],
+            name: format!("{prefix}laterals.from{from}.{short}.weight"),
+            shape,
             fan_in,
         });
-        self.params.push(ParamSpec {
-            name: format!("{name}.bias"),
-            shape: vec![c_out],
-            fan_in,
-        });
-        Layer::Conv {
-            weight,
-            bias: weight + 1,
-        }
+        i
     }
 
     /// Elements in one input sample.
@@ -210,6 +400,23 @@ impl Architecture {
     /// Index of a parameter by name.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.params.iter().position(|p| p.name == name)
+    }
+
+    /// The layers of column 0 in order (trunk, then label head), as parameter-name prefixes
+    /// (`features.conv1`, `label_head.fc3`): what `first:K` / `last:K` count.
+    pub fn layer_names(&self) -> Vec<String> {
+        self.columns
+            .first()
+            .map(|c| {
+                c.layers
+                    .iter()
+                    .map(|l| {
+                        let n = &self.params[l.weight].name;
+                        n.strip_suffix(".weight").unwrap_or(n).to_string()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Initial value of parameter `i`: uniform in ±1/√fan_in (PyTorch's default for linear and
@@ -265,73 +472,170 @@ impl Architecture {
             .collect()
     }
 
-    /// The forward pass.
+    /// The forward pass of column 0.
     ///
     /// # Shapes
-    /// `x`: `[batch, input_dim]` → features `[batch, feature_dim]`, logits `[batch, num_classes]`.
+    /// `x`: `[batch, input_dim]` → features `[batch, feature_dim]`, logits `[batch, outputs]`.
     pub fn forward(&self, p: &[Tensor<1>], x: Tensor<2>) -> Outputs {
-        let features = self.extract(p, x);
-        let logits = self.head(p, features.clone());
+        self.forward_column(p, 0, x)
+    }
+
+    /// The forward pass of column `column`, running first the earlier columns it has
+    /// laterals from. A column past the last is read as the last.
+    ///
+    /// # Shapes
+    /// As [`Architecture::forward`].
+    pub fn forward_column(&self, p: &[Tensor<1>], column: usize, x: Tensor<2>) -> Outputs {
+        let column = column.min(self.columns.len().saturating_sub(1));
+        let lateral = self.layout.columns.get(column).is_some_and(|c| c.laterals);
+        let first = if lateral { 0 } else { column };
+        let mut done: Vec<Vec<Act>> = Vec::new();
+        for c in first..=column {
+            let acts = self.run_column(p, c, x.clone(), &done);
+            done.push(acts);
+        }
+        let col = &self.columns[column];
+        let mut acts = done.pop().unwrap_or_default();
+        let features = match col.trunk_len {
+            0 => x,
+            n => acts
+                .get(n - 1)
+                .cloned()
+                .map_or_else(|| x.clone(), Act::flat),
+        };
+        let logits = if col.layers.len() > col.trunk_len {
+            acts.pop().map_or_else(|| features.clone(), Act::flat)
+        } else {
+            features.clone()
+        };
         Outputs { features, logits }
     }
 
-    /// The feature extractor alone.
-    ///
-    /// # Shapes
-    /// `[batch, input_dim]` → `[batch, feature_dim]`.
-    pub fn extract(&self, p: &[Tensor<1>], x: Tensor<2>) -> Tensor<2> {
-        match self.conv_out {
-            None => self
-                .features
-                .iter()
-                .fold(x, |h, l| relu(self.apply_linear(p, l, h))),
-            Some([c, h, w]) => {
-                let [b, _] = x.dims();
-                let [ci, hi, wi] = [
-                    self.input_shape[0],
-                    self.input_shape[1],
-                    self.input_shape[2],
-                ];
-                let mut t: Tensor<4> = x.reshape([b, ci, hi, wi]);
-                for l in &self.features {
-                    let Layer::Conv { weight, bias } = l else {
-                        continue;
-                    };
-                    let wshape = &self.params[*weight].shape;
-                    let wt: Tensor<4> = p[*weight]
-                        .clone()
-                        .reshape([wshape[0], wshape[1], wshape[2], wshape[3]]);
-                    t = conv2d(
-                        t,
-                        wt,
-                        Some(p[*bias].clone()),
-                        ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
-                    );
-                    t = max_pool2d(relu(t), MaxPoolOptions::new([2, 2]));
-                }
-                t.reshape([b, c * h * w])
+    /// Every layer's output in column `c`; `earlier` holds those of the columns before it.
+    fn run_column(
+        &self,
+        p: &[Tensor<1>],
+        c: usize,
+        x: Tensor<2>,
+        earlier: &[Vec<Act>],
+    ) -> Vec<Act> {
+        let col = &self.columns[c];
+        let [b, _] = x.dims();
+        let mut input = match self.conv_out {
+            Some(_) => {
+                let s = &self.input_shape;
+                Act::Map(x.reshape([b, s[0], s[1], s[2]]))
             }
+            None => Act::Flat(x),
+        };
+        let mut acts = Vec::with_capacity(col.layers.len());
+        for (li, l) in col.layers.iter().enumerate() {
+            // Lateral inputs: the previous layer's output in each earlier column.
+            let from: Vec<(Act, usize)> = match li.checked_sub(1) {
+                None => Vec::new(),
+                Some(prev) => l
+                    .laterals
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, &w)| {
+                        earlier
+                            .get(j)
+                            .and_then(|a| a.get(prev))
+                            .map(|a| (a.clone(), w))
+                    })
+                    .collect(),
+            };
+            let out = match (l.kind, input) {
+                (Kind::Conv, Act::Map(t)) => {
+                    let mut z = conv2d(
+                        t,
+                        self.conv_weight(p, l.weight),
+                        Some(p[l.bias].clone()),
+                        conv_options(),
+                    );
+                    for (a, w) in from {
+                        if let Act::Map(t) = a {
+                            z = z + conv2d(t, self.conv_weight(p, w), None, conv_options());
+                        }
+                    }
+                    Act::Map(max_pool2d(relu(z), MaxPoolOptions::new([2, 2])))
+                }
+                (_, input) => {
+                    let mut z = linear(
+                        input.flat(),
+                        self.linear_weight(p, l.weight),
+                        Some(p[l.bias].clone()),
+                    );
+                    for (a, w) in from {
+                        z = z + linear(a.flat(), self.linear_weight(p, w), None);
+                    }
+                    Act::Flat(if l.relu { relu(z) } else { z })
+                }
+            };
+            acts.push(out.clone());
+            input = out;
         }
+        acts
     }
 
-    /// The label head on extracted features.
+    /// Head `index` of the layout on features of column 0 (the features themselves for an
+    /// index past the last).
     ///
     /// # Shapes
-    /// `[batch, feature_dim]` → `[batch, num_classes]`.
-    pub fn head(&self, p: &[Tensor<1>], features: Tensor<2>) -> Tensor<2> {
-        let last = self.head.len().saturating_sub(1);
-        self.head.iter().enumerate().fold(features, |h, (i, l)| {
-            let y = self.apply_linear(p, l, h);
-            if i == last { y } else { relu(y) }
+    /// `[batch, feature_dim]` → `[batch, outputs]`.
+    pub fn head(&self, p: &[Tensor<1>], index: usize, features: Tensor<2>) -> Tensor<2> {
+        let Some(layers) = self.heads.get(index) else {
+            return features;
+        };
+        layers.iter().fold(features, |h, l| {
+            let z = linear(h, self.linear_weight(p, l.weight), Some(p[l.bias].clone()));
+            if l.relu { relu(z) } else { z }
         })
     }
 
-    fn apply_linear(&self, p: &[Tensor<1>], layer: &Layer, x: Tensor<2>) -> Tensor<2> {
-        let (Layer::Linear { weight, bias } | Layer::Conv { weight, bias }) = layer;
-        let s = &self.params[*weight].shape;
-        let w: Tensor<2> = p[*weight].clone().reshape([s[0], s[1]]);
-        linear(x, w, Some(p[*bias].clone()))
+    /// Index of the head whose prefix is `prefix`.
+    pub fn head_index(&self, prefix: &str) -> Option<usize> {
+        self.layout.heads.iter().position(|h| h.prefix == prefix)
     }
+
+    fn linear_weight(&self, p: &[Tensor<1>], i: usize) -> Tensor<2> {
+        let s = &self.params[i].shape;
+        p[i].clone().reshape([s[0], s[1]])
+    }
+
+    fn conv_weight(&self, p: &[Tensor<1>], i: usize) -> Tensor<4> {
+        let s = &self.params[i].shape;
+        p[i].clone().reshape([s[0], s[1], s[2], s[3]])
+    }
+}
+
+/// Hidden widths of the model's label head (and of the task heads built like it): none for
+/// the MLP, 100-100 for the digits CNN as in the DANN paper.
+pub fn label_head_hidden(model: &ModelSpec) -> Vec<usize> {
+    match model {
+        ModelSpec::Mlp { .. } => Vec::new(),
+        ModelSpec::DigitsCnn => vec![100, 100],
+    }
+}
+
+fn conv_options() -> ConvOptions<2> {
+    ConvOptions::new([1, 1], [0, 0], [1, 1], 1)
+}
+
+/// Shape and fan-in of a layer's weight.
+fn weight_shape(kind: Kind, d_in: usize, d_out: usize) -> (Vec<usize>, usize) {
+    match kind {
+        Kind::Linear => (vec![d_in, d_out], d_in),
+        Kind::Conv => (vec![d_out, d_in, 5, 5], d_in * 25),
+    }
+}
+
+/// Widths from the features through the hidden layers to the outputs.
+fn head_widths(feature_dim: usize, hidden: &[usize], outputs: usize) -> Vec<usize> {
+    let mut w = vec![feature_dim];
+    w.extend_from_slice(hidden);
+    w.push(outputs);
+    w
 }
 
 #[cfg(test)]

@@ -17,6 +17,12 @@ pub fn epoch_permutation(seed: u64, stage: u32, epoch: u64, n: usize) -> Vec<usi
     SplitMix64::derive(seed, stream).permutation(n)
 }
 
+/// The permutation key of stream `stream` of stage `stage` (the first stream's key is the
+/// stage itself, so single-stream jobs keep their order).
+pub fn stream_key(stage: u32, stream: u32) -> u32 {
+    stage ^ (stream << 16)
+}
+
 /// Global batches in an epoch of `n` samples with batch size `batch`.
 pub fn batches_per_epoch(n: usize, batch: usize) -> u64 {
     n.div_ceil(batch.max(1)) as u64

@@ -76,6 +76,171 @@ pub enum MethodSpec {
         #[serde(default)]
         reset_head: bool,
     },
+    /// Fine-tuning with a penalty that keeps the model near the source model θ₀ / f₀.
+    Conservative {
+        /// Length of the source stage in steps.
+        #[serde(default)]
+        source_steps: Option<u64>,
+        /// Length of the source stage in epochs.
+        #[serde(default)]
+        source_epochs: Option<u32>,
+        /// A safetensors file to take the source model from instead of a source stage.
+        #[serde(default)]
+        init_from: Option<String>,
+        /// Re-initialise the label head before the target stage (it then has no source
+        /// counterpart and L2-SP leaves it out).
+        #[serde(default)]
+        reset_head: bool,
+        /// Which distance.
+        penalty: Penalty,
+        /// Weight λ of the penalty.
+        lambda: f64,
+        /// Softening temperature of `output_kl`.
+        #[serde(default = "default_temperature")]
+        temperature: f64,
+    },
+    /// Copy layers from the source model, freeze them, train the rest on the target.
+    LayerTransfer {
+        /// Length of the source stage in steps.
+        #[serde(default)]
+        source_steps: Option<u64>,
+        /// Length of the source stage in epochs.
+        #[serde(default)]
+        source_epochs: Option<u32>,
+        /// A safetensors file to take the source model from instead of a source stage.
+        #[serde(default)]
+        init_from: Option<String>,
+        /// Re-initialise the label head before the target stage.
+        #[serde(default)]
+        reset_head: bool,
+        /// The layers to transfer and freeze: parameter-name patterns (`features.*`,
+        /// `features.conv1.weight`) or `first:K` / `last:K` over the network's layers.
+        freeze: Vec<String>,
+    },
+    /// A shared trunk and one head per task; every step draws from every task.
+    Multitask {
+        /// The tasks; their datasets name them in `task`.
+        tasks: Vec<TaskSpec>,
+    },
+    /// One column per task, trained in order; earlier columns frozen, laterals into the new.
+    Progressive {
+        /// The tasks, one column each, in training order.
+        tasks: Vec<TaskSpec>,
+        /// Feed earlier columns' hidden layers into the new column.
+        #[serde(default = "default_true")]
+        laterals: bool,
+    },
+    /// Domain-adversarial training (Ganin et al. 2016): a domain head behind a
+    /// gradient-reversal layer on labelled source and unlabelled target data.
+    Dann {
+        /// Largest reversal weight; λ_p = max · (2/(1+e^(−γp)) − 1).
+        #[serde(default = "default_one")]
+        lambda_max: f64,
+        /// γ of the λ schedule (10 in the paper).
+        #[serde(default = "default_gamma")]
+        gamma: f64,
+        /// Hidden widths of the domain head.
+        #[serde(default = "default_domain_hidden")]
+        domain_hidden: Vec<usize>,
+        /// Target samples per step over the group (default: the global batch size).
+        #[serde(default)]
+        target_batch_size: Option<usize>,
+    },
+    /// Map inputs to class-attribute vectors; predict the nearest class vector, classes unseen
+    /// in training included.
+    ZeroShot {
+        /// Classes left out of training (their samples are dropped from the training set).
+        unseen_classes: Vec<u32>,
+        /// Where the class vectors come from.
+        attributes: AttributeSource,
+    },
+}
+
+/// The distance of conservative training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Penalty {
+    /// λ·Σ‖θ−θ₀‖² over the parameters with a source counterpart (L2-SP).
+    L2Sp,
+    /// λ·T²·KL(softmax(f₀(x)/T) ‖ softmax(f(x)/T)) per sample (distillation).
+    OutputKl,
+    /// λ·‖features(x) − features₀(x)‖² per sample.
+    FeatureL2,
+}
+
+impl Penalty {
+    /// The name used in job files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Penalty::L2Sp => "l2_sp",
+            Penalty::OutputKl => "output_kl",
+            Penalty::FeatureL2 => "feature_l2",
+        }
+    }
+}
+
+/// One task of multitask or progressive learning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// Its name; datasets with `task = name` belong to it, metrics are `tasks.<name>.*`.
+    pub name: String,
+    /// Weight of its loss (multitask).
+    #[serde(default = "default_one")]
+    pub weight: f64,
+    /// Its samples per step over the group (default: the global batch size).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    /// Progressive: length of its column's stage in steps (default: the `training` table).
+    #[serde(default)]
+    pub steps: Option<u64>,
+    /// Progressive: length of its column's stage in epochs.
+    #[serde(default)]
+    pub epochs: Option<u32>,
+}
+
+/// The class vectors of zero-shot learning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AttributeSource {
+    /// A built-in table by name: `seven_segment` (digits as lit segments a–g) or
+    /// `digit_strokes` (hand-made: loops, strokes, curves).
+    Builtin {
+        /// The table.
+        table: String,
+    },
+    /// A CSV file on the coordinator: one row per class, in class order, numbers only.
+    File {
+        /// Its path.
+        path: String,
+    },
+    /// Principal components of the per-class mean samples of a description dataset, fitted
+    /// on the seen classes; unseen classes are projected into the same space.
+    Pca {
+        /// The dataset whose class means describe the classes.
+        dataset: String,
+        /// Its split.
+        #[serde(default = "default_split")]
+        split: String,
+        /// Components kept.
+        components: usize,
+    },
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_one() -> f64 {
+    1.0
+}
+fn default_gamma() -> f64 {
+    10.0
+}
+fn default_temperature() -> f64 {
+    2.0
+}
+fn default_domain_hidden() -> Vec<usize> {
+    vec![100]
 }
 
 impl MethodSpec {
@@ -84,6 +249,45 @@ impl MethodSpec {
         match self {
             MethodSpec::Supervised => "supervised",
             MethodSpec::FineTuning { .. } => "fine_tuning",
+            MethodSpec::Conservative { .. } => "conservative",
+            MethodSpec::LayerTransfer { .. } => "layer_transfer",
+            MethodSpec::Multitask { .. } => "multitask",
+            MethodSpec::Progressive { .. } => "progressive",
+            MethodSpec::Dann { .. } => "dann",
+            MethodSpec::ZeroShot { .. } => "zero_shot",
+        }
+    }
+
+    /// The source stage of the methods that have one: `(steps, epochs, init_from)`.
+    pub fn source_stage(&self) -> Option<(Option<u64>, Option<u32>, Option<&str>)> {
+        match self {
+            MethodSpec::FineTuning {
+                source_steps,
+                source_epochs,
+                init_from,
+                ..
+            }
+            | MethodSpec::Conservative {
+                source_steps,
+                source_epochs,
+                init_from,
+                ..
+            }
+            | MethodSpec::LayerTransfer {
+                source_steps,
+                source_epochs,
+                init_from,
+                ..
+            } => Some((*source_steps, *source_epochs, init_from.as_deref())),
+            _ => None,
+        }
+    }
+
+    /// The tasks of multitask and progressive learning.
+    pub fn tasks(&self) -> &[TaskSpec] {
+        match self {
+            MethodSpec::Multitask { tasks } | MethodSpec::Progressive { tasks, .. } => tasks,
+            _ => &[],
         }
     }
 }
@@ -100,6 +304,8 @@ pub enum Role {
     TargetUnlabelled,
     /// Held-out evaluation data.
     Eval,
+    /// Labelled training data of a task (multitask, progressive).
+    Train,
 }
 
 impl Role {
@@ -110,6 +316,7 @@ impl Role {
             Role::TargetLabelled => "target_labelled",
             Role::TargetUnlabelled => "target_unlabelled",
             Role::Eval => "eval",
+            Role::Train => "train",
         }
     }
 }
@@ -134,6 +341,12 @@ pub struct DatasetSpec {
     /// Evaluation sets: prefix of the metric names (default `target`).
     #[serde(default)]
     pub label: Option<String>,
+    /// The task it belongs to (multitask and progressive).
+    #[serde(default)]
+    pub task: Option<String>,
+    /// Resize the images to `image_size × image_size` (bilinear) when loading.
+    #[serde(default)]
+    pub image_size: Option<usize>,
     /// Generated moons: number of samples.
     #[serde(default)]
     pub samples: Option<usize>,
@@ -150,9 +363,14 @@ fn default_split() -> String {
 }
 
 impl DatasetSpec {
-    /// The metric prefix of an evaluation set.
-    pub fn metric_label(&self) -> &str {
-        self.label.as_deref().unwrap_or("target")
+    /// The metric prefix of an evaluation set: its `label`, else `tasks.<task>` for a task's
+    /// set, else `target`.
+    pub fn metric_label(&self) -> String {
+        match (&self.label, &self.task) {
+            (Some(l), _) => l.clone(),
+            (None, Some(t)) => format!("tasks.{t}"),
+            (None, None) => "target".to_string(),
+        }
     }
 }
 
@@ -476,6 +694,11 @@ impl JobSpec {
                     ),
                 ));
             }
+            if let Some(n) = d.image_size
+                && !(4..=512).contains(&n)
+            {
+                return Err(bad(f("image_size"), "must be in 4..=512"));
+            }
             if d.labels_per_class == Some(0) {
                 return Err(bad(f("labels_per_class"), "must be > 0"));
             }
@@ -510,6 +733,12 @@ impl JobSpec {
             {
                 return Err(bad(f("rotation_deg"), "must be finite"));
             }
+            if d.task.is_some() && d.role == Role::Eval && d.label.is_some() {
+                return Err(bad(
+                    f("label"),
+                    "a task's evaluation set is named by its task",
+                ));
+            }
             if d.label.is_some() && d.role != Role::Eval {
                 return Err(bad(f("label"), "only applies to evaluation datasets"));
             }
@@ -521,67 +750,297 @@ impl JobSpec {
     }
 
     fn validate_method(&self) -> Result<(), SpecError> {
+        let method = self.method.name();
         let one = |role: Role| -> Result<(), SpecError> {
             match self.datasets_with(role).count() {
                 1 => Ok(()),
                 0 => Err(bad(
                     "datasets",
                     format!(
-                        "method {} needs a dataset with role = {:?}",
-                        self.method.name(),
+                        "method {method} needs a dataset with role = {:?}",
                         role.as_str()
                     ),
                 )),
                 n => Err(bad(
                     "datasets",
                     format!(
-                        "method {} takes one dataset with role = {:?}, found {n}",
-                        self.method.name(),
+                        "method {method} takes one dataset with role = {:?}, found {n}",
                         role.as_str()
                     ),
                 )),
             }
         };
+        let tasks = self.method.tasks();
+        for (i, d) in self.datasets.iter().enumerate() {
+            match (&d.task, tasks.is_empty()) {
+                (Some(_), true) => {
+                    return Err(bad(
+                        format!("datasets[{i}].task"),
+                        format!("method {method} has no tasks"),
+                    ));
+                }
+                (Some(t), false) if !tasks.iter().any(|k| &k.name == t) => {
+                    return Err(bad(
+                        format!("datasets[{i}].task"),
+                        format!("no task named {t:?} in method.tasks"),
+                    ));
+                }
+                (None, false) => {
+                    return Err(bad(
+                        format!("datasets[{i}].task"),
+                        format!("method {method} needs every dataset to name its task"),
+                    ));
+                }
+                _ => {}
+            }
+            let fits = if tasks.is_empty() {
+                d.role != Role::Train
+            } else {
+                matches!(d.role, Role::Train | Role::Eval)
+            };
+            if !fits {
+                return Err(bad(
+                    format!("datasets[{i}].role"),
+                    if tasks.is_empty() {
+                        format!(
+                            "role = \"train\" is for the tasks of multitask and progressive jobs, not {method}"
+                        )
+                    } else {
+                        format!("method {method} takes role = \"train\" or \"eval\"")
+                    },
+                ));
+            }
+        }
         match &self.method {
             MethodSpec::Supervised => one(Role::Source),
-            MethodSpec::FineTuning {
-                source_steps,
-                source_epochs,
-                init_from,
+            MethodSpec::FineTuning { .. } => self.validate_source_stage(one),
+            MethodSpec::Conservative {
+                lambda,
+                temperature,
                 ..
             } => {
-                one(Role::TargetLabelled)?;
-                match (init_from, source_steps, source_epochs) {
-                    (Some(path), None, None) => {
-                        if path.trim().is_empty() {
-                            return Err(bad("method.init_from", "must not be empty"));
-                        }
-                        Ok(())
-                    }
-                    (Some(_), _, _) => Err(bad(
-                        "method.init_from",
-                        "starts from a file: leave source_steps and source_epochs unset",
-                    )),
-                    (None, Some(_), Some(_)) => {
-                        Err(bad("method", "set source_steps or source_epochs, not both"))
-                    }
-                    (None, None, None) => Err(bad(
-                        "method",
-                        "set source_steps or source_epochs (the source stage), or init_from",
-                    )),
-                    (None, Some(0), _) => Err(bad("method.source_steps", "must be > 0")),
-                    (None, Some(s), _) if *s > MAX_STEPS => Err(bad(
-                        "method.source_steps",
-                        format!("must be <= {MAX_STEPS}"),
-                    )),
-                    (None, _, Some(e)) if *e > MAX_EPOCHS => Err(bad(
-                        "method.source_epochs",
-                        format!("must be <= {MAX_EPOCHS}"),
-                    )),
-                    (None, _, Some(0)) => Err(bad("method.source_epochs", "must be > 0")),
-                    (None, _, _) => one(Role::Source),
+                if !(lambda.is_finite() && *lambda >= 0.0) {
+                    return Err(bad("method.lambda", "must be a finite number >= 0"));
                 }
+                if !(temperature.is_finite() && *temperature > 0.0) {
+                    return Err(bad("method.temperature", "must be > 0"));
+                }
+                self.validate_source_stage(one)
             }
+            MethodSpec::LayerTransfer { freeze, .. } => {
+                if freeze.is_empty() {
+                    return Err(bad("method.freeze", "must name at least one layer"));
+                }
+                for (i, f) in freeze.iter().enumerate() {
+                    crate::methods::LayerPattern::parse(f)
+                        .map_err(|reason| bad(format!("method.freeze[{i}]"), reason))?;
+                }
+                self.validate_source_stage(one)
+            }
+            MethodSpec::Multitask { tasks } | MethodSpec::Progressive { tasks, .. } => {
+                self.validate_tasks(tasks)
+            }
+            MethodSpec::Dann {
+                lambda_max,
+                gamma,
+                domain_hidden,
+                target_batch_size,
+            } => {
+                if !(lambda_max.is_finite() && *lambda_max >= 0.0) {
+                    return Err(bad("method.lambda_max", "must be a finite number >= 0"));
+                }
+                if !(gamma.is_finite() && *gamma >= 0.0) {
+                    return Err(bad("method.gamma", "must be a finite number >= 0"));
+                }
+                if domain_hidden.len() > 8 {
+                    return Err(bad("method.domain_hidden", "takes at most 8 layers"));
+                }
+                if let Some(i) = domain_hidden.iter().position(|&h| h == 0 || h > MAX_WIDTH) {
+                    return Err(bad(
+                        format!("method.domain_hidden[{i}]"),
+                        format!("must be in 1..={MAX_WIDTH}"),
+                    ));
+                }
+                if let Some(b) = target_batch_size {
+                    self.check_batch("method.target_batch_size", *b)?;
+                }
+                one(Role::Source)?;
+                one(Role::TargetUnlabelled)
+            }
+            MethodSpec::ZeroShot {
+                unseen_classes,
+                attributes,
+            } => {
+                if unseen_classes.is_empty() {
+                    return Err(bad("method.unseen_classes", "must name at least one class"));
+                }
+                let mut sorted = unseen_classes.clone();
+                sorted.sort_unstable();
+                if sorted.windows(2).any(|w| w[0] == w[1]) {
+                    return Err(bad("method.unseen_classes", "lists a class twice"));
+                }
+                match attributes {
+                    AttributeSource::Builtin { table } => {
+                        if crate::zeroshot::builtin_table(table).is_none() {
+                            return Err(bad(
+                                "method.attributes.table",
+                                format!(
+                                    "unknown table {table:?} (known: {})",
+                                    crate::zeroshot::BUILTIN_TABLES.join(", ")
+                                ),
+                            ));
+                        }
+                    }
+                    AttributeSource::File { path } => {
+                        if path.trim().is_empty() {
+                            return Err(bad("method.attributes.path", "must not be empty"));
+                        }
+                    }
+                    AttributeSource::Pca {
+                        dataset,
+                        split,
+                        components,
+                    } => {
+                        if !(1..=256).contains(components) {
+                            return Err(bad("method.attributes.components", "must be in 1..=256"));
+                        }
+                        let Some(info) = catalog::describe(dataset) else {
+                            return Err(bad(
+                                "method.attributes.dataset",
+                                format!("unknown dataset {dataset:?}"),
+                            ));
+                        };
+                        if !info.splits.contains(&split.as_str()) {
+                            return Err(bad(
+                                "method.attributes.split",
+                                format!("{dataset:?} has no split {split:?}"),
+                            ));
+                        }
+                    }
+                }
+                one(Role::Source)
+            }
+        }
+    }
+
+    /// A global batch size given somewhere other than `training`.
+    fn check_batch(&self, field: &str, b: usize) -> Result<(), SpecError> {
+        if b == 0 {
+            return Err(bad(field, "must be > 0"));
+        }
+        if (b as u64) < self.workers.max as u64 {
+            return Err(bad(
+                field,
+                format!(
+                    "must be >= workers.max ({}) so that every worker gets samples",
+                    self.workers.max
+                ),
+            ));
+        }
+        if b > MAX_GENERATED {
+            return Err(bad(field, format!("must be <= {MAX_GENERATED}")));
+        }
+        Ok(())
+    }
+
+    fn validate_tasks(&self, tasks: &[TaskSpec]) -> Result<(), SpecError> {
+        let progressive = matches!(self.method, MethodSpec::Progressive { .. });
+        if tasks.is_empty() {
+            return Err(bad("method.tasks", "must name at least one task"));
+        }
+        if tasks.len() > 16 {
+            return Err(bad("method.tasks", "takes at most 16 tasks"));
+        }
+        for (i, t) in tasks.iter().enumerate() {
+            let f = |k: &str| format!("method.tasks[{i}].{k}");
+            if t.name.is_empty()
+                || !t
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(bad(f("name"), "must be letters, digits, '_' or '-'"));
+            }
+            if tasks[..i].iter().any(|o| o.name == t.name) {
+                return Err(bad(f("name"), format!("{:?} is used twice", t.name)));
+            }
+            if !(t.weight.is_finite() && t.weight >= 0.0) {
+                return Err(bad(f("weight"), "must be a finite number >= 0"));
+            }
+            if let Some(b) = t.batch_size {
+                self.check_batch(&f("batch_size"), b)?;
+            }
+            if !progressive && (t.steps.is_some() || t.epochs.is_some()) {
+                return Err(bad(
+                    f("steps"),
+                    "multitask tasks train together: set the length in the training table",
+                ));
+            }
+            match (t.steps, t.epochs) {
+                (Some(_), Some(_)) => return Err(bad(f("steps"), "set steps or epochs, not both")),
+                (Some(s), _) if s == 0 || s > MAX_STEPS => {
+                    return Err(bad(f("steps"), format!("must be in 1..={MAX_STEPS}")));
+                }
+                (_, Some(e)) if e == 0 || e > MAX_EPOCHS => {
+                    return Err(bad(f("epochs"), format!("must be in 1..={MAX_EPOCHS}")));
+                }
+                _ => {}
+            }
+            let train = self
+                .datasets
+                .iter()
+                .filter(|d| d.role == Role::Train && d.task.as_deref() == Some(&t.name))
+                .count();
+            if train != 1 {
+                return Err(bad(
+                    "datasets",
+                    format!(
+                        "task {:?} needs exactly one dataset with role = \"train\", found {train}",
+                        t.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_source_stage(
+        &self,
+        one: impl Fn(Role) -> Result<(), SpecError>,
+    ) -> Result<(), SpecError> {
+        one(Role::TargetLabelled)?;
+        let Some((source_steps, source_epochs, init_from)) = self.method.source_stage() else {
+            return Ok(());
+        };
+        match (init_from, source_steps, source_epochs) {
+            (Some(path), None, None) => {
+                if path.trim().is_empty() {
+                    return Err(bad("method.init_from", "must not be empty"));
+                }
+                Ok(())
+            }
+            (Some(_), _, _) => Err(bad(
+                "method.init_from",
+                "starts from a file: leave source_steps and source_epochs unset",
+            )),
+            (None, Some(_), Some(_)) => {
+                Err(bad("method", "set source_steps or source_epochs, not both"))
+            }
+            (None, None, None) => Err(bad(
+                "method",
+                "set source_steps or source_epochs (the source stage), or init_from",
+            )),
+            (None, Some(0), _) => Err(bad("method.source_steps", "must be > 0")),
+            (None, Some(s), _) if s > MAX_STEPS => Err(bad(
+                "method.source_steps",
+                format!("must be <= {MAX_STEPS}"),
+            )),
+            (None, _, Some(e)) if e > MAX_EPOCHS => Err(bad(
+                "method.source_epochs",
+                format!("must be <= {MAX_EPOCHS}"),
+            )),
+            (None, _, Some(0)) => Err(bad("method.source_epochs", "must be > 0")),
+            (None, _, _) => one(Role::Source),
         }
     }
 

@@ -100,10 +100,31 @@ pub fn read_all(bytes: &[u8]) -> Result<NamedTensors, WeightsError> {
 /// # Errors
 /// [`WeightsError`] naming the first tensor that is missing or has the wrong shape.
 pub fn params_from_safetensors(arch: &Architecture, bytes: &[u8]) -> Result<Params, WeightsError> {
+    params_from_safetensors_over(arch, bytes, &arch.init(0), |_| false)
+}
+
+/// Loads the network's parameters from a safetensors file over `base`: a tensor the file
+/// lacks keeps its value in `base` if `optional(name)` says the job fills it itself (the
+/// frozen source copy of conservative training, copied when its stage starts).
+///
+/// # Errors
+/// [`WeightsError`] naming the first required tensor that is missing or has the wrong shape.
+pub fn params_from_safetensors_over(
+    arch: &Architecture,
+    bytes: &[u8],
+    base: &Params,
+    optional: impl Fn(&str) -> bool,
+) -> Result<Params, WeightsError> {
     let mut all = read_all(bytes)?;
     let mut values = Vec::with_capacity(arch.params.len());
-    for spec in &arch.params {
+    for (i, spec) in arch.params.iter().enumerate() {
         let Some((shape, v)) = all.remove(&spec.name) else {
+            if optional(&spec.name)
+                && let Some(v) = base.values().get(i)
+            {
+                values.push(v.clone());
+                continue;
+            }
             return Err(WeightsError::Missing {
                 name: spec.name.clone(),
             });

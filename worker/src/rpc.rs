@@ -42,6 +42,7 @@ pub async fn fetch_shard(
     worker: &str,
     job: &str,
     stage: u32,
+    stream: u32,
     epoch: u64,
     generation: u64,
 ) -> Result<Shard, WorkerError> {
@@ -51,6 +52,7 @@ pub async fn fetch_shard(
         stage,
         epoch,
         generation,
+        stream,
     };
     let mut s = c
         .fetch_shard(req)

@@ -6,9 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use burn::tensor::Device;
 use graft_coordinator::reduce::Stats;
-use graft_coordinator::wire::{spec_from_pb, stage_from_pb};
+use graft_coordinator::wire::{class_vectors_from_pb, spec_from_pb, stage_from_pb};
 use graft_proto::v1 as pb;
-use graft_transfer::methods::{Batch, Stage, compute_step, method_for, state_due};
+use graft_transfer::methods::{
+    Batch, MethodData, Stage, StepContext, compute_step, method_for, start_stage, state_due,
+};
 use graft_transfer::optim::{Optimizer, learning_rate};
 use graft_transfer::{Architecture, shard};
 use tokio::runtime::Handle;
@@ -93,9 +95,23 @@ pub fn run_job(mut ctx: JobContext) -> Result<(), WorkerError> {
     )
     .map_err(|e| WorkerError::Protocol(e.to_string()))?;
     let input: Vec<usize> = a.input_shape.iter().map(|&d| d as usize).collect();
-    let arch = Architecture::new(&spec.model, &input, a.num_classes as usize)
-        .map_err(|e| WorkerError::Setup(e.to_string()))?;
-    let method = method_for(&spec);
+    let method_data = MethodData {
+        class_vectors: a
+            .class_vectors
+            .as_ref()
+            .map(class_vectors_from_pb)
+            .transpose()
+            .map_err(|e| WorkerError::Protocol(e.to_string()))?,
+    };
+    let method = method_for(&spec, &method_data);
+    let num_classes = a.num_classes as usize;
+    let arch = Architecture::with_layout(
+        &spec.model,
+        &input,
+        num_classes,
+        &method.layout(num_classes),
+    )
+    .map_err(|e| WorkerError::Setup(e.to_string()))?;
     let stages: Vec<Stage> = a
         .stages
         .iter()
@@ -105,7 +121,6 @@ pub fn run_job(mut ctx: JobContext) -> Result<(), WorkerError> {
         .map_err(|e| WorkerError::Protocol(e.to_string()))?;
     let total: u64 = stages.iter().map(|s| s.steps).sum();
     let (rank, world, generation) = (a.rank, a.world_size.max(1), a.generation);
-    let batch_size = spec.training.global_batch_size;
 
     let (mut params, mut restore) = if a.has_initial_state {
         let (flat, opt, opt_steps) = ctx.rt.block_on(rpc::fetch_state(
@@ -131,7 +146,8 @@ pub fn run_job(mut ctx: JobContext) -> Result<(), WorkerError> {
         generation,
     };
     let mut step = a.start_step;
-    let mut shard: Option<((usize, u64), Shard)> = None;
+    // One cached shard per stream: ((stage, epoch), samples).
+    let mut shards: Vec<Option<((usize, u64), Shard)>> = Vec::new();
     tracing::info!(%job, rank, world, start_step = step, total, params = arch.num_params(), "training");
 
     for (si, stage) in stages.iter().enumerate() {
@@ -142,17 +158,7 @@ pub fn run_job(mut ctx: JobContext) -> Result<(), WorkerError> {
         let mask = method.trainable(&arch, si);
         let n = params.flat_len(&mask);
         let mut opt = if step == stage.first_step {
-            for (i, p) in arch.params.iter().enumerate() {
-                if stage
-                    .reset_prefixes
-                    .iter()
-                    .any(|pre| p.name.starts_with(pre.as_str()))
-                {
-                    // A new head for the new stage: a stream of the seed distinct from the first init.
-                    params.values_mut()[i] =
-                        arch.init_param(i, spec.seed ^ ((si as u64 + 1) << 32));
-                }
-            }
+            start_stage(&arch, &mut params, stage, si, spec.seed);
             restore = None;
             Optimizer::new(&spec.optimizer, n)
         } else {
@@ -162,52 +168,63 @@ pub fn run_job(mut ctx: JobContext) -> Result<(), WorkerError> {
                 None => Optimizer::new(&spec.optimizer, n),
             }
         };
+        shards.resize_with(stage.streams.len().max(shards.len()), || None);
+        let dim = arch.input_dim();
         while step < end {
             if ctx.abort.load(Ordering::Relaxed) {
                 return Err(WorkerError::Aborted(job));
             }
             let i = step - stage.first_step;
-            let (epoch, b) = (i / stage.steps_per_epoch, i % stage.steps_per_epoch);
-            if shard.as_ref().map(|(k, _)| *k) != Some((si, epoch)) {
-                let s = ctx.rt.block_on(rpc::fetch_shard(
-                    &mut ctx.cluster,
-                    &ctx.worker,
-                    &job,
-                    si as u32,
-                    epoch,
-                    generation,
-                ))?;
-                shard = Some(((si, epoch), s));
+            let mut batches = Vec::with_capacity(stage.streams.len());
+            for (k, plan) in stage.streams.iter().enumerate() {
+                let (epoch, b) = plan.position(i);
+                if shards[k].as_ref().map(|(key, _)| *key) != Some((si, epoch)) {
+                    let s = ctx.rt.block_on(rpc::fetch_shard(
+                        &mut ctx.cluster,
+                        &ctx.worker,
+                        &job,
+                        si as u32,
+                        k as u32,
+                        epoch,
+                        generation,
+                    ))?;
+                    shards[k] = Some(((si, epoch), s));
+                }
+                let Some((_, data)) = shards[k].as_ref() else {
+                    return Err(WorkerError::Protocol("shard cache emptied".into()));
+                };
+                let range = shard::local_batch(plan.samples, plan.batch, world, rank, b);
+                if range.end > data.labels.len() {
+                    return Err(WorkerError::Protocol(format!(
+                        "shard of {} samples has no local batch {range:?}",
+                        data.labels.len()
+                    )));
+                }
+                if !data.labels.is_empty() && data.dim != dim {
+                    return Err(WorkerError::Protocol(format!(
+                        "shard samples have {} values, the network takes {dim}",
+                        data.dim
+                    )));
+                }
+                batches.push(Batch {
+                    features: data.features[range.start * dim..range.end * dim].to_vec(),
+                    labels: data.labels[range.clone()].to_vec(),
+                    dim,
+                });
             }
-            let Some((_, data)) = shard.as_ref() else {
-                continue;
-            };
-            let range = shard::local_batch(stage.samples, batch_size, world, rank, b);
-            if range.end > data.labels.len() {
-                return Err(WorkerError::Protocol(format!(
-                    "shard of {} samples has no local batch {range:?}",
-                    data.labels.len()
-                )));
-            }
-            let dim = arch.input_dim();
-            if !data.labels.is_empty() && data.dim != dim {
-                return Err(WorkerError::Protocol(format!(
-                    "shard samples have {} values, the network takes {dim}",
-                    data.dim
-                )));
-            }
-            let batch = Batch {
-                features: data.features[range.start * dim..range.end * dim].to_vec(),
-                labels: data.labels[range.clone()].to_vec(),
-                dim,
+            let step_ctx = StepContext {
+                stage: si,
+                step_in_stage: i,
+                stage_steps: stage.steps,
+                global_counts: stage.global_counts(i),
             };
             let r = compute_step(
                 method.as_ref(),
                 &arch,
                 &params,
                 &mask,
-                &batch,
-                si,
+                &batches,
+                &step_ctx,
                 &ctx.device,
             );
             let stats = Stats {

@@ -112,19 +112,18 @@ impl Coordinator {
                 entry.record.step
             )));
         }
-        let batch = (step - plan.first_step) % plan.steps_per_epoch.max(1);
-        let global = shard::global_batch(
-            plan.samples,
-            entry.record.spec.training.global_batch_size,
-            batch,
-        );
+        let global_len = plan
+            .global_counts(step - plan.first_step)
+            .first()
+            .copied()
+            .unwrap_or(0);
         let run = entry
             .run
             .as_mut()
             .ok_or_else(|| CoordinatorError::Conflict(format!("job {job} is not running")))?;
         let world = run.members.len();
         let expected_samples =
-            shard::local_part(global.len(), world as u32, my_rank as u32).len() as u64;
+            shard::local_part(global_len, world as u32, my_rank as u32).len() as u64;
         let round = run
             .rounds
             .entry(step)
@@ -185,7 +184,7 @@ impl Coordinator {
             total_steps: entry.record.total_steps,
             stage: stage_idx as u32,
             stage_name: stage.map(|s| s.name.clone()).unwrap_or_default(),
-            epoch: stage.map_or(0, |s| (step - s.first_step) / s.steps_per_epoch.max(1)),
+            epoch: stage.map_or(0, |s| s.epoch_at(step)),
             loss: if samples > 0 {
                 loss_sum / samples as f64
             } else {

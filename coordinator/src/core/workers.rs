@@ -189,6 +189,11 @@ impl Coordinator {
                 num_classes: data.arch.num_classes as u32,
                 start_step,
                 has_initial_state: job.start.is_some(),
+                class_vectors: data
+                    .method_data
+                    .class_vectors
+                    .as_ref()
+                    .map(class_vectors_to_pb),
             };
             let assignments: Vec<pb::Assignment> = (0..members.len()).map(assignment).collect();
             job.run = Some(Run {

@@ -123,22 +123,28 @@ impl ClusterService for ClusterApi {
                 Status::invalid_argument(format!("stage {} is not in job {}", r.stage, r.job_id))
             })?
             .clone();
-        let max_epoch = stage.steps.div_ceil(stage.steps_per_epoch.max(1));
+        let plan = stage
+            .streams
+            .get(r.stream as usize)
+            .cloned()
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "stage {} of job {} has no stream {}",
+                    r.stage, r.job_id, r.stream
+                ))
+            })?;
+        let max_epoch = stage.steps.div_ceil(plan.steps_per_epoch.max(1));
         if r.epoch >= max_epoch.max(1) {
             return Err(Status::invalid_argument(format!(
-                "epoch {} is past the end of stage {} ({max_epoch} epochs)",
-                r.epoch, r.stage
+                "epoch {} is past the end of stream {} of stage {} ({max_epoch} epochs)",
+                r.epoch, r.stream, r.stage
             )));
         }
-        let set = data.train.get(&stage.train_role).cloned().ok_or_else(|| {
-            Status::internal(format!(
-                "job {} has no {} data",
-                r.job_id,
-                stage.train_role.as_str()
-            ))
+        let set = data.train.get(&plan.data).cloned().ok_or_else(|| {
+            Status::internal(format!("job {} has no {} data", r.job_id, plan.data))
         })?;
-        let batch = spec.training.global_batch_size;
-        let stage_idx = r.stage;
+        let batch = plan.batch;
+        let stage_idx = shard::stream_key(r.stage, r.stream);
         let epoch = r.epoch;
         let seed = spec.seed;
         let stream = async_stream(move |tx| async move {

@@ -3,7 +3,10 @@
 
 use burn::tensor::{Device, Tensor};
 
-use super::{Batch, BatchLoss, Length, Method, StageDef, classification_loss};
+use super::{
+    Batch, BatchLoss, DataKey, Length, Method, StageDef, StepContext, StreamDef,
+    classification_loss, zero_loss,
+};
 use crate::model::Architecture;
 use crate::spec::{JobSpec, Role};
 
@@ -11,6 +14,7 @@ use crate::spec::{JobSpec, Role};
 #[derive(Debug, Clone)]
 pub struct Supervised {
     length: Length,
+    batch: usize,
 }
 
 impl Supervised {
@@ -18,6 +22,7 @@ impl Supervised {
     pub fn new(spec: &JobSpec) -> Self {
         Self {
             length: training_length(spec),
+            batch: spec.training.global_batch_size,
         }
     }
 }
@@ -31,18 +36,48 @@ pub(crate) fn training_length(spec: &JobSpec) -> Length {
     }
 }
 
+/// One stage of cross-entropy training on the labelled set of `role`.
+pub(crate) fn labelled_stage(name: &str, role: Role, length: Length, batch: usize) -> StageDef {
+    StageDef {
+        name: name.into(),
+        streams: vec![StreamDef {
+            data: DataKey::role(role),
+            batch,
+        }],
+        length,
+        reset_prefixes: Vec::new(),
+        copies: Vec::new(),
+    }
+}
+
+/// Cross-entropy on the first batch of a step (or zero when the step has none).
+pub(crate) fn first_batch_loss(
+    arch: &Architecture,
+    params: &[Tensor<1>],
+    batches: &[Batch],
+    device: &Device,
+) -> BatchLoss {
+    match batches.first().filter(|b| !b.is_empty()) {
+        Some(b) => classification_loss(arch, params, b, device),
+        None => BatchLoss {
+            loss: zero_loss(device),
+            correct: 0,
+        },
+    }
+}
+
 impl Method for Supervised {
     fn name(&self) -> &'static str {
         "supervised"
     }
 
     fn stages(&self) -> Vec<StageDef> {
-        vec![StageDef {
-            name: "source".into(),
-            train_role: Role::Source,
-            length: self.length,
-            reset_prefixes: Vec::new(),
-        }]
+        vec![labelled_stage(
+            "source",
+            Role::Source,
+            self.length,
+            self.batch,
+        )]
     }
 
     fn trainable(&self, arch: &Architecture, _stage: usize) -> Vec<bool> {
@@ -53,10 +88,10 @@ impl Method for Supervised {
         &self,
         arch: &Architecture,
         params: &[Tensor<1>],
-        batch: &Batch,
-        _stage: usize,
+        batches: &[Batch],
+        _ctx: &StepContext,
         device: &Device,
     ) -> BatchLoss {
-        classification_loss(arch, params, batch, device)
+        first_batch_loss(arch, params, batches, device)
     }
 }

@@ -104,6 +104,8 @@ fn fine_tuning_needs_a_source_stage_or_a_file() {
         labels_per_class: Some(10),
         limit: None,
         label: None,
+        task: None,
+        image_size: None,
         samples: None,
         noise: None,
         rotation_deg: None,
@@ -129,4 +131,138 @@ fn fine_tuning_needs_a_source_stage_or_a_file() {
         reset_head: false,
     };
     assert_eq!(field_of(&s), "method.init_from");
+}
+
+fn parse(text: &str) -> JobSpec {
+    toml::from_str(text).expect("parses")
+}
+
+const TASKS_BASE: &str = r#"
+name = "t"
+[model]
+kind = "mlp"
+hidden = [8]
+[optimizer]
+kind = "sgd"
+lr = 0.1
+[training]
+global_batch_size = 8
+steps = 5
+[[datasets]]
+name = "mnist"
+role = "train"
+task = "a"
+[[datasets]]
+name = "mnist"
+split = "test"
+role = "eval"
+task = "a"
+"#;
+
+#[test]
+fn task_methods_check_their_tasks_and_datasets() {
+    let ok = parse(&format!(
+        "{TASKS_BASE}[method]\nkind = \"multitask\"\n[[method.tasks]]\nname = \"a\"\n"
+    ));
+    ok.validate().expect("valid");
+    let missing = parse(&format!(
+        "{TASKS_BASE}[method]\nkind = \"multitask\"\n[[method.tasks]]\nname = \"a\"\n[[method.tasks]]\nname = \"b\"\n"
+    ));
+    let e = missing.validate().expect_err("task b has no data");
+    assert_eq!(e.field, "datasets");
+    assert!(e.reason.contains("\"b\""), "{e}");
+    let twice = parse(&format!(
+        "{TASKS_BASE}[method]\nkind = \"progressive\"\n[[method.tasks]]\nname = \"a\"\n[[method.tasks]]\nname = \"a\"\n"
+    ));
+    assert_eq!(
+        twice.validate().expect_err("dup").field,
+        "method.tasks[1].name"
+    );
+    let steps = parse(&format!(
+        "{TASKS_BASE}[method]\nkind = \"multitask\"\n[[method.tasks]]\nname = \"a\"\nsteps = 3\n"
+    ));
+    assert_eq!(
+        steps.validate().expect_err("steps").field,
+        "method.tasks[0].steps"
+    );
+    // A task's dataset in a method without tasks.
+    let sup = parse(&format!("{TASKS_BASE}[method]\nkind = \"supervised\"\n"));
+    assert_eq!(
+        sup.validate().expect_err("no tasks").field,
+        "datasets[0].task"
+    );
+}
+
+const PAIR_BASE: &str = r#"
+name = "t"
+[model]
+kind = "mlp"
+hidden = [8]
+[optimizer]
+kind = "sgd"
+lr = 0.1
+[training]
+global_batch_size = 8
+steps = 5
+[[datasets]]
+name = "mnist"
+role = "source"
+[[datasets]]
+name = "usps"
+role = "target_labelled"
+[[datasets]]
+name = "usps"
+split = "test"
+role = "eval"
+"#;
+
+#[test]
+fn method_parameters_are_checked_by_name() {
+    for (method, field) in [
+        (
+            "kind = \"conservative\"\nsource_steps = 3\npenalty = \"l2_sp\"\nlambda = -1.0",
+            "method.lambda",
+        ),
+        (
+            "kind = \"conservative\"\nsource_steps = 3\npenalty = \"output_kl\"\nlambda = 1.0\ntemperature = 0.0",
+            "method.temperature",
+        ),
+        (
+            "kind = \"layer_transfer\"\nsource_steps = 3\nfreeze = []",
+            "method.freeze",
+        ),
+        (
+            "kind = \"layer_transfer\"\nsource_steps = 3\nfreeze = [\"first:x\"]",
+            "method.freeze[0]",
+        ),
+        (
+            "kind = \"layer_transfer\"\nfreeze = [\"features.*\"]",
+            "method",
+        ),
+        ("kind = \"dann\"", "datasets"),
+        (
+            "kind = \"dann\"\ndomain_hidden = [0]",
+            "method.domain_hidden[0]",
+        ),
+        (
+            "kind = \"zero_shot\"\nunseen_classes = []\n[method.attributes]\nkind = \"builtin\"\ntable = \"seven_segment\"",
+            "method.unseen_classes",
+        ),
+        (
+            "kind = \"zero_shot\"\nunseen_classes = [1]\n[method.attributes]\nkind = \"builtin\"\ntable = \"nope\"",
+            "method.attributes.table",
+        ),
+        (
+            "kind = \"zero_shot\"\nunseen_classes = [1]\n[method.attributes]\nkind = \"pca\"\ndataset = \"usps\"\ncomponents = 0",
+            "method.attributes.components",
+        ),
+    ] {
+        let s = parse(&format!("{PAIR_BASE}[method]\n{method}\n"));
+        let e = s.validate().expect_err(method);
+        assert_eq!(e.field, field, "{method}: {e}");
+    }
+    let good = parse(&format!(
+        "{PAIR_BASE}[method]\nkind = \"conservative\"\nsource_steps = 3\npenalty = \"feature_l2\"\nlambda = 0.5\n"
+    ));
+    good.validate().expect("valid");
 }

@@ -1,0 +1,360 @@
+//! The transfer methods and their per-method data on the wire.
+
+use graft_proto::v1 as pb;
+use graft_transfer::methods::{DataKey, Stage, StreamPlan};
+use graft_transfer::spec::{AttributeSource, MethodSpec, Penalty, TaskSpec};
+use graft_transfer::zeroshot::ClassVectors;
+
+use super::{WireError, missing, usize_of};
+
+fn source_to_pb(
+    source_steps: Option<u64>,
+    source_epochs: Option<u32>,
+    init_from: &Option<String>,
+    reset_head: bool,
+) -> pb::SourceStageSpec {
+    pb::SourceStageSpec {
+        source_steps,
+        source_epochs,
+        init_from: init_from.clone(),
+        reset_head,
+    }
+}
+
+fn tasks_to_pb(tasks: &[TaskSpec]) -> Vec<pb::TaskSpec> {
+    tasks
+        .iter()
+        .map(|t| pb::TaskSpec {
+            name: t.name.clone(),
+            weight: t.weight,
+            batch_size: t.batch_size.map(|b| b as u64),
+            steps: t.steps,
+            epochs: t.epochs,
+        })
+        .collect()
+}
+
+fn tasks_from_pb(tasks: &[pb::TaskSpec]) -> Result<Vec<TaskSpec>, WireError> {
+    tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            Ok(TaskSpec {
+                name: t.name.clone(),
+                weight: t.weight,
+                batch_size: t
+                    .batch_size
+                    .map(|b| usize_of(b, &format!("method.tasks[{i}].batch_size")))
+                    .transpose()?,
+                steps: t.steps,
+                epochs: t.epochs,
+            })
+        })
+        .collect()
+}
+
+/// The wire form of a method.
+pub fn method_to_pb(m: &MethodSpec) -> pb::method_spec::Kind {
+    use pb::method_spec::Kind;
+    match m {
+        MethodSpec::Supervised => Kind::Supervised(pb::SupervisedSpec {}),
+        MethodSpec::FineTuning {
+            source_steps,
+            source_epochs,
+            init_from,
+            reset_head,
+        } => Kind::FineTuning(pb::FineTuningSpec {
+            source_steps: *source_steps,
+            source_epochs: *source_epochs,
+            init_from: init_from.clone(),
+            reset_head: *reset_head,
+        }),
+        MethodSpec::Conservative {
+            source_steps,
+            source_epochs,
+            init_from,
+            reset_head,
+            penalty,
+            lambda,
+            temperature,
+        } => Kind::Conservative(pb::ConservativeSpec {
+            source: Some(source_to_pb(
+                *source_steps,
+                *source_epochs,
+                init_from,
+                *reset_head,
+            )),
+            penalty: match penalty {
+                Penalty::L2Sp => pb::Penalty::L2Sp,
+                Penalty::OutputKl => pb::Penalty::OutputKl,
+                Penalty::FeatureL2 => pb::Penalty::FeatureL2,
+            } as i32,
+            lambda: *lambda,
+            temperature: *temperature,
+        }),
+        MethodSpec::LayerTransfer {
+            source_steps,
+            source_epochs,
+            init_from,
+            reset_head,
+            freeze,
+        } => Kind::LayerTransfer(pb::LayerTransferSpec {
+            source: Some(source_to_pb(
+                *source_steps,
+                *source_epochs,
+                init_from,
+                *reset_head,
+            )),
+            freeze: freeze.clone(),
+        }),
+        MethodSpec::Multitask { tasks } => Kind::Multitask(pb::MultitaskSpec {
+            tasks: tasks_to_pb(tasks),
+        }),
+        MethodSpec::Progressive { tasks, laterals } => Kind::Progressive(pb::ProgressiveSpec {
+            tasks: tasks_to_pb(tasks),
+            laterals: *laterals,
+        }),
+        MethodSpec::Dann {
+            lambda_max,
+            gamma,
+            domain_hidden,
+            target_batch_size,
+        } => Kind::Dann(pb::DannSpec {
+            lambda_max: *lambda_max,
+            gamma: *gamma,
+            domain_hidden: domain_hidden.iter().map(|&h| h as u64).collect(),
+            target_batch_size: target_batch_size.map(|b| b as u64),
+        }),
+        MethodSpec::ZeroShot {
+            unseen_classes,
+            attributes,
+        } => Kind::ZeroShot(pb::ZeroShotSpec {
+            unseen_classes: unseen_classes.clone(),
+            attributes: Some(pb::AttributeSource {
+                kind: Some(match attributes {
+                    AttributeSource::Builtin { table } => {
+                        pb::attribute_source::Kind::Builtin(table.clone())
+                    }
+                    AttributeSource::File { path } => {
+                        pb::attribute_source::Kind::File(path.clone())
+                    }
+                    AttributeSource::Pca {
+                        dataset,
+                        split,
+                        components,
+                    } => pb::attribute_source::Kind::Pca(pb::PcaAttributes {
+                        dataset: dataset.clone(),
+                        split: split.clone(),
+                        components: (*components).min(u32::MAX as usize) as u32,
+                    }),
+                }),
+            }),
+        }),
+    }
+}
+
+/// `(source_steps, source_epochs, init_from, reset_head)` off the wire.
+type SourceStage = (Option<u64>, Option<u32>, Option<String>, bool);
+
+fn source_from_pb(s: Option<&pb::SourceStageSpec>) -> SourceStage {
+    s.map_or((None, None, None, false), |s| {
+        (
+            s.source_steps,
+            s.source_epochs,
+            s.init_from.clone(),
+            s.reset_head,
+        )
+    })
+}
+
+/// A method off the wire.
+///
+/// # Errors
+/// [`WireError`] naming the missing or bad field.
+pub fn method_from_pb(k: &pb::method_spec::Kind) -> Result<MethodSpec, WireError> {
+    use pb::method_spec::Kind;
+    Ok(match k {
+        Kind::Supervised(_) => MethodSpec::Supervised,
+        Kind::FineTuning(f) => MethodSpec::FineTuning {
+            source_steps: f.source_steps,
+            source_epochs: f.source_epochs,
+            init_from: f.init_from.clone(),
+            reset_head: f.reset_head,
+        },
+        Kind::Conservative(c) => {
+            let (source_steps, source_epochs, init_from, reset_head) =
+                source_from_pb(c.source.as_ref());
+            MethodSpec::Conservative {
+                source_steps,
+                source_epochs,
+                init_from,
+                reset_head,
+                penalty: match pb::Penalty::try_from(c.penalty) {
+                    Ok(pb::Penalty::L2Sp) => Penalty::L2Sp,
+                    Ok(pb::Penalty::OutputKl) => Penalty::OutputKl,
+                    Ok(pb::Penalty::FeatureL2) => Penalty::FeatureL2,
+                    _ => {
+                        return Err(WireError {
+                            field: "method.penalty".into(),
+                            reason: format!("unknown penalty {}", c.penalty),
+                        });
+                    }
+                },
+                lambda: c.lambda,
+                temperature: c.temperature,
+            }
+        }
+        Kind::LayerTransfer(l) => {
+            let (source_steps, source_epochs, init_from, reset_head) =
+                source_from_pb(l.source.as_ref());
+            MethodSpec::LayerTransfer {
+                source_steps,
+                source_epochs,
+                init_from,
+                reset_head,
+                freeze: l.freeze.clone(),
+            }
+        }
+        Kind::Multitask(m) => MethodSpec::Multitask {
+            tasks: tasks_from_pb(&m.tasks)?,
+        },
+        Kind::Progressive(p) => MethodSpec::Progressive {
+            tasks: tasks_from_pb(&p.tasks)?,
+            laterals: p.laterals,
+        },
+        Kind::Dann(d) => MethodSpec::Dann {
+            lambda_max: d.lambda_max,
+            gamma: d.gamma,
+            domain_hidden: d
+                .domain_hidden
+                .iter()
+                .enumerate()
+                .map(|(i, &h)| usize_of(h, &format!("method.domain_hidden[{i}]")))
+                .collect::<Result<_, _>>()?,
+            target_batch_size: d
+                .target_batch_size
+                .map(|b| usize_of(b, "method.target_batch_size"))
+                .transpose()?,
+        },
+        Kind::ZeroShot(z) => MethodSpec::ZeroShot {
+            unseen_classes: z.unseen_classes.clone(),
+            attributes: match z
+                .attributes
+                .as_ref()
+                .and_then(|a| a.kind.as_ref())
+                .ok_or_else(|| missing("method.attributes"))?
+            {
+                pb::attribute_source::Kind::Builtin(t) => {
+                    AttributeSource::Builtin { table: t.clone() }
+                }
+                pb::attribute_source::Kind::File(p) => AttributeSource::File { path: p.clone() },
+                pb::attribute_source::Kind::Pca(p) => AttributeSource::Pca {
+                    dataset: p.dataset.clone(),
+                    split: p.split.clone(),
+                    components: p.components as usize,
+                },
+            },
+        },
+    })
+}
+
+/// The wire form of a stage.
+pub fn stage_to_pb(s: &Stage) -> pb::StagePlan {
+    pb::StagePlan {
+        name: s.name.clone(),
+        first_step: s.first_step,
+        steps: s.steps,
+        reset_prefixes: s.reset_prefixes.clone(),
+        streams: s
+            .streams
+            .iter()
+            .map(|t| pb::StreamPlan {
+                data: t.data.0.clone(),
+                batch: t.batch as u64,
+                samples: t.samples as u64,
+                steps_per_epoch: t.steps_per_epoch,
+            })
+            .collect(),
+        copies: s
+            .copies
+            .iter()
+            .map(|(from, to)| pb::PrefixCopy {
+                from: from.clone(),
+                to: to.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// A stage off the wire.
+///
+/// # Errors
+/// [`WireError`] for a stage without streams or a bad size.
+pub fn stage_from_pb(p: &pb::StagePlan, i: usize) -> Result<Stage, WireError> {
+    if p.streams.is_empty() {
+        return Err(missing(&format!("stages[{i}].streams")));
+    }
+    Ok(Stage {
+        name: p.name.clone(),
+        first_step: p.first_step,
+        steps: p.steps,
+        streams: p
+            .streams
+            .iter()
+            .enumerate()
+            .map(|(j, t)| {
+                let f = |k: &str| format!("stages[{i}].streams[{j}].{k}");
+                let batch = usize_of(t.batch, &f("batch"))?;
+                if batch == 0 {
+                    return Err(WireError {
+                        field: f("batch"),
+                        reason: "must be > 0".into(),
+                    });
+                }
+                Ok(StreamPlan {
+                    data: DataKey(t.data.clone()),
+                    batch,
+                    samples: usize_of(t.samples, &f("samples"))?,
+                    steps_per_epoch: t.steps_per_epoch.max(1),
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        reset_prefixes: p.reset_prefixes.clone(),
+        copies: p
+            .copies
+            .iter()
+            .map(|c| (c.from.clone(), c.to.clone()))
+            .collect(),
+    })
+}
+
+/// The wire form of class vectors.
+pub fn class_vectors_to_pb(c: &ClassVectors) -> pb::ClassVectors {
+    pb::ClassVectors {
+        rows: c.rows as u32,
+        cols: c.cols as u32,
+        values: c.values.clone(),
+        binary: c.binary,
+    }
+}
+
+/// Class vectors off the wire.
+///
+/// # Errors
+/// [`WireError`] when the values do not fill `rows × cols` or are not finite.
+pub fn class_vectors_from_pb(p: &pb::ClassVectors) -> Result<ClassVectors, WireError> {
+    let (rows, cols) = (p.rows as usize, p.cols as usize);
+    if rows == 0 || cols == 0 || rows.checked_mul(cols) != Some(p.values.len()) {
+        return Err(WireError {
+            field: "class_vectors".into(),
+            reason: format!("{} values do not fill {rows} x {cols}", p.values.len()),
+        });
+    }
+    let table = p.values.chunks(cols).map(<[f32]>::to_vec).collect();
+    let mut c = ClassVectors::new(table).map_err(|e| WireError {
+        field: "class_vectors".into(),
+        reason: e.to_string(),
+    })?;
+    c.binary = p.binary;
+    Ok(c)
+}
