@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command of the README: formatting, lints, a release build, every test.
+# The test command of the README: formatting, lints, a release build, the deployment
+# manifests, every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,4 +16,7 @@ cargo fmt --all -- --check
 # One feature resolution for the whole workspace, so the build below is reused by the tests.
 cargo build --release --workspace --all-targets
 cargo clippy --workspace --all-targets -- -D warnings
+# kubectl and kubernetes-validate into .venv (pinned, skipped when present); every overlay
+# renders and passes strict validation. tests/tests/deploy.rs uses the same kubectl.
+./scripts/deploy-check.sh
 cargo test --release --workspace -- --test-threads=1

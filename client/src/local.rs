@@ -109,6 +109,9 @@ impl LocalCluster {
                     &name,
                     "--device",
                     opts.device,
+                    // Many workers on one host: each serves its health on a free port.
+                    "--listen",
+                    "127.0.0.1:0",
                 ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

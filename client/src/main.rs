@@ -413,13 +413,20 @@ async fn main() -> ExitCode {
     if !matches!(cli.command, Cmd::Coordinator(_) | Cmd::Worker(_)) {
         logging::init(cli.log_format, "warn");
     }
-    match run(cli).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
+    let worker = matches!(cli.command, Cmd::Worker(_));
+    let code: u8 = match run(cli).await {
+        Ok(true) => 0,
+        Ok(false) => 1,
         Err(e) => {
             let msg = format!("{e:#}");
             eprintln!("graft: {}", msg.trim());
-            ExitCode::from(2)
+            2
         }
+    };
+    if worker {
+        // As graft-worker does: a training thread still inside its step would otherwise hold
+        // the runtime's shutdown past the grace period the worker has already waited.
+        std::process::exit(i32::from(code));
     }
+    ExitCode::from(code)
 }

@@ -38,6 +38,8 @@ pub struct CoordinatorConfig {
     pub tls_key: Option<PathBuf>,
     /// After binding, write the address here (for tools that start the coordinator on port 0).
     pub ready_file: Option<PathBuf>,
+    /// On SIGTERM, how long to wait for every running job's checkpoint before exiting.
+    pub shutdown_grace_ms: u64,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -58,6 +60,7 @@ impl Default for CoordinatorConfig {
             tls_cert: None,
             tls_key: None,
             ready_file: None,
+            shutdown_grace_ms: 30_000,
             log_format: LogFormat::Plain,
         }
     }
@@ -196,6 +199,9 @@ impl CoordinatorConfig {
         }
         if self.step_timeout_ms == 0 {
             return Err(ConfigError("step_timeout_ms: must be > 0".into()));
+        }
+        if self.shutdown_grace_ms == 0 {
+            return Err(ConfigError("shutdown_grace_ms: must be > 0".into()));
         }
         if self.heartbeat_interval_ms == 0 {
             return Err(ConfigError("heartbeat_interval_ms: must be > 0".into()));

@@ -68,6 +68,8 @@ pub struct Run {
     /// Since when the final state is evaluated and checkpointed; the job completes once the
     /// final fingerprints match too, and fails if they do not come within `step_timeout_ms`.
     finishing: Option<Instant>,
+    /// Set when the coordinator began shutting down while the job ran.
+    drain: Option<drain::Drain>,
 }
 
 struct JobEntry {
@@ -103,6 +105,8 @@ struct Core {
     workers: BTreeMap<WorkerId, WorkerEntry>,
     jobs: BTreeMap<JobId, JobEntry>,
     next_worker: u64,
+    /// The coordinator is shutting down: no job starts, no step after each job's drain step.
+    draining: bool,
 }
 
 /// The coordinator.
@@ -232,6 +236,7 @@ impl Coordinator {
                 workers: BTreeMap::new(),
                 jobs,
                 next_worker: 1,
+                draining: false,
             }),
             store,
             config,
@@ -259,6 +264,7 @@ pub fn state_word(s: JobState) -> &'static str {
     crate::wire::state_name(s.to_pb())
 }
 
+mod drain;
 mod jobs;
 mod steps;
 mod workers;

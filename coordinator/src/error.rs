@@ -48,6 +48,11 @@ pub enum CoordinatorError {
         /// The error.
         source: std::io::Error,
     },
+    /// The coordinator is stopping; the job resumes from its checkpoint when it is back.
+    #[error(
+        "the coordinator is shutting down; job {0} resumes from its checkpoint after the restart"
+    )]
+    ShuttingDown(String),
     /// Anything else internal.
     #[error("internal: {0}")]
     Internal(String),
@@ -64,6 +69,7 @@ impl From<CoordinatorError> for Status {
             CoordinatorError::UnknownWorker(_) => Status::unauthenticated(msg),
             CoordinatorError::Conflict(_) => Status::failed_precondition(msg),
             CoordinatorError::JobStopped { .. } => Status::aborted(msg),
+            CoordinatorError::ShuttingDown(_) => Status::unavailable(msg),
             CoordinatorError::Store(_)
             | CoordinatorError::Io { .. }
             | CoordinatorError::Internal(_) => Status::internal(msg),

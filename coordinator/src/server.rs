@@ -1,4 +1,10 @@
-//! Serving: binds the address, wires the services, runs the monitor, shuts down on a signal.
+//! Serving: binds the address, wires the services, runs the monitor, and on a signal
+//! checkpoints the running jobs before it shuts down.
+//!
+//! Health (`grpc.health.v1`): the `liveness` service is SERVING while the process serves;
+//! the overall status (service `""`) and the two graft services are SERVING until the
+//! shutdown begins, so a readiness probe takes the coordinator out of its Service while it
+//! drains.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +29,10 @@ use crate::store::Store;
 /// How often the monitor looks for dead workers and startable jobs.
 const TICK: Duration = Duration::from_millis(200);
 
+/// The health service name that stays SERVING while the process serves (for liveness
+/// probes; readiness probes ask for the overall status, service `""`).
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 /// A coordinator bound to its address.
 pub struct Server {
     /// The address it serves on (the real port when configured with port 0).
@@ -31,6 +41,7 @@ pub struct Server {
     metrics: Option<TcpListener>,
     coord: Arc<Coordinator>,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    health: tonic_health::server::HealthReporter,
 }
 
 impl Server {
@@ -80,12 +91,19 @@ impl Server {
         };
         let coord = Arc::new(Coordinator::new(config, store)?);
         Ok(Self {
+            health: tonic_health::server::HealthReporter::new(),
             tls,
             metrics,
             addr,
             listener,
             coord,
         })
+    }
+
+    /// Reports NOT_SERVING for the overall status and the graft services (liveness stays
+    /// SERVING): the coordinator accepts no new work.
+    pub fn health(&self) -> tonic_health::server::HealthReporter {
+        self.health.clone()
     }
 
     /// The coordinator behind the server.
@@ -107,7 +125,16 @@ impl Server {
                 CoordinatorError::Internal(format!("TLS: {}", crate::tls::chain(&e)))
             })?;
         }
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let health = self.health.clone();
+        let health_service = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(health.clone()),
+        );
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        health
+            .set_service_status(LIVENESS_SERVICE, tonic_health::ServingStatus::Serving)
+            .await;
         health.set_serving::<JobServiceServer<JobApi>>().await;
         health
             .set_serving::<ClusterServiceServer<ClusterApi>>()
@@ -166,20 +193,39 @@ impl Server {
     }
 }
 
-/// Runs a coordinator until SIGINT or SIGTERM.
+/// Runs a coordinator until SIGINT or SIGTERM. On the signal it stops being ready, lets
+/// every running job checkpoint after its current step (up to `shutdown_grace_ms`; a second
+/// signal cuts that short), then stops serving.
 ///
 /// # Errors
 /// [`CoordinatorError`] from binding or serving.
 pub async fn run(config: CoordinatorConfig) -> Result<(), CoordinatorError> {
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
     let server = Server::bind(config).await?;
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
+    let coord = server.coordinator();
+    let health = server.health();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
+        set_not_serving(&health).await;
+        tokio::select! {
+            _ = coord.drain(grace) => {}
+            _ = wait_for_signal() => tracing::warn!("second signal: exiting without waiting for checkpoints"),
+        }
         s.cancel();
     });
     server.serve(shutdown).await
+}
+
+async fn set_not_serving(health: &tonic_health::server::HealthReporter) {
+    use tonic_health::ServingStatus::NotServing;
+    health.set_service_status("", NotServing).await;
+    health.set_not_serving::<JobServiceServer<JobApi>>().await;
+    health
+        .set_not_serving::<ClusterServiceServer<ClusterApi>>()
+        .await;
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -98,7 +98,10 @@ fn run(coord: &Coordinator, h: &JobHandle, u: Upload) -> Result<(), CoordinatorE
             stage_prefix,
         );
     }
-    if checkpoint_due(spec, &data.stages, u.step) {
+    // A shutting-down coordinator asked for this state to checkpoint it (see `core::drain`).
+    if checkpoint_due(spec, &data.stages, u.step)
+        || coord.drain_checkpoint_wanted(&h.record.id, u.step)
+    {
         let (stage, epoch) = data
             .stage_of(u.step)
             .map_or((data.stages.len(), 0), |(i, s)| (i, s.epoch_at(u.step)));

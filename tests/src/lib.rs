@@ -158,6 +158,8 @@ impl Cluster {
                 &self.url,
                 "--name",
                 &format!("test-worker-{i}"),
+                "--listen",
+                "127.0.0.1:0",
             ])
             .stdout(Stdio::null())
             .stderr(log)
@@ -173,6 +175,20 @@ impl Cluster {
             c.kill().expect("kill worker");
             c.wait().expect("reap worker");
         }
+    }
+
+    /// Sends SIGTERM to the coordinator and waits up to `within` for it to exit.
+    pub fn terminate_coordinator(&mut self, within: Duration) -> std::process::ExitStatus {
+        let mut c = self.coordinator.take().expect("coordinator running");
+        terminate(&mut c, within)
+            .unwrap_or_else(|| panic!("coordinator still running {within:?} after SIGTERM"))
+    }
+
+    /// Sends SIGTERM to worker `i` and waits up to `within` for it to exit.
+    pub fn terminate_worker(&mut self, i: usize, within: Duration) -> std::process::ExitStatus {
+        let mut c = self.workers[i].take().expect("worker running");
+        terminate(&mut c, within)
+            .unwrap_or_else(|| panic!("worker {i} still running {within:?} after SIGTERM"))
     }
 
     /// Kills the coordinator.
@@ -282,6 +298,62 @@ pub fn max_relative_diff(a: &[f32], b: &[f32]) -> f64 {
         .zip(b)
         .fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()))
         / scale
+}
+
+/// Sends SIGTERM to `child` and waits up to `within` for it to exit; `None` (and a SIGKILL)
+/// if it did not.
+pub fn terminate(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let pid = libc::pid_t::try_from(child.id()).expect("pid");
+    // SAFETY: kill(2) on a child this process started and has not reaped yet.
+    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill -TERM {pid}");
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// The `grpc.health.v1` status of `service` ("" for the server as a whole) at `addr`, as
+/// its proto name (`SERVING`, `NOT_SERVING`, …), or the error when the check fails.
+pub fn health(addr: &str, service: &str) -> Result<String, String> {
+    use tonic_health::pb::health_client::HealthClient;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let r = HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+        let status =
+            tonic_health::pb::health_check_response::ServingStatus::try_from(r.into_inner().status)
+                .map_err(|e| e.to_string())?;
+        Ok(status.as_str_name().to_string())
+    })
+}
+
+/// Waits up to `timeout` for a file to hold a non-empty text; the text.
+pub fn read_when_written(path: &Path, timeout: Duration) -> Option<String> {
+    wait_for(timeout, || {
+        std::fs::read_to_string(path)
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+    })
 }
 
 /// A free loopback port (bound, then released).

@@ -554,6 +554,8 @@ fn workers_and_clients_train_over_tls() {
             &c.url,
             "--tls-ca",
             cert.to_str().expect("utf-8"),
+            "--listen",
+            "127.0.0.1:0",
         ])
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -611,7 +613,7 @@ fn tokens_keep_out_clients_and_workers_without_them() {
     assert!(!wrong.status.success(), "{}", show(&wrong));
 
     let intruder = std::process::Command::new(graft_tests::bin("graft-worker"))
-        .args(["--coordinator", &c.url])
+        .args(["--coordinator", &c.url, "--listen", "127.0.0.1:0"])
         .output()
         .expect("run worker");
     assert!(
@@ -625,7 +627,7 @@ fn tokens_keep_out_clients_and_workers_without_them() {
     );
 
     let mut worker = std::process::Command::new(graft_tests::bin("graft-worker"))
-        .args(["--coordinator", &c.url])
+        .args(["--coordinator", &c.url, "--listen", "127.0.0.1:0"])
         .env("GRAFT_WORKER_CLUSTER_TOKEN", "worker-secret")
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 use crate::config::WorkerConfig;
 use crate::error::WorkerError;
 use crate::rpc::{Cluster, cluster};
+use crate::server::Readiness;
 use crate::trainer::{JobContext, run_job};
 
 /// What the heartbeat task shares with the job loop.
@@ -52,12 +53,16 @@ async fn connect(cfg: &WorkerConfig) -> Result<Channel, WorkerError> {
     }
 }
 
-/// Runs the worker until `shutdown` is cancelled.
+/// Runs the worker until `shutdown` is cancelled; `ready` reports whether it is registered.
 ///
 /// # Errors
 /// [`WorkerError::Setup`] when the coordinator cannot be reached at start-up or the device
 /// is unavailable.
-pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
+pub async fn run(
+    cfg: WorkerConfig,
+    shutdown: CancellationToken,
+    ready: Readiness,
+) -> Result<(), WorkerError> {
     let device_name: DeviceName = cfg
         .device
         .parse()
@@ -99,6 +104,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<(), W
         };
         let worker = resp.worker_id;
         tracing::info!(%worker, name = %cfg.name, device = %device_name, "registered");
+        ready.set(true).await;
         let shared = Arc::new(Shared::default());
         let beat = Duration::from_millis(resp.heartbeat_interval_ms.max(50));
         let hb_stop = shutdown.child_token();
@@ -108,10 +114,14 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> Result<(), W
             shared.clone(),
             beat,
             hb_stop.clone(),
+            ready.clone(),
         ));
-        let outcome = serve_assignments(&mut client, &worker, &shared, &device, &shutdown).await;
+        let grace = Duration::from_millis(cfg.shutdown_grace_ms);
+        let outcome =
+            serve_assignments(&mut client, &worker, &shared, &device, &shutdown, grace).await;
         hb_stop.cancel();
         let _ = hb.await;
+        ready.set(false).await;
         match outcome {
             Ok(()) => return Ok(()),
             Err(e) => tracing::warn!(error = %e, "registering again"),
@@ -126,6 +136,7 @@ async fn serve_assignments(
     shared: &Arc<Shared>,
     device: &burn::tensor::Device,
     shutdown: &CancellationToken,
+    grace: Duration,
 ) -> Result<(), WorkerError> {
     loop {
         if shared.reregister.load(Ordering::Relaxed) {
@@ -177,6 +188,13 @@ async fn serve_assignments(
                 // Tell the coordinator now rather than let it wait for the heartbeat timeout.
                 let req = pb::LeaveJobRequest { worker_id: worker.to_string(), job_id: job.clone(), reason: "the worker is shutting down".into() };
                 let _ = tokio::time::timeout(Duration::from_secs(2), client.leave_job(req)).await;
+                // The training thread stops at its next check of `abort` (after the step in
+                // flight) or when its call to the coordinator fails; exit once it has, or
+                // after the grace period, whichever comes first.
+                match tokio::time::timeout(grace, &mut task).await {
+                    Ok(_) => tracing::info!(%job, "left the job"),
+                    Err(_) => tracing::warn!(%job, grace_ms = grace.as_millis() as u64, "the step in flight did not end within the grace period; exiting anyway"),
+                }
                 return Ok(());
             }
         };
@@ -187,6 +205,16 @@ async fn serve_assignments(
             }
             Ok(Err(WorkerError::Aborted(_))) => {
                 tracing::info!(%job, "the coordinator stopped the job");
+                None
+            }
+            // The coordinator is going away (it checkpointed the job first, and resumes it
+            // when it is back): there is no one to tell, and the job must not be failed.
+            Ok(Err(WorkerError::Rpc {
+                code: tonic::Code::Unavailable,
+                ref status,
+                call,
+            })) => {
+                tracing::warn!(%job, %call, %status, "the coordinator is unavailable; dropping the job");
                 None
             }
             Ok(Err(e)) => Some(e.to_string()),
@@ -216,6 +244,7 @@ async fn heartbeat(
     shared: Arc<Shared>,
     every: Duration,
     stop: CancellationToken,
+    ready: Readiness,
 ) {
     let mut tick = tokio::time::interval(every);
     loop {
@@ -243,8 +272,12 @@ async fn heartbeat(
                     shared.reregister.store(true, Ordering::Relaxed);
                     shared.abort.store(true, Ordering::Relaxed);
                 }
+                ready.set(!r.reregister).await;
             }
-            Err(s) => tracing::warn!(error = %s.message(), "heartbeat failed"),
+            Err(s) => {
+                ready.set(false).await;
+                tracing::warn!(error = %s.message(), "heartbeat failed");
+            }
         }
     }
 }

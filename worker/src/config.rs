@@ -1,6 +1,7 @@
 //! The worker's configuration: a TOML file, then `GRAFT_WORKER_*` environment variables,
 //! then flags. Unknown keys are errors.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use graft_coordinator::config::{ConfigError, layered};
@@ -24,6 +25,14 @@ pub struct WorkerConfig {
     pub tls_ca: Option<PathBuf>,
     /// Give up if the coordinator cannot be reached for this long at start-up.
     pub connect_timeout_ms: u64,
+    /// Address of the worker's own gRPC server (health now, the ring all-reduce later).
+    /// An IPv6 host may be written without brackets (`fd00::7:7071`), as Kubernetes'
+    /// `$(POD_IP):7071` gives it.
+    pub listen: String,
+    /// After binding, write the address here (for tools that start the worker on port 0).
+    pub ready_file: Option<PathBuf>,
+    /// On SIGTERM, how long to wait for the step in flight to end before exiting.
+    pub shutdown_grace_ms: u64,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -38,6 +47,9 @@ impl Default for WorkerConfig {
             cluster_token: None,
             tls_ca: None,
             connect_timeout_ms: 30_000,
+            listen: "0.0.0.0:7071".into(),
+            ready_file: None,
+            shutdown_grace_ms: 10_000,
             log_format: LogFormat::Plain,
         }
     }
@@ -61,6 +73,12 @@ pub struct WorkerArgs {
     /// CA certificate (PEM) to trust for an https:// coordinator.
     #[arg(long)]
     pub tls_ca: Option<PathBuf>,
+    /// Address of the worker's gRPC server (health), e.g. 0.0.0.0:7071 (port 0: a free one).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Write the bound address of the worker's server to this file once serving.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
     /// `plain` or `json`.
     #[arg(long)]
     pub log_format: Option<LogFormat>,
@@ -88,6 +106,12 @@ impl WorkerConfig {
         if let Some(v) = &args.tls_ca {
             c.tls_ca = Some(v.clone());
         }
+        if let Some(v) = &args.listen {
+            c.listen = v.clone();
+        }
+        if let Some(v) = &args.ready_file {
+            c.ready_file = Some(v.clone());
+        }
         if let Some(v) = args.log_format {
             c.log_format = v;
         }
@@ -113,11 +137,73 @@ impl WorkerConfig {
         device
             .device()
             .map_err(|e| ConfigError(format!("device: {e}")))?;
+        self.listen_addr()?;
+        if self.shutdown_grace_ms == 0 {
+            return Err(ConfigError("shutdown_grace_ms: must be > 0".into()));
+        }
         if self.cluster_token.as_deref().is_some_and(str::is_empty) {
             return Err(ConfigError(
                 "cluster_token: must not be empty (leave it unset for no token)".into(),
             ));
         }
         Ok(())
+    }
+
+    /// The address to serve on: `listen` as a socket address, or as `HOST:PORT` with an
+    /// unbracketed IPv6 host.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming `listen`.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        if let Ok(a) = self.listen.parse() {
+            return Ok(a);
+        }
+        self.listen
+            .rsplit_once(':')
+            .and_then(|(host, port)| {
+                Some(SocketAddr::new(
+                    host.parse::<IpAddr>().ok()?,
+                    port.parse().ok()?,
+                ))
+            })
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "listen: {:?} is not an address like 0.0.0.0:7071",
+                    self.listen
+                ))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_listen(listen: &str) -> WorkerConfig {
+        WorkerConfig {
+            listen: listen.into(),
+            ..WorkerConfig::default()
+        }
+    }
+
+    #[test]
+    fn listen_takes_ipv4_bracketed_and_bare_ipv6() {
+        let port = |l: &str| with_listen(l).listen_addr().map(|a| (a.ip(), a.port()));
+        assert_eq!(port("10.1.2.3:7071").unwrap().1, 7071);
+        assert_eq!(
+            port("[fd00::7]:7071").unwrap(),
+            port("fd00::7:7071").unwrap()
+        );
+        for bad in [
+            "",
+            "7071",
+            "worker-0:7071",
+            "10.1.2.3",
+            "10.1.2.3:x",
+            ":7071",
+        ] {
+            let e = with_listen(bad).validate().unwrap_err().to_string();
+            assert!(e.contains("listen:"), "{bad:?}: {e}");
+        }
     }
 }

@@ -5,12 +5,14 @@
 //! - [`agent`]: registration, heartbeats, the assignment loop.
 //! - [`trainer`]: one job's step loop and the [`Reducer`](trainer::Reducer) interface.
 //! - [`rpc`]: chunked calls to the coordinator (shards, gradients, state).
+//! - [`server`]: the worker's own gRPC server (health; later the ring all-reduce).
 //! - [`error`]: the worker's errors.
 
 pub mod agent;
 pub mod config;
 pub mod error;
 pub mod rpc;
+pub mod server;
 pub mod trainer;
 
 pub use config::{WorkerArgs, WorkerConfig};
@@ -33,6 +35,7 @@ pub async fn main_with(args: WorkerArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     graft_coordinator::logging::init(config.log_format, "info");
+    let server = server::WorkerServer::bind(&config).await?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let s = shutdown.clone();
     tokio::spawn(async move {
@@ -40,6 +43,11 @@ pub async fn main_with(args: WorkerArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         s.cancel();
     });
-    agent::run(config, shutdown).await?;
+    let serve_stop = tokio_util::sync::CancellationToken::new();
+    let (ready, serving) = server.start(serve_stop.clone()).await;
+    let outcome = agent::run(config, shutdown, ready).await;
+    serve_stop.cancel();
+    let _ = serving.await;
+    outcome?;
     Ok(())
 }

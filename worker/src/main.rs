@@ -16,8 +16,14 @@ struct Cli {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    if let Err(e) = graft_worker::main_with(cli.args).await {
-        eprintln!("graft-worker: {e:#}");
-        std::process::exit(1);
-    }
+    let code = match graft_worker::main_with(cli.args).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("graft-worker: {e:#}");
+            1
+        }
+    };
+    // Exit now: a training thread still inside its step would otherwise hold the runtime's
+    // shutdown past the grace period the worker has already waited.
+    std::process::exit(code);
 }

@@ -99,6 +99,17 @@ pub async fn fetch_shard(
     Ok(shard)
 }
 
+/// The answer of one star all-reduce.
+#[derive(Debug, Clone)]
+pub struct ReduceResult {
+    /// The group's mean gradient.
+    pub mean: Vec<f32>,
+    /// The group's summed stats.
+    pub stats: Stats,
+    /// The coordinator asks rank 0 for its state after this step (it is shutting down).
+    pub upload_state: bool,
+}
+
 /// Star all-reduce through the coordinator: sends this rank's summed gradient, receives the
 /// group's mean.
 ///
@@ -115,7 +126,7 @@ pub async fn reduce(
     generation: u64,
     grad: &[f32],
     stats: Stats,
-) -> Result<(Vec<f32>, Stats), WorkerError> {
+) -> Result<ReduceResult, WorkerError> {
     let msgs: Vec<pb::ReduceGradientsRequest> = split(grad, step, generation, CHUNK_BYTES)
         .into_iter()
         .enumerate()
@@ -138,11 +149,13 @@ pub async fn reduce(
         .into_inner();
     let mut asm = Assembler::new(step, generation, grad.len() as u64).reject_non_finite();
     let mut global = None;
+    let mut upload_state = false;
     while let Some(m) = s
         .message()
         .await
         .map_err(|e| WorkerError::rpc("ReduceGradients", e))?
     {
+        upload_state |= m.upload_state;
         if let Some(st) = m.stats {
             global = Some(Stats {
                 loss_sum: st.loss_sum,
@@ -159,10 +172,11 @@ pub async fn reduce(
     let mean = asm
         .finish()
         .map_err(|e| WorkerError::Protocol(format!("reduced gradient: {e}")))?;
-    Ok((
+    Ok(ReduceResult {
         mean,
-        global.ok_or_else(|| WorkerError::Protocol("reduced stats missing".into()))?,
-    ))
+        stats: global.ok_or_else(|| WorkerError::Protocol("reduced stats missing".into()))?,
+        upload_state,
+    })
 }
 
 /// Sends the replica's state (rank 0) for evaluation and checkpoints.

@@ -41,6 +41,8 @@ pub struct StarReducer {
     job: String,
     rank: u32,
     generation: u64,
+    /// The coordinator asked for the state after the last step (it is shutting down).
+    upload_requested: bool,
 }
 
 impl Reducer for StarReducer {
@@ -50,7 +52,7 @@ impl Reducer for StarReducer {
         grad: &[f32],
         stats: Stats,
     ) -> Result<(Vec<f32>, Stats), WorkerError> {
-        self.rt.block_on(rpc::reduce(
+        let r = self.rt.block_on(rpc::reduce(
             &mut self.cluster,
             &self.worker,
             &self.job,
@@ -59,7 +61,9 @@ impl Reducer for StarReducer {
             self.generation,
             grad,
             stats,
-        ))
+        ))?;
+        self.upload_requested = r.upload_state;
+        Ok((r.mean, r.stats))
     }
 }
 
@@ -144,6 +148,7 @@ pub fn run_job(mut ctx: JobContext) -> Result<(), WorkerError> {
         job: job.clone(),
         rank,
         generation,
+        upload_requested: false,
     };
     let mut step = a.start_step;
     // One cached shard per stream: ((stage, epoch), samples).
@@ -254,7 +259,7 @@ pub fn run_job(mut ctx: JobContext) -> Result<(), WorkerError> {
                     .block_on(ctx.cluster.report_step(req))
                     .map_err(|e| WorkerError::rpc("ReportStep", e))?;
             }
-            if rank == 0 && state_due(&spec, &stages, step) {
+            if rank == 0 && (state_due(&spec, &stages, step) || reducer.upload_requested) {
                 let all = params.flatten_all();
                 ctx.rt.block_on(rpc::upload_state(
                     &mut ctx.cluster,

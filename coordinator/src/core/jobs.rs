@@ -166,7 +166,14 @@ impl Coordinator {
     /// When the worker is not a member of the job's group.
     pub fn leave(&self, worker: &str, job: &str, reason: &str) -> Result<(), CoordinatorError> {
         let mut core = self.lock()?;
-        let (_, rank) = Self::member(&mut core, worker, job, None)?;
+        let (entry, rank) = Self::member(&mut core, worker, job, None)?;
+        if let Some(d) = entry.run.as_mut().and_then(|r| r.drain.as_mut()) {
+            // Failing the job now would lose it; after the restart it resumes from its newest
+            // checkpoint instead, and the shutdown need not wait for a state that will not come.
+            tracing::warn!(%job, %worker, %reason, "a worker left during the shutdown; the job resumes after the restart");
+            d.abandoned = true;
+            return Ok(());
+        }
         let name = core
             .workers
             .get(worker)

@@ -105,6 +105,14 @@ impl Coordinator {
                 data.total_steps()
             ))
         })?;
+        if entry
+            .run
+            .as_ref()
+            .and_then(|r| r.drain.as_ref())
+            .is_some_and(|d| step > d.last_step)
+        {
+            return Err(CoordinatorError::ShuttingDown(job.to_string()));
+        }
         // The group moves in lockstep: the only step open for reduction is the next one.
         if step != entry.record.step {
             return Err(CoordinatorError::BadRequest(format!(

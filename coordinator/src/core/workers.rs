@@ -147,6 +147,10 @@ impl Coordinator {
     /// Starts every pending job that has enough free workers: at once when `workers.max` are
     /// free, after the gather window when at least `workers.min` are.
     pub(super) fn schedule(&self, core: &mut Core) {
+        if core.draining {
+            // A job started now could not be checkpointed before the coordinator exits.
+            return;
+        }
         let window = Duration::from_millis(self.config.gather_window_ms);
         let pending: Vec<JobId> = core
             .jobs
@@ -205,6 +209,7 @@ impl Coordinator {
                 verified: 0,
                 samples_per_s: 0.0,
                 finishing: None,
+                drain: None,
             });
             job.record.state = JobState::Running;
             job.record.reason.clear();

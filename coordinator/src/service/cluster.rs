@@ -299,6 +299,7 @@ impl ClusterService for ClusterApi {
             _ = self.shutdown.cancelled() => return Err(Status::unavailable("the coordinator is shutting down")),
         };
         let s = reduced.stats;
+        let upload_state = self.coord.drain_upload_wanted(&job.0, step);
         let out: Vec<Result<pb::ReduceGradientsResponse, Status>> =
             split(&reduced.grad, step, generation, CHUNK_BYTES)
                 .into_iter()
@@ -311,6 +312,7 @@ impl ClusterService for ClusterApi {
                             samples: s.samples,
                             correct: s.correct,
                         }),
+                        upload_state: i == 0 && upload_state,
                     })
                 })
                 .collect();

@@ -1,0 +1,234 @@
+//! Health and graceful shutdown, with real processes and real signals: what Kubernetes
+//! relies on (probes, SIGTERM within the grace period). Run in release, one test at a time.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use graft_tests::{Cluster, bin, health, last_json, read_when_written, show, wait_for};
+
+fn moons_job(name: &str, steps: u64, checkpoint_interval: u64) -> String {
+    format!(
+        r#"
+name = "{name}"
+seed = 3
+[model]
+kind = "mlp"
+hidden = [32]
+[method]
+kind = "supervised"
+[[datasets]]
+name = "moons"
+role = "source"
+samples = 2000
+[[datasets]]
+name = "moons"
+split = "test"
+role = "eval"
+[optimizer]
+kind = "sgd"
+lr = 0.05
+momentum = 0.9
+[training]
+global_batch_size = 32
+steps = {steps}
+fingerprint_interval = 10
+[workers]
+min = 2
+max = 2
+[checkpoint]
+interval_steps = {checkpoint_interval}
+keep = 5
+[evaluation]
+interval_steps = {checkpoint_interval}
+"#
+    )
+}
+
+fn submit(c: &Cluster, file: &str, job: &str) -> String {
+    let path = c.job_file(file, job);
+    let out = c.graft(&["submit", path.to_str().expect("utf-8"), "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    last_json(&out)["job"].as_str().expect("job id").to_string()
+}
+
+fn wait_for_step(c: &Cluster, id: &str, step: u64) {
+    wait_for(Duration::from_secs(60), || {
+        (c.status(id)["steps"].as_u64().unwrap_or(0) >= step).then_some(())
+    })
+    .unwrap_or_else(|| panic!("job {id} did not reach step {step}: {}", c.status(id)));
+}
+
+/// Checkpoint steps in a job's directory (from the manifests' file names).
+fn checkpoint_steps(state: &Path, id: &str) -> Vec<u64> {
+    let dir = state.join("jobs").join(id).join("checkpoints");
+    let mut steps: Vec<u64> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let digits = name.strip_prefix("model-")?.strip_suffix(".safetensors")?;
+            digits.parse().ok()
+        })
+        .collect();
+    steps.sort_unstable();
+    steps
+}
+
+/// A worker's health says SERVING only while it is registered with a live coordinator;
+/// `liveness` is SERVING throughout. The coordinator's overall health and `liveness` are
+/// SERVING while it runs.
+#[test]
+fn worker_health_follows_its_registration() {
+    let mut c = Cluster::start_on_fixed_port(0, 5_000);
+    let coord_addr = c.url.trim_start_matches("http://").to_string();
+    for service in [
+        "",
+        "liveness",
+        "graft.v1.JobService",
+        "graft.v1.ClusterService",
+    ] {
+        assert_eq!(
+            health(&coord_addr, service).as_deref(),
+            Ok("SERVING"),
+            "coordinator health of {service:?}"
+        );
+    }
+    c.kill_coordinator();
+
+    let ready = c.tmp.path().join("worker.addr");
+    let mut worker = Command::new(bin("graft-worker"))
+        .args(["--coordinator", &c.url, "--listen", "127.0.0.1:0"])
+        .arg("--ready-file")
+        .arg(&ready)
+        .env("GRAFT_WORKER_CONNECT_TIMEOUT_MS", "60000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start graft-worker");
+    let addr = read_when_written(&ready, Duration::from_secs(20)).expect("worker bound");
+    // No coordinator yet: alive, not ready.
+    assert_eq!(health(&addr, "liveness").as_deref(), Ok("SERVING"));
+    assert_eq!(health(&addr, "").as_deref(), Ok("NOT_SERVING"));
+
+    c.start_coordinator();
+    wait_for(Duration::from_secs(20), || {
+        (health(&addr, "").as_deref() == Ok("SERVING")).then_some(())
+    })
+    .expect("worker ready once registered");
+
+    // The coordinator goes away: the worker is no longer ready, but alive.
+    c.kill_coordinator();
+    wait_for(Duration::from_secs(10), || {
+        (health(&addr, "").as_deref() == Ok("NOT_SERVING")).then_some(())
+    })
+    .expect("worker not ready without its coordinator");
+    assert_eq!(health(&addr, "liveness").as_deref(), Ok("SERVING"));
+
+    // Back: it registers again and is ready again.
+    c.start_coordinator();
+    wait_for(Duration::from_secs(20), || {
+        (health(&addr, "").as_deref() == Ok("SERVING")).then_some(())
+    })
+    .expect("worker ready again after the coordinator's restart");
+    let status = graft_tests::terminate(&mut worker, Duration::from_secs(10))
+        .expect("idle worker exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
+
+/// SIGTERM to a worker mid-job: it tells the coordinator at once (the job fails naming the
+/// shutdown long before the heartbeat timeout) and exits cleanly within its grace period.
+#[test]
+fn sigterm_makes_a_worker_leave_its_job_and_exit() {
+    let mut c = Cluster::start(2, 60_000);
+    let id = submit(&c, "leave.toml", &moons_job("leave", 1_000_000, 1_000_000));
+    wait_for_step(&c, &id, 20);
+    let sent = Instant::now();
+    let status = c.terminate_worker(1, Duration::from_secs(15));
+    assert!(status.success(), "worker exit status {status:?}");
+    let r = wait_for(Duration::from_secs(10), || {
+        let r = c.status(&id);
+        (r["state"] == "FAILED").then_some(r)
+    })
+    .unwrap_or_else(|| panic!("job not failed: {}", c.status(&id)));
+    assert!(
+        sent.elapsed() < Duration::from_secs(15),
+        "the leave took {:?}; the heartbeat timeout is 60 s",
+        sent.elapsed()
+    );
+    let reason = r["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("left the job") && reason.contains("shutting down"),
+        "{reason}"
+    );
+    // The other worker is free again and still ready for the next job.
+    let status = c.terminate_worker(0, Duration::from_secs(15));
+    assert!(status.success(), "idle worker exit status {status:?}");
+}
+
+/// SIGTERM to the coordinator mid-job: it asks rank 0 for the state after the current step,
+/// writes that checkpoint (none was due), exits within its grace period, and a restarted
+/// coordinator resumes the job from exactly there and completes it.
+#[test]
+fn sigterm_makes_the_coordinator_checkpoint_running_jobs_before_it_exits() {
+    let mut c = Cluster::start_on_fixed_port(2, 5_000);
+    let total = 600;
+    // No checkpoint is due before the end: any checkpoint before it is the shutdown's.
+    let id = submit(&c, "drain.toml", &moons_job("drain", total, 1_000_000));
+    wait_for_step(&c, &id, 40);
+    let sent = Instant::now();
+    let status = c.terminate_coordinator(Duration::from_secs(30));
+    assert!(status.success(), "coordinator exit status {status:?}");
+    let took = sent.elapsed();
+    let log = c.log("coordinator");
+    assert!(
+        log.contains("every running job is checkpointed"),
+        "took {took:?}; log:\n{log}"
+    );
+    let steps = checkpoint_steps(&c.state, &id);
+    let [at] = steps[..] else {
+        panic!("expected one checkpoint from the shutdown, found {steps:?}\n{log}")
+    };
+    assert!(at > 40 && at < total, "checkpoint at {at}");
+
+    c.start_coordinator();
+    let log = c.log("coordinator");
+    let resumed = log
+        .lines()
+        .find(|l| l.contains("resuming job after restart"))
+        .and_then(|l| l.split("step=").nth(1))
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse::<u64>().ok());
+    assert_eq!(
+        resumed,
+        Some(at),
+        "the restart must resume from step {at}:\n{log}"
+    );
+    let out = c.graft(&["watch", &id, "--json"]);
+    let r = last_json(&out);
+    assert_eq!(
+        r["state"],
+        "COMPLETED",
+        "{}\n{}",
+        show(&out),
+        c.log("coordinator")
+    );
+    assert_eq!(r["steps"], total);
+}
+
+/// A coordinator with nothing running exits on SIGTERM at once, and so does an idle worker.
+#[test]
+fn idle_processes_exit_promptly_on_sigterm() {
+    let mut c = Cluster::start(1, 5_000);
+    wait_for(Duration::from_secs(10), || {
+        c.log("worker-0").contains("registered").then_some(())
+    })
+    .expect("worker registered");
+    let sent = Instant::now();
+    assert!(c.terminate_worker(0, Duration::from_secs(5)).success());
+    assert!(c.terminate_coordinator(Duration::from_secs(5)).success());
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
+}

@@ -1,0 +1,98 @@
+//! The worker's own gRPC server. Today it serves `grpc.health.v1` so that Kubernetes can
+//! probe the worker; the ring all-reduce's `CollectiveService` (worker → worker) is meant to
+//! join it on the same port, which is why it is a tonic server and not a bare health port.
+//!
+//! Health: the `liveness` service is SERVING while the process serves at all; the overall
+//! status (service `""`, what a probe without a service name asks) is SERVING only while the
+//! worker is registered with a coordinator that answers its heartbeats, so a readiness probe
+//! on it says whether the worker can take part in jobs.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::WorkerConfig;
+use crate::error::WorkerError;
+
+/// The health service name that stays SERVING while the process serves.
+pub use graft_coordinator::server::LIVENESS_SERVICE;
+
+/// The worker's readiness as its health service reports it.
+#[derive(Clone)]
+pub struct Readiness {
+    reporter: HealthReporter,
+}
+
+impl Readiness {
+    /// SERVING (registered, the coordinator answers) or NOT_SERVING.
+    pub async fn set(&self, ready: bool) {
+        let status = if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.reporter.set_service_status("", status).await;
+    }
+}
+
+/// The server, bound but not yet serving.
+pub struct WorkerServer {
+    /// The bound address (the real port when configured with port 0).
+    pub addr: SocketAddr,
+    listener: TcpListener,
+}
+
+impl WorkerServer {
+    /// Binds `listen` so that a port in use stops the start before the worker registers.
+    ///
+    /// # Errors
+    /// [`WorkerError::Setup`] naming the address.
+    pub async fn bind(cfg: &WorkerConfig) -> Result<Self, WorkerError> {
+        let addr = cfg
+            .listen_addr()
+            .map_err(|e| WorkerError::Setup(e.to_string()))?;
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            WorkerError::Setup(format!(
+                "listen: cannot bind {addr}: {e} (port 0 picks a free port)"
+            ))
+        })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| WorkerError::Setup(format!("listen: {e}")))?;
+        if let Some(f) = &cfg.ready_file {
+            graft_coordinator::checkpoint::write_atomic(f, addr.to_string().as_bytes())
+                .map_err(|e| WorkerError::Setup(format!("ready_file: {e}")))?;
+        }
+        Ok(Self { addr, listener })
+    }
+
+    /// Starts serving until `shutdown` is cancelled; the worker starts NOT_SERVING.
+    pub async fn start(
+        self,
+        shutdown: CancellationToken,
+    ) -> (Readiness, tokio::task::JoinHandle<()>) {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        reporter
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
+        tracing::info!(addr = %self.addr, "worker serving health");
+        let incoming = TcpListenerStream::new(self.listener);
+        let task = tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the worker's gRPC server stopped");
+            }
+        });
+        (Readiness { reporter }, task)
+    }
+}
