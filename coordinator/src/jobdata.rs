@@ -121,6 +121,7 @@ fn class_vectors(
     let MethodSpec::ZeroShot {
         unseen_classes,
         attributes,
+        ..
     } = &spec.method
     else {
         return Ok(None);
@@ -164,6 +165,19 @@ fn class_vectors(
                 .map_err(|e| invalid("method.attributes", e.to_string()))?
         }
     };
+    if matches!(
+        &spec.method,
+        MethodSpec::ZeroShot {
+            scoring: graft_transfer::spec::Scoring::Likelihood,
+            ..
+        }
+    ) && !cv.binary
+    {
+        return Err(invalid(
+            "method.scoring",
+            "likelihood scoring needs a table of 0s and 1s",
+        ));
+    }
     if cv.rows < num_classes {
         return Err(invalid(
             "method.attributes",

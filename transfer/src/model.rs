@@ -65,7 +65,8 @@ pub struct ColumnDef {
     /// Name prefix of its parameters (empty for the main network, `anchor.` for the frozen
     /// source copy of conservative training, `columns.N.` for progressive networks).
     pub prefix: String,
-    /// Width of its label head's output; `None` for a trunk alone.
+    /// Width of its label head's output; `None` for a trunk alone, which then ends with the
+    /// label head's hidden layers (so heads on it share all but their last layer).
     pub outputs: Option<usize>,
     /// Whether every earlier column feeds each of its layers through a lateral connection.
     pub laterals: bool,
@@ -230,6 +231,8 @@ impl Architecture {
             conv_out: None,
         };
         let (trunk, feature_dim, head_hidden) = arch.trunk_plan(input_dim)?;
+        // Width of column 0's features, which the heads read.
+        let mut shared_dim = feature_dim;
         for (ci, cdef) in layout.columns.iter().enumerate() {
             let laterals_from = if cdef.laterals { ci } else { 0 };
             let mut layers = Vec::new();
@@ -242,6 +245,19 @@ impl Architecture {
                         .collect();
                 }
                 layers.push(l);
+            }
+            if cdef.outputs.is_none() {
+                // A trunk alone takes the label head's hidden layers too: tasks then share
+                // everything but their last layer.
+                let mut width = feature_dim;
+                for (k, &h) in head_hidden.iter().enumerate() {
+                    let name = format!("{}features.fc{}", cdef.prefix, k + 1);
+                    layers.push(arch.push_layer(&name, Kind::Linear, width, h, true));
+                    width = h;
+                }
+                if ci == 0 {
+                    shared_dim = width;
+                }
             }
             let trunk_len = layers.len();
             if let Some(outputs) = cdef.outputs {
@@ -275,7 +291,7 @@ impl Architecture {
             arch.columns.push(Column { layers, trunk_len });
         }
         for hdef in &layout.heads {
-            let widths = head_widths(feature_dim, &hdef.hidden, hdef.outputs);
+            let widths = head_widths(shared_dim, &hdef.hidden, hdef.outputs);
             let mut layers = Vec::new();
             for (k, pair) in widths.windows(2).enumerate() {
                 let name = format!("{}.fc{}", hdef.prefix, k + 1);

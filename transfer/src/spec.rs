@@ -153,7 +153,22 @@ pub enum MethodSpec {
         unseen_classes: Vec<u32>,
         /// Where the class vectors come from.
         attributes: AttributeSource,
+        /// How a predicted attribute vector picks a class.
+        #[serde(default)]
+        scoring: Scoring,
     },
+}
+
+/// How zero-shot learning scores a class against a predicted attribute vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scoring {
+    /// The nearest class vector (Euclidean).
+    #[default]
+    Nearest,
+    /// The class whose binary attribute vector is most likely under the predicted attribute
+    /// probabilities, as in DAP (Lampert et al.); binary tables only.
+    Likelihood,
 }
 
 /// The distance of conservative training.
@@ -870,7 +885,16 @@ impl JobSpec {
             MethodSpec::ZeroShot {
                 unseen_classes,
                 attributes,
+                scoring,
             } => {
+                if *scoring == Scoring::Likelihood
+                    && matches!(attributes, AttributeSource::Pca { .. })
+                {
+                    return Err(bad(
+                        "method.scoring",
+                        "likelihood scoring needs binary attributes; PCA vectors are real-valued",
+                    ));
+                }
                 if unseen_classes.is_empty() {
                     return Err(bad("method.unseen_classes", "must name at least one class"));
                 }

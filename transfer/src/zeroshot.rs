@@ -2,6 +2,7 @@
 //! components of per-class mean samples of a description dataset.
 
 use crate::data::Dataset;
+use crate::spec::Scoring;
 
 /// Names of the built-in tables.
 pub const BUILTIN_TABLES: &[&str] = &["seven_segment", "digit_strokes"];
@@ -248,18 +249,39 @@ impl ClassVectors {
     /// The class among `candidates` whose vector is nearest (Euclidean) to `v`, with the
     /// distance.
     pub fn nearest(&self, v: &[f32], candidates: &[u32]) -> Option<(u32, f32)> {
+        self.best(v, candidates, Scoring::Nearest)
+    }
+
+    /// How far class `c` is from the prediction `v`: the Euclidean distance, or for
+    /// [`Scoring::Likelihood`] the negative log-likelihood of the class's binary attributes
+    /// under the predicted probabilities `v`.
+    pub fn score(&self, v: &[f32], c: usize, scoring: Scoring) -> f32 {
+        let row = self.row(c);
+        match scoring {
+            Scoring::Nearest => row
+                .iter()
+                .zip(v)
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum::<f32>()
+                .sqrt(),
+            Scoring::Likelihood => row
+                .iter()
+                .zip(v)
+                .map(|(a, p)| {
+                    let p = p.clamp(1e-6, 1.0 - 1e-6);
+                    -(a * p.ln() + (1.0 - a) * (1.0 - p).ln())
+                })
+                .sum(),
+        }
+    }
+
+    /// The best class among `candidates` for the prediction `v`, with its score (lower is
+    /// better).
+    pub fn best(&self, v: &[f32], candidates: &[u32], scoring: Scoring) -> Option<(u32, f32)> {
         candidates
             .iter()
             .filter(|&&c| (c as usize) < self.rows)
-            .map(|&c| {
-                let d: f32 = self
-                    .row(c as usize)
-                    .iter()
-                    .zip(v)
-                    .map(|(a, b)| (a - b) * (a - b))
-                    .sum();
-                (c, d.sqrt())
-            })
+            .map(|&c| (c, self.score(v, c as usize, scoring)))
             .min_by(|a, b| a.1.total_cmp(&b.1))
     }
 }
@@ -333,6 +355,27 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn likelihood_scores_are_negative_log_likelihoods() {
+        let t = ClassVectors::new(vec![vec![1.0, 0.0], vec![1.0, 1.0]]).expect("valid");
+        let v = [0.9f32, 0.4];
+        let nll0 = -(0.9f32.ln() + 0.6f32.ln());
+        assert!((t.score(&v, 0, Scoring::Likelihood) - nll0).abs() < 1e-6);
+        assert!((t.score(&v, 0, Scoring::Nearest) - (0.01f32 + 0.16).sqrt()).abs() < 1e-6);
+        assert_eq!(
+            t.best(&v, &[0, 1], Scoring::Likelihood).map(|b| b.0),
+            Some(0)
+        );
+        // Confident attributes weigh more under the likelihood than under the distance.
+        let w = [0.99f32, 0.45];
+        assert_eq!(t.best(&w, &[0, 1], Scoring::Nearest).map(|b| b.0), Some(0));
+        assert_eq!(
+            t.best(&[0.5f32, 0.99], &[0, 1], Scoring::Likelihood)
+                .map(|b| b.0),
+            Some(1)
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use graft_proto::v1 as pb;
 use graft_transfer::methods::{DataKey, Stage, StreamPlan};
-use graft_transfer::spec::{AttributeSource, MethodSpec, Penalty, TaskSpec};
+use graft_transfer::spec::{AttributeSource, MethodSpec, Penalty, Scoring, TaskSpec};
 use graft_transfer::zeroshot::ClassVectors;
 
 use super::{WireError, missing, usize_of};
@@ -128,7 +128,9 @@ pub fn method_to_pb(m: &MethodSpec) -> pb::method_spec::Kind {
         MethodSpec::ZeroShot {
             unseen_classes,
             attributes,
+            scoring,
         } => Kind::ZeroShot(pb::ZeroShotSpec {
+            likelihood: *scoring == Scoring::Likelihood,
             unseen_classes: unseen_classes.clone(),
             attributes: Some(pb::AttributeSource {
                 kind: Some(match attributes {
@@ -237,6 +239,11 @@ pub fn method_from_pb(k: &pb::method_spec::Kind) -> Result<MethodSpec, WireError
                 .transpose()?,
         },
         Kind::ZeroShot(z) => MethodSpec::ZeroShot {
+            scoring: if z.likelihood {
+                Scoring::Likelihood
+            } else {
+                Scoring::Nearest
+            },
             unseen_classes: z.unseen_classes.clone(),
             attributes: match z
                 .attributes

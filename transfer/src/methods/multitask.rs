@@ -1,5 +1,7 @@
 //! Multitask learning: one shared trunk, one head per task; every step draws a batch from
-//! every task and the loss is the weighted sum of the tasks' mean losses.
+//! every task and the loss is the weighted sum of the tasks' mean losses. The trunk is the
+//! whole network up to the label head's last layer (hard parameter sharing); each task's head
+//! is one linear layer on it.
 
 use burn::tensor::{Device, Tensor};
 
@@ -9,16 +11,15 @@ use super::{
     StreamDef, batch_tensors, cross_entropy_sum, zero_loss,
 };
 use crate::eval::evaluate_logits;
-use crate::model::{Architecture, ColumnDef, HeadDef, Layout, label_head_hidden};
+use crate::model::{Architecture, ColumnDef, HeadDef, Layout};
 use crate::params::Params;
-use crate::spec::{JobSpec, ModelSpec};
+use crate::spec::JobSpec;
 
 /// A shared trunk with a head per task.
 #[derive(Debug, Clone)]
 pub struct Multitask {
     tasks: Vec<(String, f64, usize)>,
     length: Length,
-    model: ModelSpec,
 }
 
 /// Prefix of task `name`'s head.
@@ -43,7 +44,6 @@ impl Multitask {
                 })
                 .collect(),
             length: training_length(spec),
-            model: spec.model.clone(),
         }
     }
 }
@@ -65,7 +65,7 @@ impl Method for Multitask {
                 .iter()
                 .map(|(name, _, _)| HeadDef {
                     prefix: task_head(name),
-                    hidden: label_head_hidden(&self.model),
+                    hidden: Vec::new(),
                     outputs: num_classes,
                 })
                 .collect(),

@@ -14,7 +14,7 @@ use super::{
 use crate::eval::{auroc, batches, result_from_confusion};
 use crate::model::{Architecture, Layout};
 use crate::params::Params;
-use crate::spec::{JobSpec, MethodSpec, Role};
+use crate::spec::{JobSpec, MethodSpec, Role, Scoring};
 use crate::zeroshot::ClassVectors;
 
 /// Attribute regression with nearest-class-vector prediction.
@@ -24,21 +24,27 @@ pub struct ZeroShot {
     batch: usize,
     unseen: Vec<u32>,
     vectors: Option<ClassVectors>,
+    scoring: Scoring,
 }
 
 impl ZeroShot {
     /// The method for a job whose `method.kind = "zero_shot"`, with the class vectors the
     /// coordinator built.
     pub fn new(spec: &JobSpec, vectors: Option<ClassVectors>) -> Self {
-        let unseen = match &spec.method {
-            MethodSpec::ZeroShot { unseen_classes, .. } => unseen_classes.clone(),
-            _ => Vec::new(),
+        let (unseen, scoring) = match &spec.method {
+            MethodSpec::ZeroShot {
+                unseen_classes,
+                scoring,
+                ..
+            } => (unseen_classes.clone(), *scoring),
+            _ => (Vec::new(), Scoring::Nearest),
         };
         Self {
             length: training_length(spec),
             batch: spec.training.global_batch_size,
             unseen,
             vectors,
+            scoring,
         }
     }
 
@@ -124,7 +130,7 @@ impl Method for ZeroShot {
             .iter()
             .enumerate()
             .filter(|(i, l)| {
-                cv.nearest(&pred[i * cv.cols..(i + 1) * cv.cols], &seen)
+                cv.best(&pred[i * cv.cols..(i + 1) * cv.cols], &seen, self.scoring)
                     .is_some_and(|(c, _)| c == **l)
             })
             .count() as u64;
@@ -147,6 +153,7 @@ impl Method for ZeroShot {
             let k = arch.num_classes.max(cv.rows);
             let mut confusion = vec![vec![0u64; k]; k];
             let (mut zsl_right, mut zsl_n) = (0u64, 0u64);
+            let (mut alt_right, mut alt_n) = (0u64, 0u64);
             let (mut gs_right, mut gs_n, mut gu_right, mut gu_n) = (0u64, 0u64, 0u64, 0u64);
             let mut novelty = Vec::with_capacity(set.data.len());
             for b in batches(&set.data) {
@@ -169,14 +176,31 @@ impl Method for ZeroShot {
                         zsl_n += 1;
                         gu_n += 1;
                         gu_right += u64::from(g == label);
-                        if cv.nearest(v, &self.unseen).is_some_and(|(c, _)| c == label) {
+                        if cv
+                            .best(v, &self.unseen, self.scoring)
+                            .is_some_and(|(c, _)| c == label)
+                        {
                             zsl_right += 1;
+                        }
+                        // The other scoring too, for comparison.
+                        let other = match self.scoring {
+                            Scoring::Nearest if cv.binary => Some(Scoring::Likelihood),
+                            Scoring::Likelihood => Some(Scoring::Nearest),
+                            Scoring::Nearest => None,
+                        };
+                        if let Some(o) = other {
+                            alt_n += 1;
+                            alt_right += u64::from(
+                                cv.best(v, &self.unseen, o).is_some_and(|(c, _)| c == label),
+                            );
                         }
                     } else {
                         gs_n += 1;
                         gs_right += u64::from(g == label);
                     }
-                    let d = cv.nearest(v, &seen).map_or(f32::INFINITY, |(_, d)| d);
+                    let d = cv
+                        .best(v, &seen, self.scoring)
+                        .map_or(f32::INFINITY, |(_, d)| d);
                     novelty.push((d as f64, is_unseen));
                 }
             }
@@ -204,6 +228,13 @@ impl Method for ZeroShot {
             out.metrics.insert(name("gzsl_unseen_accuracy"), u);
             out.metrics.insert(name("gzsl_harmonic_mean"), h);
             out.metrics.insert(name("novelty_auroc"), auroc(&novelty));
+            if alt_n > 0 {
+                let other = match self.scoring {
+                    Scoring::Nearest => "zsl_unseen_accuracy_by_likelihood",
+                    Scoring::Likelihood => "zsl_unseen_accuracy_by_nearest",
+                };
+                out.metrics.insert(name(other), frac(alt_right, alt_n));
+            }
             out.sets.push(r);
         }
         out
