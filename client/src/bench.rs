@@ -38,6 +38,12 @@ fn metric(m: &Measured, path: &str) -> Option<f64> {
     v.as_f64()
 }
 
+/// Reads a metric of an example's run: `(file, metric path)`.
+pub type Lookup<'a> = &'a dyn Fn(&str, &str) -> Option<f64>;
+
+/// Checks a row on the measured runs: the figures shown and whether the claim holds.
+pub type Check = fn(Lookup<'_>) -> (String, Option<bool>);
+
 /// A row of the results table: the jobs it runs and what they must show.
 pub struct Row {
     /// Example files (the first is the row's subject).
@@ -47,7 +53,7 @@ pub struct Row {
     /// The published or reference figures it compares with.
     pub reference: &'static str,
     /// Checks the claim on the measured jobs (by file); the figures shown and whether it holds.
-    pub check: fn(&dyn Fn(&str, &str) -> Option<f64>) -> (String, Option<bool>),
+    pub check: Check,
 }
 
 fn fmt(v: Option<f64>) -> String {
@@ -60,7 +66,7 @@ fn both(a: Option<f64>, b: Option<f64>, f: impl Fn(f64, f64) -> bool) -> Option<
 
 const SCRATCH: &str = "scratch-usps-few.toml";
 
-fn few_label_row(m: &dyn Fn(&str, &str) -> Option<f64>, file: &str) -> (String, Option<bool>) {
+fn few_label_row(m: Lookup<'_>, file: &str) -> (String, Option<bool>) {
     let acc = m(file, "target_accuracy");
     let scratch = m(SCRATCH, "target_accuracy");
     (
@@ -242,7 +248,7 @@ pub fn rows() -> Vec<Row> {
     ]
 }
 
-fn zsl_row(m: &dyn Fn(&str, &str) -> Option<f64>, f: &str, judge: bool) -> (String, Option<bool>) {
+fn zsl_row(m: Lookup<'_>, f: &str, judge: bool) -> (String, Option<bool>) {
     let (z, a) = (m(f, "zsl_unseen_accuracy"), m(f, "novelty_auroc"));
     (
         format!(
