@@ -175,7 +175,11 @@ pub fn rows() -> Vec<Row> {
                 let lt = m(f, "allreduce_bytes_per_step");
                 let ft = m("finetune-mnist-usps-few.toml", "allreduce_bytes_per_step");
                 (
-                    format!("{text}; {} vs fine-tuning {} bytes/step", fmt(lt), fmt(ft)),
+                    format!(
+                        "{text}; {} vs fine-tuning {} bytes/step",
+                        lt.map_or("—".into(), |v| format!("{v:.0}")),
+                        ft.map_or("—".into(), |v| format!("{v:.0}"))
+                    ),
                     match (ok, both(lt, ft, |l, f| l < f)) {
                         (Some(a), Some(b)) => Some(a && b),
                         _ => None,
@@ -252,8 +256,9 @@ fn zsl_row(m: Lookup<'_>, f: &str, judge: bool) -> (String, Option<bool>) {
     let (z, a) = (m(f, "zsl_unseen_accuracy"), m(f, "novelty_auroc"));
     (
         format!(
-            "ZSL unseen {}; GZSL seen {} / unseen {} / H {}; AUROC {}",
+            "ZSL unseen {} (by attribute likelihood {}); GZSL seen {} / unseen {} / H {}; AUROC {}",
             fmt(z),
+            fmt(m(f, "zsl_unseen_accuracy_by_likelihood")),
             fmt(m(f, "gzsl_seen_accuracy")),
             fmt(m(f, "gzsl_unseen_accuracy")),
             fmt(m(f, "gzsl_harmonic_mean")),
@@ -379,12 +384,22 @@ pub struct Paths {
 ///
 /// # Errors
 /// When a file cannot be read or written; a failed job is recorded, not an error.
-pub fn run_methods(paths: &Paths, only: &[String], workers: u32) -> anyhow::Result<bool> {
+pub fn run_methods(
+    paths: &Paths,
+    only: &[String],
+    workers: u32,
+    rewrite: bool,
+) -> anyhow::Result<bool> {
     let exe = std::env::current_exe()?;
     let mut results: BTreeMap<String, Measured> = match std::fs::read_to_string(&paths.json) {
-        Ok(t) => serde_json::from_str(&t).unwrap_or_default(),
+        Ok(t) => serde_json::from_str(&t)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", paths.json.display()))?,
         Err(_) => BTreeMap::new(),
     };
+    if rewrite {
+        std::fs::write(&paths.markdown, markdown(&results, &machine()))?;
+        return Ok(true);
+    }
     let files: Vec<String> = if only.is_empty() {
         all_files().into_iter().map(String::from).collect()
     } else {

@@ -60,6 +60,9 @@ enum BenchCmd {
         /// Workers per job.
         #[arg(long, default_value_t = 2)]
         workers: u32,
+        /// Only rewrite RESULTS.md from RESULTS.json, running nothing.
+        #[arg(long)]
+        rewrite: bool,
     },
 }
 
@@ -379,15 +382,16 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             examples,
             out,
             workers,
+            rewrite,
         }) => {
             let paths = graft_client::bench::Paths {
                 examples: examples.clone(),
                 markdown: out.join("RESULTS.md"),
                 json: out.join("RESULTS.json"),
             };
-            let (only, workers) = (only.clone(), *workers);
+            let (only, workers, rewrite) = (only.clone(), *workers, *rewrite);
             tokio::task::spawn_blocking(move || {
-                graft_client::bench::run_methods(&paths, &only, workers)
+                graft_client::bench::run_methods(&paths, &only, workers, rewrite)
             })
             .await?
         }
