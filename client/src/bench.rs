@@ -38,6 +38,10 @@ fn metric(m: &Measured, path: &str) -> Option<f64> {
     v.as_f64()
 }
 
+/// Checks a row's claim: given the measured metric of a file, the figures shown and whether
+/// the claim holds.
+pub type Check = fn(&dyn Fn(&str, &str) -> Option<f64>) -> (String, Option<bool>);
+
 /// A row of the results table: the jobs it runs and what they must show.
 pub struct Row {
     /// Example files (the first is the row's subject).
@@ -47,7 +51,7 @@ pub struct Row {
     /// The published or reference figures it compares with.
     pub reference: &'static str,
     /// Checks the claim on the measured jobs (by file); the figures shown and whether it holds.
-    pub check: fn(&dyn Fn(&str, &str) -> Option<f64>) -> (String, Option<bool>),
+    pub check: Check,
 }
 
 fn fmt(v: Option<f64>) -> String {

@@ -25,26 +25,6 @@ pub fn json_line(job: &pb::Job, seconds: f64) -> String {
     .to_string()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dotted_metric_names_nest() {
-        let m = std::collections::HashMap::from([
-            ("target_accuracy".to_string(), 0.5),
-            ("tasks.mnist.accuracy".to_string(), 0.9),
-            ("tasks.usps.accuracy".to_string(), 0.8),
-            ("mnist_stage.tasks.mnist.accuracy".to_string(), 0.7),
-        ]);
-        let v = nested_metrics(&m);
-        assert_eq!(v["target_accuracy"], 0.5);
-        assert_eq!(v["tasks"]["mnist"]["accuracy"], 0.9);
-        assert_eq!(v["tasks"]["usps"]["accuracy"], 0.8);
-        assert_eq!(v["mnist_stage"]["tasks"]["mnist"]["accuracy"], 0.7);
-    }
-}
-
 /// Metrics as a JSON object where dotted names nest (`tasks.mnist.accuracy` becomes
 /// `{"tasks": {"mnist": {"accuracy": ...}}}`), so that scripts read them as paths. A name
 /// that would clash with a value already there stays flat.
@@ -127,4 +107,24 @@ pub fn human(o: &Outcome) -> String {
         s.push_str(&format!("  checkpoint: {}\n", j.checkpoint));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotted_metric_names_nest() {
+        let m = std::collections::HashMap::from([
+            ("target_accuracy".to_string(), 0.5),
+            ("tasks.mnist.accuracy".to_string(), 0.9),
+            ("tasks.usps.accuracy".to_string(), 0.8),
+            ("mnist_stage.tasks.mnist.accuracy".to_string(), 0.7),
+        ]);
+        let v = nested_metrics(&m);
+        assert_eq!(v["target_accuracy"], 0.5);
+        assert_eq!(v["tasks"]["mnist"]["accuracy"], 0.9);
+        assert_eq!(v["tasks"]["usps"]["accuracy"], 0.8);
+        assert_eq!(v["mnist_stage"]["tasks"]["mnist"]["accuracy"], 0.7);
+    }
 }

@@ -513,8 +513,8 @@ fn frozen_layers_get_no_gradient_and_do_not_move() {
         opt.step(&mut flat, &r.grad, 0.1);
         params.unflatten(&mask, &flat).expect("len");
     }
-    for i in 0..arch.params.len() {
-        if mask[i] {
+    for (i, &trains) in mask.iter().enumerate().take(arch.params.len()) {
+        if trains {
             assert_ne!(
                 params.values()[i],
                 before.values()[i],
