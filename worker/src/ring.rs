@@ -314,6 +314,7 @@ pub struct Ring {
     inbox: mpsc::Receiver<Incoming>,
     timeout: Duration,
     chunk_elems: usize,
+    abort: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// What one step of the ring is fed by the training thread.
@@ -357,7 +358,15 @@ impl Ring {
             inbox,
             timeout,
             chunk_elems: CHUNK_BYTES / 4,
+            abort: None,
         }
+    }
+
+    /// Gives up on a step as soon as `abort` is set (the coordinator ended the job: a
+    /// neighbour that died between steps would otherwise hold this rank for the timeout).
+    pub fn with_abort(mut self, abort: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.abort = Some(abort);
+        self
     }
 
     /// Uses chunks of `bytes` (tests use small ones to exercise many chunks).
@@ -505,6 +514,8 @@ impl Ring {
         let mut received_all = n_buckets == 0;
         let secs = self.timeout.as_secs_f64();
         let mut deadline = tokio::time::Instant::now() + self.timeout;
+        let mut call_ok = false;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         let result: Result<(), RingError> = async {
             loop {
                 // The next bucket is needed once the cursor reaches it (or to send its own
@@ -586,6 +597,22 @@ impl Ring {
                         };
                         self.take(step, msg, &mut cursor, &mut buckets, n_buckets, &mut stats, &mut stats_seen, &mut stop_at, &mut pending, &mut received_all)?;
                     }
+                    // The right neighbour's answer before this rank is done: it refused or
+                    // died (a dead peer's connection fails at once, not at the timeout).
+                    r = &mut call, if !call_ok => {
+                        match r {
+                            Ok(Ok(_)) => call_ok = true,
+                            Ok(Err(s)) => {
+                                return Err(RingError::Send { step, to: self.right_rank(), addr: self.right_addr.clone(), status: s.message().to_string() });
+                            }
+                            Err(e) => return Err(local(&format!("the sending task failed: {e}"))),
+                        }
+                    }
+                    _ = tick.tick() => {
+                        if self.abort.as_ref().is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed)) {
+                            return Err(local("the job was stopped"));
+                        }
+                    }
                     () = tokio::time::sleep_until(deadline) => {
                         let what = if need_bucket || own_stats.is_none() {
                             "this rank's own gradient did not come".to_string()
@@ -612,7 +639,31 @@ impl Ring {
         }
         drop(tx.take());
         result?;
-        match tokio::time::timeout(self.timeout, &mut call).await {
+        if !call_ok {
+            self.confirm(step, &mut call).await?;
+        }
+        let mut total = Stats::default();
+        for s in stats.iter().flatten() {
+            total.loss_sum += s.loss_sum;
+            total.samples += s.samples;
+            total.correct += s.correct;
+        }
+        Ok(RingSum {
+            sum: buckets.concat(),
+            stats: total,
+            stop_at,
+        })
+    }
+
+    /// Waits for the right neighbour's answer to the step's stream.
+    async fn confirm(
+        &self,
+        step: u64,
+        call: &mut tokio::task::JoinHandle<Result<Response<pb::RingAck>, Status>>,
+    ) -> Result<(), RingError> {
+        let secs = self.timeout.as_secs_f64();
+        let local = |e: &str| RingError::Local(e.to_string(), step);
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(Ok(_))) => {}
             Ok(Ok(Err(s))) => {
                 return Err(RingError::Send {
@@ -635,17 +686,7 @@ impl Ring {
                 });
             }
         }
-        let mut total = Stats::default();
-        for s in stats.iter().flatten() {
-            total.loss_sum += s.loss_sum;
-            total.samples += s.samples;
-            total.correct += s.correct;
-        }
-        Ok(RingSum {
-            sum: buckets.concat(),
-            stats: total,
-            stop_at,
-        })
+        Ok(())
     }
 
     async fn send_error(

@@ -360,7 +360,8 @@ pub fn run_job(mut ctx: JobContext) -> Result<(), WorkerError> {
                 right_addr,
                 inbox,
                 ctx.collective_timeout,
-            ),
+            )
+            .with_abort(ctx.abort.clone()),
         ))
     } else {
         Box::new(StarReducer {
@@ -477,7 +478,14 @@ pub fn run_job(mut ctx: JobContext) -> Result<(), WorkerError> {
             if let Some(r) = report.take() {
                 stop_at = join_report(&ctx.rt, r)?.max(stop_at);
             }
-            let reduced = reducer.finish(stats, stop_at, last_times)?;
+            let reduced = match reducer.finish(stats, stop_at, last_times) {
+                Ok(r) => r,
+                // The coordinator ended the job while the group waited on each other.
+                Err(_) if ctx.abort.load(Ordering::Relaxed) => {
+                    return Err(WorkerError::Aborted(job));
+                }
+                Err(e) => return Err(e),
+            };
             let comm = flattened.elapsed();
             let opt_started = std::time::Instant::now();
             let mut flat = params.flatten(&mask);
