@@ -140,6 +140,9 @@ pub async fn run_peer(a: PeerArgs) -> anyhow::Result<()> {
     tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .initial_stream_window_size(graft_worker::ring::RING_WINDOW)
+            .initial_connection_window_size(graft_worker::ring::RING_WINDOW)
+            .max_frame_size(Some(1 << 20))
             .add_service(svc)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc)),
     );
@@ -340,15 +343,23 @@ async fn star_peer(a: &PeerArgs, grad: &[f32]) -> anyhow::Result<Vec<f64>> {
 /// A moons MLP whose trainable parameters are `n` values give or take a few: the star
 /// reduces exactly the network's gradient, so the bench job is sized to the bytes asked.
 fn star_spec(n: usize, workers: usize, steps: usize) -> anyhow::Result<(JobSpec, usize)> {
-    // 2 inputs, hidden h, 2 classes: 2h + h + 2h + 2 parameters.
-    let h = (n.saturating_sub(2) / 5).max(1);
+    // 2 inputs, hidden [k, m], 2 classes: 2k + k + km + m + 2m + 2 parameters (one layer of
+    // k when that is enough; widths are capped at 65 536).
+    let (hidden, len) = if n < 5 * 1024 {
+        let h = (n.saturating_sub(2) / 5).max(1);
+        (format!("[{h}]"), 5 * h + 2)
+    } else {
+        let k = 1024;
+        let m = ((n - 3 * k - 2) / (k + 3)).max(1);
+        (format!("[{k}, {m}]"), 3 * k + k * m + 3 * m + 2)
+    };
     let text = format!(
         r#"
 name = "bench-star"
 allreduce = "star"
 [model]
 kind = "mlp"
-hidden = [{h}]
+hidden = {hidden}
 [method]
 kind = "supervised"
 [[datasets]]
@@ -372,7 +383,7 @@ min = {workers}
 max = {workers}
 "#
     );
-    Ok((toml::from_str(&text)?, 5 * h + 2))
+    Ok((toml::from_str(&text)?, len))
 }
 
 /// Runs one configuration: W peers, their reports combined.
@@ -732,6 +743,8 @@ mod tests {
         assert!(train_spec("resnet", 2, 10, "ring").is_err());
         let (star, n) = star_spec(1 << 18, 4, 5).expect("star");
         assert_eq!(star.allreduce, graft_transfer::spec::AllReduce::Star);
-        assert!((n as i64 - (1 << 18)).abs() < 10, "{n}");
+        assert!((n as i64 - (1 << 18)).abs() < 2000, "{n}");
+        let (_, n) = star_spec(64 << 20, 4, 5).expect("star");
+        assert!((n as i64 - (64 << 20)).abs() < 70_000, "{n}");
     }
 }

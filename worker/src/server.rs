@@ -95,6 +95,9 @@ impl WorkerServer {
         let task = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
+                .initial_stream_window_size(crate::ring::RING_WINDOW)
+                .initial_connection_window_size(crate::ring::RING_WINDOW)
+                .max_frame_size(Some(1 << 20))
                 .add_service(health)
                 .add_service(collective)
                 .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
