@@ -12,6 +12,7 @@ pub mod bench;
 pub mod demo;
 pub mod jobfile;
 pub mod local;
+pub mod perf;
 pub mod summary;
 pub mod watch;
 

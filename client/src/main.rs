@@ -64,6 +64,48 @@ enum BenchCmd {
         #[arg(long)]
         rewrite: bool,
     },
+    /// Time graft's all-reduce (real processes on loopback) against raw TCP round the same
+    /// ring in the same run.
+    Allreduce {
+        /// Processes (a comma-separated list runs each).
+        #[arg(long, value_delimiter = ',', default_values_t = vec![2usize, 4, 8])]
+        workers: Vec<usize>,
+        /// Gradient sizes, e.g. 4KiB,1MiB,256MiB.
+        #[arg(long, value_delimiter = ',', value_parser = graft_client::perf::parse_bytes,
+              default_values = ["4KiB", "64KiB", "1MiB", "16MiB", "64MiB", "256MiB"])]
+        bytes: Vec<u64>,
+        /// `ring` or `star` (a comma-separated list runs each).
+        #[arg(long, value_delimiter = ',', default_values = ["ring"])]
+        algorithm: Vec<String>,
+        /// Timed iterations (default: more for small sizes).
+        #[arg(long)]
+        iters: Option<usize>,
+        /// One JSON object per configuration.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time whole training steps (coordinator and workers on generated data) and show where
+    /// the time goes.
+    Train {
+        /// `mlp` (784-512-512-10, 128 per worker) or `dann` (digits CNN + domain head, 64 + 64).
+        #[arg(long, default_value = "mlp")]
+        workload: String,
+        /// Workers.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Device of the workers: cpu, libtorch-cpu, cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Steps (the first fifth are a warm-up and not measured).
+        #[arg(long, default_value_t = 100)]
+        steps: u64,
+        /// `ring` or `star`.
+        #[arg(long, default_value = "ring")]
+        allreduce: String,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -163,6 +205,9 @@ enum Cmd {
     /// Run a worker (as `graft-worker`).
     #[command(hide = true)]
     Worker(graft_worker::WorkerArgs),
+    /// One process of `graft bench allreduce`.
+    #[command(hide = true)]
+    BenchPeer(graft_client::perf::PeerArgs),
 }
 
 fn state_of(job: &pb::Job) -> pb::JobState {
@@ -395,6 +440,88 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             })
             .await?
         }
+        Cmd::BenchPeer(a) => graft_client::perf::run_peer(a.clone()).await.map(|()| true),
+        Cmd::Bench(BenchCmd::Allreduce {
+            workers,
+            bytes,
+            algorithm,
+            iters,
+            json,
+        }) => {
+            if !json {
+                println!(
+                    "{:<9} {:>7} {:>12} {:>11} {:>11} {:>11} {:>13} {:>8}",
+                    "algorithm",
+                    "workers",
+                    "bytes",
+                    "seconds",
+                    "algbw GiB/s",
+                    "busbw GiB/s",
+                    "TCP GiB/s",
+                    "bus/TCP"
+                );
+            }
+            for alg in algorithm {
+                if alg != "ring" && alg != "star" {
+                    anyhow::bail!("--algorithm: {alg:?} is not ring or star");
+                }
+                for &w in workers {
+                    if w < 2 {
+                        anyhow::bail!("--workers: an all-reduce needs at least 2 processes");
+                    }
+                    for &b in bytes {
+                        let n = iters.unwrap_or_else(|| graft_client::perf::iters_for(b));
+                        let r = graft_client::perf::allreduce_once(alg, w, b, n).await?;
+                        if *json {
+                            println!("{}", serde_json::to_string(&r)?);
+                        } else {
+                            println!(
+                                "{:<9} {:>7} {:>12} {:>11.6} {:>11.3} {:>11.3} {:>13.3} {:>7.0}%",
+                                r.algorithm,
+                                r.workers,
+                                r.bytes,
+                                r.seconds,
+                                r.algbw_gib_s,
+                                r.busbw_gib_s,
+                                r.baseline_gib_s,
+                                100.0 * r.busbw_gib_s / r.baseline_gib_s
+                            );
+                        }
+                    }
+                }
+            }
+            Ok(true)
+        }
+        Cmd::Bench(BenchCmd::Train {
+            workload,
+            workers,
+            device,
+            steps,
+            allreduce,
+            json,
+        }) => {
+            let r =
+                graft_client::perf::train(workload, *workers, device, *steps, allreduce).await?;
+            if *json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} on {} worker(s) ({}, {}): {:.0} samples/s; per step (medians of {} steps): {:.2} ms = compute {:.2} + flatten {:.2} + all-reduce wait {:.2} + optimizer {:.2} (+ batch and reports)",
+                    r.workload,
+                    r.workers,
+                    r.device,
+                    r.allreduce,
+                    r.samples_per_s,
+                    r.steps,
+                    r.step_ms,
+                    r.compute_ms,
+                    r.flatten_ms,
+                    r.comm_ms,
+                    r.optimizer_ms
+                );
+            }
+            Ok(true)
+        }
         Cmd::Demo {
             workers,
             state_dir,
@@ -414,7 +541,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Cmd::Coordinator(_) | Cmd::Worker(_)) {
+    if !matches!(
+        cli.command,
+        Cmd::Coordinator(_) | Cmd::Worker(_) | Cmd::BenchPeer(_)
+    ) {
         logging::init(cli.log_format, "warn");
     }
     let worker = matches!(cli.command, Cmd::Worker(_));

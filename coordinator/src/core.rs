@@ -45,6 +45,8 @@ pub struct StartState {
 struct WorkerEntry {
     name: String,
     device: String,
+    /// Where its CollectiveService listens (ring peers connect there).
+    collective: String,
     last_seen: Instant,
     job: Option<JobId>,
     /// Set by the scheduler, taken by the worker's `NextAssignment`.
@@ -70,6 +72,8 @@ pub struct Run {
     finishing: Option<Instant>,
     /// Set when the coordinator began shutting down while the job ran.
     drain: Option<drain::Drain>,
+    /// Rank 0's latest step times (the star sends them with its next gradient).
+    last_times: Option<pb::StepTimes>,
 }
 
 struct JobEntry {

@@ -3,11 +3,13 @@
 use graft_transfer::JobSpec;
 
 /// A small supervised job on the generated moons (no data files), with `workers` (min, max)
-/// and `steps` steps, a replica check every step.
+/// and `steps` steps, a replica check every step, reduced by the star (the unit tests drive
+/// the coordinator's rounds).
 pub fn moons_spec(workers: (u32, u32), steps: u64) -> JobSpec {
     toml::from_str(&format!(
         r#"
 name = "t"
+allreduce = "star"
 [model]
 kind = "mlp"
 hidden = [4]

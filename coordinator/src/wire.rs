@@ -6,8 +6,8 @@
 
 use graft_proto::v1 as pb;
 use graft_transfer::spec::{
-    CheckpointSpec, DatasetSpec, EvaluationSpec, JobSpec, ModelSpec, OptimizerSpec, Role,
-    ScheduleSpec, TrainingSpec, WorkersSpec,
+    AllReduce, CheckpointSpec, DatasetSpec, EvaluationSpec, JobSpec, ModelSpec, OptimizerSpec,
+    Role, ScheduleSpec, TrainingSpec, WorkersSpec,
 };
 use tonic::Status;
 
@@ -169,6 +169,10 @@ pub fn spec_to_pb(s: &JobSpec) -> pb::JobSpec {
         evaluation: Some(pb::EvaluationSpec {
             interval_steps: s.evaluation.interval_steps,
         }),
+        allreduce: match s.allreduce {
+            AllReduce::Ring => pb::AllReduce::Ring,
+            AllReduce::Star => pb::AllReduce::Star,
+        } as i32,
     }
 }
 
@@ -278,6 +282,16 @@ impl TryFrom<&pb::JobSpec> for WireSpec {
             },
             evaluation: EvaluationSpec {
                 interval_steps: p.evaluation.as_ref().map_or(0, |e| e.interval_steps),
+            },
+            allreduce: match pb::AllReduce::try_from(p.allreduce) {
+                Ok(pb::AllReduce::Unspecified | pb::AllReduce::Ring) => AllReduce::Ring,
+                Ok(pb::AllReduce::Star) => AllReduce::Star,
+                Err(_) => {
+                    return Err(WireError {
+                        field: "allreduce".into(),
+                        reason: format!("unknown value {}", p.allreduce),
+                    });
+                }
             },
         }))
     }

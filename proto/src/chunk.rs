@@ -82,9 +82,11 @@ pub fn checksum(bytes: &[u8]) -> u32 {
 
 /// Encodes `values` as little-endian bytes.
 pub fn f32_to_bytes(values: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(values.len() * 4);
-    for v in values {
-        out.extend_from_slice(&v.to_le_bytes());
+    // Fixed-size copies into a zeroed buffer compile to plain stores (one growing `extend`
+    // per value does not); the ring encodes every chunk it forwards.
+    let mut out = vec![0u8; values.len() * 4];
+    for (o, v) in out.chunks_exact_mut(4).zip(values) {
+        o.copy_from_slice(&v.to_le_bytes());
     }
     out
 }

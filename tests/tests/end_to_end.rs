@@ -10,10 +10,15 @@ use graft_transfer::spec::ModelSpec;
 use graft_transfer::{Architecture, weights};
 
 fn small_mnist_job(name: &str, workers: u32, steps: u64) -> String {
+    small_mnist_job_with(name, workers, steps, "ring")
+}
+
+fn small_mnist_job_with(name: &str, workers: u32, steps: u64, allreduce: &str) -> String {
     format!(
         r#"
 name = "{name}"
 seed = 11
+allreduce = "{allreduce}"
 [model]
 kind = "mlp"
 hidden = [64]
@@ -130,13 +135,17 @@ fn mnist_mlp_on_two_workers_reaches_97_percent_and_exports() {
 }
 
 /// (b): the same job with W = 1, 2 and 3 (same seed, same global batch) ends with the same
-/// parameters to 1e-4 relative after 20 steps.
+/// parameters to 1e-4 relative after 20 steps, with the ring (the default), and with the
+/// star at W = 2.
 #[test]
 fn one_two_and_three_workers_reach_the_same_parameters() {
     let mut results = Vec::new();
-    for w in [1u32, 2, 3] {
+    for (w, allreduce) in [(1u32, "ring"), (2, "ring"), (3, "ring"), (2, "star")] {
         let c = Cluster::start(w as usize, 5_000);
-        let file = c.job_file("eq.toml", &small_mnist_job("equivalence", w, 20));
+        let file = c.job_file(
+            "eq.toml",
+            &small_mnist_job_with("equivalence", w, 20, allreduce),
+        );
         let out = c.graft(&["submit", file.to_str().expect("utf-8"), "--watch", "--json"]);
         assert!(out.status.success(), "W={w}: {}", show(&out));
         let r = last_json(&out);
@@ -144,7 +153,11 @@ fn one_two_and_three_workers_reach_the_same_parameters() {
         assert_eq!(r["steps"], 20);
         results.push(export_tensors(&c, r["job"].as_str().expect("id")));
     }
-    for (w, other) in [(2, &results[1]), (3, &results[2])] {
+    for (w, other) in [
+        ("2 (ring)", &results[1]),
+        ("3 (ring)", &results[2]),
+        ("2 (star)", &results[3]),
+    ] {
         for (name, (_, a)) in &results[0] {
             let (_, b) = &other[name];
             let d = max_relative_diff(a, b);
@@ -160,12 +173,15 @@ fn one_two_and_three_workers_reach_the_same_parameters() {
 }
 
 /// (c): killing a worker mid-job ends the job FAILED, with a reason naming the worker,
-/// within the heartbeat timeout.
+/// within the heartbeat timeout (the star: only the heartbeats tell the coordinator).
 #[test]
 fn a_killed_worker_fails_its_job_within_the_timeout() {
     let timeout_ms = 2_000;
     let mut c = Cluster::start(2, timeout_ms);
-    let file = c.job_file("long.toml", &small_mnist_job("long", 2, 100_000));
+    let file = c.job_file(
+        "long.toml",
+        &small_mnist_job_with("long", 2, 100_000, "star"),
+    );
     let out = c.graft(&["submit", file.to_str().expect("utf-8"), "--json"]);
     assert!(out.status.success(), "{}", show(&out));
     let id = last_json(&out)["job"].as_str().expect("id").to_string();
@@ -194,6 +210,39 @@ fn a_killed_worker_fails_its_job_within_the_timeout() {
     );
     // The survivor is free again and takes the next job.
     run_to_completion(&c, "short.toml", &small_mnist_job("after", 1, 5));
+}
+
+/// With the ring, the dead worker's neighbours notice at once: the job fails long before the
+/// heartbeat timeout, with a reason naming the dead rank. (The dead worker itself stays
+/// registered until its heartbeats time out, so no next job is run here.)
+#[test]
+fn a_killed_ring_member_fails_its_job_at_once() {
+    let mut c = Cluster::start(3, 60_000);
+    let file = c.job_file("long.toml", &small_mnist_job("long", 3, 100_000));
+    let out = c.graft(&["submit", file.to_str().expect("utf-8"), "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let id = last_json(&out)["job"].as_str().expect("id").to_string();
+    wait_for(Duration::from_secs(60), || {
+        (c.status(&id)["steps"].as_u64().unwrap_or(0) >= 10).then_some(())
+    })
+    .unwrap_or_else(|| panic!("job never got going: {}", c.log("coordinator")));
+    let killed_at = Instant::now();
+    c.kill_worker(1);
+    let r = wait_for(Duration::from_secs(30), || {
+        let s = c.status(&id);
+        (s["state"] == "FAILED").then_some(s)
+    })
+    .unwrap_or_else(|| panic!("job did not fail: {}", c.status(&id)));
+    let took = killed_at.elapsed();
+    let reason = r["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("ring all-reduce") && reason.contains("rank 1"),
+        "reason: {reason}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "took {took:?}; the heartbeat timeout is 60 s"
+    );
 }
 
 /// (d): a bad job file is refused with the field named, and nothing is created.

@@ -39,6 +39,31 @@ pub struct JobSpec {
     /// When to evaluate.
     #[serde(default)]
     pub evaluation: EvaluationSpec,
+    /// How the group sums its gradients.
+    #[serde(default)]
+    pub allreduce: AllReduce,
+}
+
+/// How the group sums its gradients each step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllReduce {
+    /// Between the workers (reduce-scatter then all-gather): each link carries about twice
+    /// the gradient whatever the group's size, so it scales where the star does not.
+    #[default]
+    Ring,
+    /// Through the coordinator, whose link carries 2·W gradients per step.
+    Star,
+}
+
+impl AllReduce {
+    /// The word job files use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ring => "ring",
+            Self::Star => "star",
+        }
+    }
 }
 
 /// The network; its input shape and class count come from the data.
@@ -720,7 +745,7 @@ impl JobSpec {
             if d.limit == Some(0) {
                 return Err(bad(f("limit"), "must be > 0"));
             }
-            let generated = d.name == "moons";
+            let generated = d.name == "moons" || d.name == "random";
             for (key, set) in [
                 ("samples", d.samples.is_some()),
                 ("noise", d.noise.is_some()),
@@ -729,7 +754,7 @@ impl JobSpec {
                 if set && !generated {
                     return Err(bad(
                         f(key),
-                        "only applies to the generated dataset \"moons\"",
+                        "only applies to the generated datasets \"moons\" and \"random\"",
                     ));
                 }
             }

@@ -287,6 +287,8 @@ impl ClassVectors {
 }
 
 /// Eigenvalues and eigenvectors (columns) of a symmetric matrix by cyclic Jacobi rotations.
+// The rotation reads as the textbook writes it: rows and columns p and q by index.
+#[allow(clippy::needless_range_loop)]
 fn jacobi_eigen(mut a: Vec<Vec<f64>>) -> (Vec<f64>, Vec<Vec<f64>>) {
     let n = a.len();
     let mut v = vec![vec![0f64; n]; n];

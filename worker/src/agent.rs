@@ -18,6 +18,20 @@ use crate::rpc::{Cluster, cluster};
 use crate::server::Readiness;
 use crate::trainer::{JobContext, run_job};
 
+/// This worker as a ring peer.
+#[derive(Clone)]
+pub struct Peer {
+    /// Where its CollectiveService listens, as sent to the coordinator (`host:port`, or
+    /// `:port` for the address the coordinator sees).
+    pub addr: String,
+    /// Where the service hands over incoming ring streams.
+    pub inbox: Arc<crate::ring::Inbox>,
+    /// Sent to the neighbours (the cluster token).
+    pub bearer: Bearer,
+    /// A silent neighbour fails the step after this long.
+    pub timeout: Duration,
+}
+
 /// What the heartbeat task shares with the job loop.
 #[derive(Default)]
 struct Shared {
@@ -62,6 +76,7 @@ pub async fn run(
     cfg: WorkerConfig,
     shutdown: CancellationToken,
     ready: Readiness,
+    peer: Peer,
 ) -> Result<(), WorkerError> {
     let device_name: DeviceName = cfg
         .device
@@ -79,6 +94,7 @@ pub async fn run(
             protocol_version: PROTOCOL_VERSION,
             name: cfg.name.clone(),
             device: device_name.to_string(),
+            collective_addr: peer.addr.clone(),
         };
         let resp = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -117,8 +133,16 @@ pub async fn run(
             ready.clone(),
         ));
         let grace = Duration::from_millis(cfg.shutdown_grace_ms);
-        let outcome =
-            serve_assignments(&mut client, &worker, &shared, &device, &shutdown, grace).await;
+        let outcome = serve_assignments(
+            &mut client,
+            &worker,
+            &shared,
+            &device,
+            &shutdown,
+            grace,
+            &peer,
+        )
+        .await;
         hb_stop.cancel();
         let _ = hb.await;
         ready.set(false).await;
@@ -137,6 +161,7 @@ async fn serve_assignments(
     device: &burn::tensor::Device,
     shutdown: &CancellationToken,
     grace: Duration,
+    peer: &Peer,
 ) -> Result<(), WorkerError> {
     loop {
         if shared.reregister.load(Ordering::Relaxed) {
@@ -178,6 +203,9 @@ async fn serve_assignments(
             abort: shared.abort.clone(),
             progress: shared.progress.clone(),
             device: device.clone(),
+            inbox: peer.inbox.clone(),
+            bearer: peer.bearer.clone(),
+            collective_timeout: peer.timeout,
         };
         let abort = shared.abort.clone();
         let mut task = tokio::task::spawn_blocking(move || run_job(ctx));
@@ -201,6 +229,10 @@ async fn serve_assignments(
         let failure = match result {
             Ok(Ok(())) => {
                 tracing::info!(%job, "finished my part of the job");
+                None
+            }
+            Ok(Err(WorkerError::Drained(_))) => {
+                tracing::info!(%job, "stopped with the group for the coordinator's shutdown");
                 None
             }
             Ok(Err(WorkerError::Aborted(_))) => {

@@ -29,6 +29,12 @@ pub struct WorkerConfig {
     /// An IPv6 host may be written without brackets (`fd00::7:7071`), as Kubernetes'
     /// `$(POD_IP):7071` gives it.
     pub listen: String,
+    /// The address ring peers dial to reach this worker's `listen` server (`host:port`).
+    /// Unset: the listen address, or — when listening on all interfaces — its port on the
+    /// address the coordinator sees the worker's registration come from.
+    pub advertise: Option<String>,
+    /// A ring neighbour that sends or takes nothing for this long fails the step.
+    pub collective_timeout_ms: u64,
     /// After binding, write the address here (for tools that start the worker on port 0).
     pub ready_file: Option<PathBuf>,
     /// On SIGTERM, how long to wait for the step in flight to end before exiting.
@@ -48,6 +54,8 @@ impl Default for WorkerConfig {
             tls_ca: None,
             connect_timeout_ms: 30_000,
             listen: "0.0.0.0:7071".into(),
+            advertise: None,
+            collective_timeout_ms: 30_000,
             ready_file: None,
             shutdown_grace_ms: 10_000,
             log_format: LogFormat::Plain,
@@ -138,6 +146,17 @@ impl WorkerConfig {
             .device()
             .map_err(|e| ConfigError(format!("device: {e}")))?;
         self.listen_addr()?;
+        if self.collective_timeout_ms == 0 {
+            return Err(ConfigError("collective_timeout_ms: must be > 0".into()));
+        }
+        if let Some(a) = &self.advertise
+            && a.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            return Err(ConfigError(format!(
+                "advertise: {a:?} is not an address like 10.0.0.7:7071"
+            )));
+        }
         if self.shutdown_grace_ms == 0 {
             return Err(ConfigError("shutdown_grace_ms: must be > 0".into()));
         }

@@ -22,6 +22,13 @@ pub enum WorkerError {
     /// The job cannot run here (network, device).
     #[error("{0}")]
     Setup(String),
+    /// The ring all-reduce between the workers failed.
+    #[error("ring all-reduce: {0}")]
+    Ring(#[from] crate::ring::RingError),
+    /// The coordinator is shutting down and had the group stop after this step; the job
+    /// resumes from the checkpoint rank 0 uploaded there.
+    #[error("job {0} stopped for the coordinator's shutdown")]
+    Drained(String),
 }
 
 impl WorkerError {

@@ -5,12 +5,14 @@
 //! - [`agent`]: registration, heartbeats, the assignment loop.
 //! - [`trainer`]: one job's step loop and the [`Reducer`](trainer::Reducer) interface.
 //! - [`rpc`]: chunked calls to the coordinator (shards, gradients, state).
-//! - [`server`]: the worker's own gRPC server (health; later the ring all-reduce).
+//! - [`server`]: the worker's own gRPC server (health, the ring's collective service).
+//! - [`ring`]: the ring all-reduce between workers.
 //! - [`error`]: the worker's errors.
 
 pub mod agent;
 pub mod config;
 pub mod error;
+pub mod ring;
 pub mod rpc;
 pub mod server;
 pub mod trainer;
@@ -44,8 +46,32 @@ pub async fn main_with(args: WorkerArgs) -> anyhow::Result<()> {
         s.cancel();
     });
     let serve_stop = tokio_util::sync::CancellationToken::new();
-    let (ready, serving) = server.start(serve_stop.clone()).await;
-    let outcome = agent::run(config, shutdown, ready).await;
+    let timeout = std::time::Duration::from_millis(config.collective_timeout_ms);
+    let inbox = std::sync::Arc::new(ring::Inbox::default());
+    let peer = agent::Peer {
+        addr: config.advertise.clone().unwrap_or_else(|| {
+            if server.addr.ip().is_unspecified() {
+                format!(":{}", server.addr.port())
+            } else {
+                server.addr.to_string()
+            }
+        }),
+        inbox: inbox.clone(),
+        bearer: graft_coordinator::auth::Bearer::new(config.cluster_token.as_deref())
+            .map_err(|e| anyhow::anyhow!("cluster_token: {e}"))?,
+        timeout,
+    };
+    let collective = ring::CollectiveApi::new(inbox.clone(), timeout);
+    let (ready, serving) = server
+        .start(
+            serve_stop.clone(),
+            collective,
+            config.cluster_token.as_deref(),
+        )
+        .await;
+    let outcome = agent::run(config, shutdown, ready, peer).await;
+    // In-flight ring streams would otherwise hold the server's graceful stop.
+    inbox.stop();
     serve_stop.cancel();
     let _ = serving.await;
     outcome?;

@@ -126,6 +126,7 @@ pub async fn reduce(
     generation: u64,
     grad: &[f32],
     stats: Stats,
+    times: Option<pb::StepTimes>,
 ) -> Result<ReduceResult, WorkerError> {
     let msgs: Vec<pb::ReduceGradientsRequest> = split(grad, step, generation, CHUNK_BYTES)
         .into_iter()
@@ -140,6 +141,7 @@ pub async fn reduce(
                 samples: stats.samples,
                 correct: stats.correct,
             }),
+            times: if i == 0 { times } else { None },
         })
         .collect();
     let mut s = c

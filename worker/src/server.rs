@@ -1,6 +1,5 @@
-//! The worker's own gRPC server. Today it serves `grpc.health.v1` so that Kubernetes can
-//! probe the worker; the ring all-reduce's `CollectiveService` (worker → worker) is meant to
-//! join it on the same port, which is why it is a tonic server and not a bare health port.
+//! The worker's own gRPC server: `grpc.health.v1`, so that Kubernetes can probe the worker,
+//! and the ring all-reduce's `CollectiveService` (worker → worker) on the same port.
 //!
 //! Health: the `liveness` service is SERVING while the process serves at all; the overall
 //! status (service `""`, what a probe without a service name asks) is SERVING only while the
@@ -74,6 +73,8 @@ impl WorkerServer {
     pub async fn start(
         self,
         shutdown: CancellationToken,
+        collective: crate::ring::CollectiveApi,
+        cluster_token: Option<&str>,
     ) -> (Readiness, tokio::task::JoinHandle<()>) {
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter
@@ -82,11 +83,23 @@ impl WorkerServer {
         reporter
             .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
             .await;
-        tracing::info!(addr = %self.addr, "worker serving health");
+        tracing::info!(addr = %self.addr, "worker serving health and the ring");
+        // Peers send the cluster token, as workers do to the coordinator.
+        let collective = tonic::service::interceptor::InterceptedService::new(
+            graft_proto::v1::collective_service_server::CollectiveServiceServer::new(collective)
+                .max_decoding_message_size(graft_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(graft_proto::MAX_MESSAGE_BYTES),
+            graft_coordinator::auth::TokenCheck::new(cluster_token),
+        );
         let incoming = TcpListenerStream::new(self.listener);
         let task = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .initial_stream_window_size(crate::ring::RING_WINDOW)
+                .initial_connection_window_size(crate::ring::RING_WINDOW)
+                .max_frame_size(Some(1 << 20))
                 .add_service(health)
+                .add_service(collective)
                 .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
                 .await;
             if let Err(e) = served {

@@ -20,6 +20,9 @@ pub(super) struct Drain {
     pub(super) checkpoint_step: u64,
     /// A member left: no state will come, the job resumes from its last checkpoint.
     pub(super) abandoned: bool,
+    /// The ring: the step count at which the group was told to stop (in the answer to rank
+    /// 0's next report), which then fixes `last_step` and `checkpoint_step`.
+    pub(super) ring_stop: Option<u64>,
 }
 
 impl Coordinator {
@@ -43,11 +46,16 @@ impl Coordinator {
             // The step open now (or about to open) still runs; the state after it is saved.
             // A job past its last step is only waiting for its final upload, which always
             // checkpoints.
-            let checkpoint_step = (step + 1).min(total);
+            // With the ring the coordinator hears of a step after it is done, and the group
+            // learns of the stop in rank 0's next report: the step after the one in flight is
+            // the last (fixed exactly when rank 0 is told).
+            let ring = job.record.spec.allreduce == graft_transfer::spec::AllReduce::Ring;
+            let checkpoint_step = (step + 1 + u64::from(ring)).min(total);
             run.drain = Some(Drain {
                 last_step: checkpoint_step.saturating_sub(1),
                 checkpoint_step,
                 abandoned: false,
+                ring_stop: None,
             });
             if done < checkpoint_step {
                 waiting.push((id.clone(), checkpoint_step));
@@ -86,7 +94,13 @@ impl Coordinator {
             .iter()
             .filter(|(id, step)| {
                 core.jobs.get(id).is_some_and(|j| {
-                    let saved = j.record.checkpoints.last().is_some_and(|c| c.step >= *step);
+                    // The ring's stop may have been fixed since the drain began.
+                    let step = j
+                        .run
+                        .as_ref()
+                        .and_then(|r| r.drain.as_ref())
+                        .map_or(*step, |d| d.checkpoint_step);
+                    let saved = j.record.checkpoints.last().is_some_and(|c| c.step >= step);
                     let abandoned = j
                         .run
                         .as_ref()

@@ -153,21 +153,125 @@ impl Coordinator {
         let Some(run) = entry.run.as_mut() else {
             return;
         };
-        let elapsed = run.last_round_at.elapsed().as_secs_f64().max(1e-9);
-        run.last_round_at = Instant::now();
+        let mut bytes = 0;
+        let mut took = std::time::Duration::ZERO;
         if let Some(round) = run.rounds.get(&step) {
             // Every rank's gradient in, and the sum out to every rank.
-            let bytes = (round.len * 4 * round.world * 2) as u64;
-            self.counters
-                .round(reduced.stats.samples, round.created.elapsed(), bytes);
+            bytes = (round.len * 4 * round.world * 2) as u64;
+            took = round.created.elapsed();
         }
-        let rate = reduced.stats.samples as f64 / elapsed;
+        run.rounds.retain(|&s, _| s > step);
+        let times = run.last_times;
+        self.counters.round(reduced.stats.samples, took, bytes);
+        Self::step_done(entry, step, reduced.stats, times);
+    }
+
+    /// Rank 0's report of a ring step: the group's summed stats of `step` (0-based), checked
+    /// against the job as the star checks each rank's. Returns the step count at which the
+    /// group is to stop (non-zero only while the coordinator shuts down).
+    ///
+    /// # Errors
+    /// When the worker is not rank 0 of the group, the job does not use the ring, the step is
+    /// not the one after the last reported, or the stats do not fit the step's batch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ring_step(
+        &self,
+        worker: &str,
+        job: &str,
+        rank: u32,
+        step: u64,
+        generation: u64,
+        stats: Stats,
+        times: Option<pb::StepTimes>,
+    ) -> Result<u64, CoordinatorError> {
+        let mut core = self.lock()?;
+        let (entry, my_rank) = Self::member(&mut core, worker, job, Some(generation))?;
+        if my_rank != 0 || rank != 0 {
+            return Err(CoordinatorError::BadRequest(format!(
+                "only rank 0 reports ring steps; worker {worker} is rank {my_rank}"
+            )));
+        }
+        if entry.record.spec.allreduce != graft_transfer::spec::AllReduce::Ring {
+            return Err(CoordinatorError::BadRequest(format!(
+                "job {job} reduces through the coordinator (allreduce = \"star\"), not the ring"
+            )));
+        }
+        if step != entry.record.step {
+            return Err(CoordinatorError::BadRequest(format!(
+                "ring report for step {step}, but job {job} is at step {}",
+                entry.record.step
+            )));
+        }
+        let data = entry
+            .data
+            .clone()
+            .ok_or_else(|| CoordinatorError::Internal(format!("job {job} has no data loaded")))?;
+        let (_, plan) = data.stage_of(step).ok_or_else(|| {
+            CoordinatorError::BadRequest(format!(
+                "step {step} is not in job {job} ({} steps)",
+                data.total_steps()
+            ))
+        })?;
+        let global = plan
+            .global_counts(step - plan.first_step)
+            .first()
+            .copied()
+            .unwrap_or(0) as u64;
+        if !stats.loss_sum.is_finite() || stats.samples != global || stats.correct > stats.samples {
+            let reason = format!(
+                "the ring reported {} samples ({} correct, loss sum {}) at step {step}; the step's batch has {global}",
+                stats.samples, stats.correct, stats.loss_sum
+            );
+            self.end_job(
+                &mut core,
+                &JobId(job.to_string()),
+                JobState::Failed,
+                reason.clone(),
+            );
+            return Err(CoordinatorError::BadRequest(reason));
+        }
+        let Some(entry) = core.jobs.get_mut(&JobId(job.to_string())) else {
+            return Ok(0);
+        };
+        let total = entry.record.total_steps;
+        let mut stop_at = 0;
+        if let Some(run) = entry.run.as_mut() {
+            let world = run.members.len() as u64;
+            let n = data.trainable_len(data.stage_of(step).map_or(0, |(i, _)| i)) as u64;
+            // Each rank sends 2(W-1)/W of the gradient to its neighbour.
+            let bytes = 2 * (world.saturating_sub(1)) * n * 4;
+            let took = times.map_or(0.0, |t| t.comm_ms);
+            self.counters.round(
+                stats.samples,
+                std::time::Duration::from_secs_f64(took.max(0.0) / 1e3),
+                bytes,
+            );
+            if let Some(d) = run.drain.as_mut() {
+                // The step after this one is in flight; the group stops after it.
+                let at = d.ring_stop.unwrap_or_else(|| (step + 2).min(total));
+                d.ring_stop = Some(at);
+                d.checkpoint_step = at;
+                d.last_step = at.saturating_sub(1);
+                stop_at = at;
+            }
+        }
+        Self::step_done(entry, step, stats, times);
+        Ok(stop_at)
+    }
+
+    /// Progress after `step` (0-based) for watchers, the curves and `/metrics`.
+    fn step_done(entry: &mut JobEntry, step: u64, stats: Stats, times: Option<pb::StepTimes>) {
+        let Some(run) = entry.run.as_mut() else {
+            return;
+        };
+        let elapsed = run.last_round_at.elapsed().as_secs_f64().max(1e-9);
+        run.last_round_at = Instant::now();
+        let rate = stats.samples as f64 / elapsed;
         run.samples_per_s = if run.samples_per_s == 0.0 {
             rate
         } else {
             0.95 * run.samples_per_s + 0.05 * rate
         };
-        run.rounds.retain(|&s, _| s > step);
         let workers = run.members.len() as u32;
         entry.record.step = entry.record.step.max(step + 1);
         let Some(data) = entry.data.clone() else {
@@ -178,7 +282,7 @@ impl Coordinator {
             loss_sum,
             samples,
             correct,
-        } = reduced.stats;
+        } = stats;
         let lr = stage.map_or(0.0, |s| {
             graft_transfer::optim::learning_rate(
                 entry.record.spec.optimizer.lr(),
@@ -206,6 +310,7 @@ impl Coordinator {
             samples_per_s: samples as f64 / elapsed,
             lr,
             workers,
+            times,
         };
         entry
             .history
@@ -213,6 +318,18 @@ impl Coordinator {
         let _ = entry.events.send(pb::JobEvent {
             event: Some(pb::job_event::Event::Progress(progress)),
         });
+    }
+
+    /// Keeps rank 0's step times for the next progress event (the star).
+    pub fn note_times(&self, job: &str, times: pb::StepTimes) {
+        let Ok(mut core) = self.lock() else { return };
+        if let Some(run) = core
+            .jobs
+            .get_mut(&JobId(job.to_string()))
+            .and_then(|j| j.run.as_mut())
+        {
+            run.last_times = Some(times);
+        }
     }
 
     /// Records a parameter fingerprint; fails the job when replicas differ.
@@ -229,7 +346,10 @@ impl Coordinator {
     ) -> Result<(), CoordinatorError> {
         let mut core = self.lock()?;
         let (entry, rank) = Self::member(&mut core, worker, job, Some(generation))?;
-        if step == 0 || step > entry.record.step {
+        // With the ring a rank may finish a step before rank 0's report of it arrives, never
+        // two: rank 0 hears back from its report before it joins the next step's ring.
+        let ahead = u64::from(entry.record.spec.allreduce == graft_transfer::spec::AllReduce::Ring);
+        if step == 0 || step > entry.record.step + ahead {
             return Err(CoordinatorError::BadRequest(format!(
                 "fingerprint for step {step}, but job {job} has done {} steps",
                 entry.record.step

@@ -10,15 +10,29 @@ impl Coordinator {
     /// # Errors
     /// Only an internal error.
     pub fn register(&self, name: String, device: String) -> Result<WorkerId, CoordinatorError> {
+        self.register_peer(name, device, String::new())
+    }
+
+    /// Registers a worker whose CollectiveService listens at `collective` (host:port).
+    ///
+    /// # Errors
+    /// Only an internal error.
+    pub fn register_peer(
+        &self,
+        name: String,
+        device: String,
+        collective: String,
+    ) -> Result<WorkerId, CoordinatorError> {
         let mut core = self.lock()?;
         let id = format!("w-{:x}-{}", self.boot, core.next_worker);
         core.next_worker += 1;
-        tracing::info!(worker = %id, %name, %device, "worker registered");
+        tracing::info!(worker = %id, %name, %device, %collective, "worker registered");
         core.workers.insert(
             id.clone(),
             WorkerEntry {
                 name,
                 device,
+                collective,
                 last_seen: Instant::now(),
                 job: None,
                 assignment: None,
@@ -182,6 +196,15 @@ impl Coordinator {
             let members: Vec<WorkerId> = free.into_iter().take(max).collect();
             let generation = job.run.as_ref().map_or(1, |r| r.generation + 1);
             let start_step = job.start.as_ref().map_or(0, |s| s.step);
+            let peers: Vec<String> = members
+                .iter()
+                .map(|m| {
+                    core.workers
+                        .get(m)
+                        .map(|w| w.collective.clone())
+                        .unwrap_or_default()
+                })
+                .collect();
             let assignment = |rank: usize| pb::Assignment {
                 job_id: id.0.clone(),
                 spec: Some(spec_to_pb(&job.record.spec)),
@@ -198,6 +221,7 @@ impl Coordinator {
                     .class_vectors
                     .as_ref()
                     .map(class_vectors_to_pb),
+                peers: peers.clone(),
             };
             let assignments: Vec<pb::Assignment> = (0..members.len()).map(assignment).collect();
             job.run = Some(Run {
@@ -210,6 +234,7 @@ impl Coordinator {
                 samples_per_s: 0.0,
                 finishing: None,
                 drain: None,
+                last_times: None,
             });
             job.record.state = JobState::Running;
             job.record.reason.clear();

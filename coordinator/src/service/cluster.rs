@@ -43,6 +43,27 @@ fn check_version(v: u32) -> Result<(), Status> {
     Ok(())
 }
 
+/// A worker's CollectiveService address as its peers must dial it: `host:port` as given,
+/// or `:port` on the address its registration came from (a worker listening on 0.0.0.0
+/// does not know which of its addresses the others can reach; the coordinator does).
+fn collective_addr(given: &str, remote: Option<std::net::SocketAddr>) -> Result<String, Status> {
+    if given.is_empty() {
+        return Ok(String::new());
+    }
+    let Some(port) = given.strip_prefix(':') else {
+        return Ok(given.to_string());
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| Status::invalid_argument(format!("collective_addr: bad port in {given:?}")))?;
+    let ip = remote.map(|a| a.ip()).ok_or_else(|| {
+        Status::invalid_argument(
+            "collective_addr: only a port was given, and the request's address is unknown",
+        )
+    })?;
+    Ok(std::net::SocketAddr::new(ip, port).to_string())
+}
+
 fn chunk_status(what: &str, e: ChunkError) -> Status {
     Status::invalid_argument(format!("{what}: {e}"))
 }
@@ -55,9 +76,11 @@ impl ClusterService for ClusterApi {
         &self,
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let remote = req.remote_addr();
         let r = req.into_inner();
         check_version(r.protocol_version)?;
-        let id = self.coord.register(r.name, r.device)?;
+        let collective = collective_addr(&r.collective_addr, remote)?;
+        let id = self.coord.register_peer(r.name, r.device, collective)?;
         Ok(Response::new(pb::RegisterResponse {
             worker_id: id,
             heartbeat_interval_ms: self.coord.config.heartbeat_interval_ms,
@@ -231,6 +254,11 @@ impl ClusterService for ClusterApi {
         )?;
         let job = JobId(first.job_id.clone());
         let rank = ticket.rank;
+        if rank == 0
+            && let Some(t) = first.times
+        {
+            self.coord.note_times(&job.0, t);
+        }
         if !stats.loss_sum.is_finite() {
             let reason = format!("rank {rank} reported a non-finite loss at step {step}");
             self.coord.fail(&job, reason.clone());
@@ -334,9 +362,33 @@ impl ClusterService for ClusterApi {
         req: Request<pb::ReportStepRequest>,
     ) -> Result<Response<pb::ReportStepResponse>, Status> {
         let r = req.into_inner();
-        self.coord
-            .fingerprint(&r.worker_id, &r.job_id, r.step, r.generation, r.fingerprint)?;
-        Ok(Response::new(pb::ReportStepResponse {}))
+        let mut stop_at = 0;
+        if let Some(st) = r.stats {
+            if r.step == 0 {
+                return Err(Status::invalid_argument(
+                    "step: a report names steps done (>= 1)",
+                ));
+            }
+            let stats = Stats {
+                loss_sum: st.loss_sum,
+                samples: st.samples,
+                correct: st.correct,
+            };
+            stop_at = self.coord.ring_step(
+                &r.worker_id,
+                &r.job_id,
+                r.rank,
+                r.step - 1,
+                r.generation,
+                stats,
+                r.times,
+            )?;
+        }
+        if !r.fingerprint.is_empty() {
+            self.coord
+                .fingerprint(&r.worker_id, &r.job_id, r.step, r.generation, r.fingerprint)?;
+        }
+        Ok(Response::new(pb::ReportStepResponse { stop_at }))
     }
 
     async fn upload_state(

@@ -24,6 +24,7 @@ pub const KNOWN: &[&str] = &[
     "office-webcam",
     "optdigits",
     "moons",
+    "random",
 ];
 
 const TRAIN_TEST: &[&str] = &["train", "test"];
@@ -53,6 +54,7 @@ pub fn describe(name: &str) -> Option<DatasetInfo> {
         "office-amazon" | "office-caltech10" | "office-dslr" | "office-webcam" => (&[800], SINGLE),
         "optdigits" => (&[1, 8, 8], SINGLE),
         "moons" => (&[2], TRAIN_TEST),
+        "random" => (&[1, 28, 28], TRAIN_TEST),
         _ => return None,
     };
     let num_classes = if name == "moons" { 2 } else { 10 };
@@ -61,6 +63,27 @@ pub fn describe(name: &str) -> Option<DatasetInfo> {
         num_classes,
         splits,
     })
+}
+
+/// Uniform noise images (1×28×28 in [0, 1)) with uniform labels of 10 classes: a workload of
+/// MNIST's shape that needs no files, for benchmarks (`graft bench train`). Nothing can be
+/// learnt from it, which is the point: the step costs the same as on real digits.
+fn random_images(samples: usize, seed: u64, name: &str) -> Dataset {
+    let mut rng = SplitMix64::new(seed);
+    let dim = 28 * 28;
+    let mut features = Vec::with_capacity(samples * dim);
+    let mut labels = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        features.extend((0..dim).map(|_| rng.next_f64() as f32));
+        labels.push(rng.below(10) as u32);
+    }
+    Dataset {
+        name: name.to_string(),
+        sample_shape: vec![1, 28, 28],
+        features,
+        labels,
+        num_classes: 10,
+    }
 }
 
 /// Loads split `split` of dataset `name` from `data_dir` (or generates it, for "moons",
@@ -109,6 +132,15 @@ pub fn load(
             load_pair(name, full_name, &info, &images, &labels, 256.0)
         }
         "optdigits" => load_optdigits(name, full_name, &file("uci_optdigits/digits.csv.gz".into())),
+        "random" => {
+            moons_cfg.validate()?;
+            let seed = if split == "train" {
+                moons_cfg.seed
+            } else {
+                SplitMix64::derive(moons_cfg.seed, MOONS_TEST_STREAM).next_u64()
+            };
+            Ok(random_images(moons_cfg.samples, seed, &full_name))
+        }
         "moons" => {
             moons_cfg.validate()?;
             let seed = if split == "train" {

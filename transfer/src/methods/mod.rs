@@ -506,13 +506,94 @@ pub fn compute_step(
     device: &Device,
 ) -> StepResult {
     let n = params.flat_len(trainable);
+    let mut grad = Vec::with_capacity(n);
+    let out = compute_step_buckets(
+        method,
+        arch,
+        params,
+        trainable,
+        batches,
+        ctx,
+        device,
+        &[n],
+        &mut |b| grad.extend_from_slice(&b),
+    );
+    StepResult {
+        grad,
+        loss_sum: out.loss_sum,
+        samples: out.samples,
+        correct: out.correct,
+    }
+}
+
+/// Where the flat gradient of the trainable parameters is cut into buckets, in elements:
+/// at parameter boundaries, the first bucket closed once it holds `first_bytes`, the others
+/// once they hold `bytes` (PyTorch DDP: 1 MiB, then 25 MiB). A small first bucket lets the
+/// reduction start early while the rest is still being flattened. The lengths sum to the
+/// flat length; a network without trainable parameters has no bucket.
+pub fn bucket_plan(
+    arch: &Architecture,
+    trainable: &[bool],
+    first_bytes: usize,
+    bytes: usize,
+) -> Vec<usize> {
+    let mut plan = Vec::new();
+    let mut open = 0usize;
+    for (p, _) in arch.params.iter().zip(trainable).filter(|(_, m)| **m) {
+        open += p.numel();
+        let cap = if plan.is_empty() { first_bytes } else { bytes };
+        if open * 4 >= cap.max(4) {
+            plan.push(open);
+            open = 0;
+        }
+    }
+    if open > 0 {
+        plan.push(open);
+    }
+    plan
+}
+
+/// Loss, counts and where the time of a step went, without the gradient (handed out in
+/// buckets).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepOutcome {
+    /// Sum of the per-sample losses.
+    pub loss_sum: f64,
+    /// Samples of the first stream.
+    pub samples: u64,
+    /// Correct predictions.
+    pub correct: u64,
+    /// Forward and backward.
+    pub compute: std::time::Duration,
+    /// Gradients out of the autodiff graph into buckets (including the time `emit` took).
+    pub flatten: std::time::Duration,
+}
+
+/// [`compute_step`], handing the flat gradient to `emit` in buckets of the lengths of
+/// `plan` (see [`bucket_plan`]) as soon as each is filled, so that the caller can start
+/// reducing a bucket while later parameters are still being flattened.
+#[allow(clippy::too_many_arguments)]
+pub fn compute_step_buckets(
+    method: &dyn Method,
+    arch: &Architecture,
+    params: &Params,
+    trainable: &[bool],
+    batches: &[Batch],
+    ctx: &StepContext,
+    device: &Device,
+    plan: &[usize],
+    emit: &mut dyn FnMut(Vec<f32>),
+) -> StepOutcome {
+    let started = std::time::Instant::now();
     let samples = batches.first().map_or(0, |b| b.len() as u64);
     if batches.iter().all(Batch::is_empty) {
-        return StepResult {
-            grad: vec![0.0; n],
-            loss_sum: 0.0,
+        for &len in plan {
+            emit(vec![0.0; len]);
+        }
+        return StepOutcome {
             samples,
-            correct: 0,
+            flatten: started.elapsed(),
+            ..StepOutcome::default()
         };
     }
     let device = device.clone().autodiff();
@@ -526,7 +607,10 @@ pub fn compute_step(
         .next()
         .unwrap_or(f64::NAN);
     let grads = out.loss.backward();
-    let mut grad = Vec::with_capacity(n);
+    let compute = started.elapsed();
+    let mut sizes = plan.iter().copied();
+    let mut want = sizes.next().unwrap_or(usize::MAX);
+    let mut bucket = Vec::with_capacity(want.min(1 << 24));
     for (t, spec) in tensors
         .iter()
         .zip(&arch.params)
@@ -535,15 +619,25 @@ pub fn compute_step(
         .map(|(p, _)| p)
     {
         match t.grad(&grads) {
-            Some(g) => grad.extend(g.into_data().iter::<f32>()),
-            None => grad.extend(std::iter::repeat_n(0.0, spec.numel())),
+            Some(g) => bucket.extend(g.into_data().iter::<f32>()),
+            None => bucket.extend(std::iter::repeat_n(0.0, spec.numel())),
+        }
+        if bucket.len() >= want {
+            let next = sizes.next().unwrap_or(usize::MAX);
+            let full = std::mem::replace(&mut bucket, Vec::with_capacity(next.min(1 << 24)));
+            emit(full);
+            want = next;
         }
     }
-    StepResult {
-        grad,
+    if !bucket.is_empty() {
+        emit(bucket);
+    }
+    StepOutcome {
         loss_sum,
         samples,
         correct: out.correct,
+        compute,
+        flatten: started.elapsed() - compute,
     }
 }
 

@@ -1,0 +1,750 @@
+//! `graft bench allreduce` and `graft bench train`: figures for docs/PERFORMANCE.md.
+//!
+//! `allreduce` starts W real processes on loopback (`graft bench-peer`, hidden) that sum a
+//! gradient of S bytes with graft's ring (their own CollectiveService servers) or star (a
+//! real coordinator's ReduceGradients), and in the same run stream raw bytes round the same
+//! ring over plain TCP, every link busy at once: the transport's bound on this machine,
+//! against which the ring's bus bandwidth is read.
+//!
+//! `train` runs a whole job through a local coordinator and W workers on generated data and
+//! reads rank 0's step breakdown from the job's progress events.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use graft_coordinator::reduce::Stats;
+use graft_proto::v1 as pb;
+use graft_transfer::JobSpec;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::local::{LocalCluster, LocalOptions};
+
+/// One all-reduce configuration's figures, as `--json` prints them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AllReduceRow {
+    /// `ring` or `star`.
+    pub algorithm: String,
+    /// Processes.
+    pub workers: usize,
+    /// Gradient bytes.
+    pub bytes: u64,
+    /// Median seconds of one all-reduce (the slowest rank of each iteration).
+    pub seconds: f64,
+    /// bytes / seconds, GiB/s.
+    pub algbw_gib_s: f64,
+    /// algbw · 2(W−1)/W (nccl-tests' bus bandwidth).
+    pub busbw_gib_s: f64,
+    /// Raw TCP round the same ring, every link busy: bytes per second per link, GiB/s.
+    pub baseline_gib_s: f64,
+}
+
+/// What one peer measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerReport {
+    /// The peer's index.
+    pub rank: usize,
+    /// Seconds of each timed all-reduce.
+    pub reduce_s: Vec<f64>,
+    /// Seconds of each timed raw TCP exchange.
+    pub tcp_s: Vec<f64>,
+}
+
+/// The hidden `graft bench-peer`'s options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PeerArgs {
+    /// Index of this process in the ring (0..workers).
+    #[arg(long)]
+    pub rank: usize,
+    /// Processes.
+    #[arg(long)]
+    pub workers: usize,
+    /// Gradient bytes.
+    #[arg(long)]
+    pub bytes: u64,
+    /// Timed iterations (one more runs untimed first).
+    #[arg(long)]
+    pub iters: usize,
+    /// `ring` or `star`.
+    #[arg(long)]
+    pub algorithm: String,
+    /// Where the peers leave their addresses.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The coordinator (star).
+    #[arg(long)]
+    pub coordinator: Option<String>,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Reads every peer's addresses once all have written them.
+async fn peer_addrs(dir: &Path, n: usize) -> anyhow::Result<Vec<(String, String)>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut out = Vec::new();
+        for r in 0..n {
+            match std::fs::read_to_string(dir.join(format!("peer-{r}"))) {
+                Ok(t) => {
+                    let (a, b) = t
+                        .trim()
+                        .split_once(' ')
+                        .with_context(|| format!("peer file {r}: {t:?}"))?;
+                    out.push((a.to_string(), b.to_string()));
+                }
+                Err(_) => break,
+            }
+        }
+        if out.len() == n {
+            return Ok(out);
+        }
+        if Instant::now() > deadline {
+            bail!("only {} of {n} peers started within 60 s", out.len());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One peer's part: the all-reduce, then the raw TCP ring; one JSON line on stdout.
+///
+/// # Errors
+/// When a peer cannot be reached or the reduction fails.
+pub async fn run_peer(a: PeerArgs) -> anyhow::Result<()> {
+    use graft_worker::ring::{CollectiveApi, Inbox, Ring, StepFeed, connect};
+    let (w, rank) = (a.workers, a.rank);
+    let n = (a.bytes / 4) as usize;
+    let timeout = Duration::from_secs(120);
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let inbox = std::sync::Arc::new(Inbox::default());
+    let rx = inbox.open("bench", 1);
+    let svc = graft_proto::v1::collective_service_server::CollectiveServiceServer::new(
+        CollectiveApi::new(inbox.clone(), timeout),
+    )
+    .max_decoding_message_size(graft_proto::MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(graft_proto::MAX_MESSAGE_BYTES);
+    let grpc_addr = grpc.local_addr()?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .initial_stream_window_size(graft_worker::ring::RING_WINDOW)
+            .initial_connection_window_size(graft_worker::ring::RING_WINDOW)
+            .max_frame_size(Some(1 << 20))
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc)),
+    );
+    let tmp = a.dir.join(format!(".peer-{rank}"));
+    std::fs::write(&tmp, format!("{grpc_addr} {}", tcp.local_addr()?))?;
+    std::fs::rename(&tmp, a.dir.join(format!("peer-{rank}")))?;
+    let addrs = peer_addrs(&a.dir, w).await?;
+    let right = (rank + 1) % w;
+    let grad: Vec<f32> = (0..n).map(|i| ((i + rank) % 7) as f32 * 0.25).collect();
+    let mut reduce_s = Vec::new();
+
+    if a.algorithm == "ring" {
+        let client = if w > 1 {
+            Some(
+                connect(
+                    &addrs[right].0,
+                    graft_coordinator::auth::Bearer::new(None).map_err(anyhow::Error::msg)?,
+                    timeout,
+                    right,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+        let mut ring = Ring::new(
+            rank,
+            w,
+            "bench",
+            1,
+            client,
+            addrs[right].0.clone(),
+            rx,
+            timeout,
+        );
+        for i in 0..=a.iters {
+            let (btx, brx) = tokio::sync::mpsc::unbounded_channel();
+            let (stx, srx) = tokio::sync::oneshot::channel();
+            let g = grad.clone();
+            let started = Instant::now();
+            let _ = btx.send(g);
+            let _ = stx.send((
+                Stats {
+                    loss_sum: 0.0,
+                    samples: 1,
+                    correct: 0,
+                },
+                0,
+            ));
+            let feed = StepFeed {
+                buckets: brx,
+                stats: srx,
+            };
+            let sum = ring.all_reduce(i as u64, 1, feed).await?;
+            if i > 0 {
+                reduce_s.push(started.elapsed().as_secs_f64());
+            }
+            anyhow::ensure!(
+                sum.sum.len() == n,
+                "the ring returned {} values",
+                sum.sum.len()
+            );
+        }
+    } else {
+        reduce_s = star_peer(&a, &grad).await?;
+    }
+
+    // Raw TCP round the same ring: send S bytes right while receiving S bytes from the left.
+    let accept = tokio::spawn(async move { tcp.accept().await.map(|(s, _)| s) });
+    let mut out = loop {
+        match tokio::net::TcpStream::connect(&addrs[right].1).await {
+            Ok(s) => break s,
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    };
+    out.set_nodelay(true)?;
+    let mut inp = accept.await??;
+    let block = vec![7u8; 1 << 20];
+    let mut tcp_s = Vec::new();
+    for i in 0..=a.iters {
+        let total = a.bytes as usize;
+        let started = Instant::now();
+        let send = async {
+            let mut left = total;
+            while left > 0 {
+                let k = left.min(block.len());
+                out.write_all(&block[..k]).await?;
+                left -= k;
+            }
+            out.flush().await?;
+            Ok::<_, std::io::Error>(())
+        };
+        let recv = async {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut left = total;
+            while left > 0 {
+                let k = left.min(buf.len());
+                let got = inp.read(&mut buf[..k]).await?;
+                if got == 0 {
+                    return Err(std::io::Error::other("the left neighbour closed"));
+                }
+                left -= got;
+            }
+            Ok(())
+        };
+        let (s, r) = tokio::join!(send, recv);
+        s?;
+        r?;
+        if i > 0 {
+            tcp_s.push(started.elapsed().as_secs_f64());
+        }
+    }
+    println!(
+        "{}",
+        serde_json::to_string(&PeerReport {
+            rank,
+            reduce_s,
+            tcp_s
+        })?
+    );
+    Ok(())
+}
+
+/// The star: this peer registers with the coordinator as a worker of the bench job and
+/// reduces through its ReduceGradients, step after step.
+async fn star_peer(a: &PeerArgs, grad: &[f32]) -> anyhow::Result<Vec<f64>> {
+    let url = a
+        .coordinator
+        .clone()
+        .context("the star needs --coordinator")?;
+    let channel = tonic::transport::Endpoint::from_shared(url)?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let mut c = graft_worker::rpc::cluster(
+        channel,
+        graft_coordinator::auth::Bearer::new(None).map_err(anyhow::Error::msg)?,
+    );
+    let reg = c
+        .register(pb::RegisterRequest {
+            protocol_version: graft_proto::PROTOCOL_VERSION,
+            name: format!("bench-{}", a.rank),
+            device: "cpu".into(),
+            collective_addr: String::new(),
+        })
+        .await?
+        .into_inner();
+    let worker = reg.worker_id;
+    let assignment = loop {
+        let r = c
+            .next_assignment(pb::NextAssignmentRequest {
+                worker_id: worker.clone(),
+            })
+            .await?
+            .into_inner();
+        if let Some(x) = r.assignment {
+            break x;
+        }
+    };
+    let (rank, world) = (assignment.rank, assignment.world_size);
+    let stage = assignment
+        .stages
+        .first()
+        .and_then(|s| s.streams.first())
+        .context("bench job without a stream")?;
+    let samples = graft_transfer::shard::local_part(stage.batch as usize, world, rank).len();
+    let mut times = Vec::new();
+    for step in 0..=a.iters as u64 {
+        let started = Instant::now();
+        let r = graft_worker::rpc::reduce(
+            &mut c,
+            &worker,
+            &assignment.job_id,
+            rank,
+            step,
+            assignment.generation,
+            grad,
+            Stats {
+                loss_sum: 0.0,
+                samples: samples as u64,
+                correct: 0,
+            },
+            None,
+        )
+        .await?;
+        if step > 0 {
+            times.push(started.elapsed().as_secs_f64());
+        }
+        anyhow::ensure!(
+            r.mean.len() == grad.len(),
+            "the star returned {} values",
+            r.mean.len()
+        );
+    }
+    Ok(times)
+}
+
+/// A moons MLP whose trainable parameters are `n` values give or take a few: the star
+/// reduces exactly the network's gradient, so the bench job is sized to the bytes asked.
+fn star_spec(n: usize, workers: usize, steps: usize) -> anyhow::Result<(JobSpec, usize)> {
+    // 2 inputs, hidden [k, m], 2 classes: 2k + k + km + m + 2m + 2 parameters (one layer of
+    // k when that is enough; widths are capped at 65 536).
+    let (hidden, len) = if n < 5 * 1024 {
+        let h = (n.saturating_sub(2) / 5).max(1);
+        (format!("[{h}]"), 5 * h + 2)
+    } else {
+        let k = 1024;
+        let m = ((n - 3 * k - 2) / (k + 3)).max(1);
+        (format!("[{k}, {m}]"), 3 * k + k * m + 3 * m + 2)
+    };
+    let text = format!(
+        r#"
+name = "bench-star"
+allreduce = "star"
+[model]
+kind = "mlp"
+hidden = {hidden}
+[method]
+kind = "supervised"
+[[datasets]]
+name = "moons"
+role = "source"
+samples = 1000
+[[datasets]]
+name = "moons"
+split = "test"
+role = "eval"
+samples = 10
+[optimizer]
+kind = "sgd"
+lr = 0.1
+[training]
+global_batch_size = {workers}
+steps = {steps}
+fingerprint_interval = 1000000
+[workers]
+min = {workers}
+max = {workers}
+"#
+    );
+    Ok((toml::from_str(&text)?, len))
+}
+
+/// Runs one configuration: W peers, their reports combined.
+///
+/// # Errors
+/// When a peer fails; its stderr is in the message.
+pub async fn allreduce_once(
+    algorithm: &str,
+    workers: usize,
+    bytes: u64,
+    iters: usize,
+) -> anyhow::Result<AllReduceRow> {
+    let exe = std::env::current_exe().context("locating the graft binary")?;
+    let dir = tempfile::tempdir()?;
+    let mut n = (bytes / 4) as usize;
+    let mut cluster = None;
+    if algorithm == "star" {
+        let (spec, len) = star_spec(n, workers, iters + 2)?;
+        n = len;
+        let state = dir.path().join("coordinator");
+        let c = LocalCluster::start(&LocalOptions {
+            workers: 0,
+            device: "cpu",
+            state_dir: &state,
+            heartbeat_timeout_ms: 600_000,
+        })?;
+        let mut client = crate::Client::connect(&c.url, None).await?;
+        client.submit(&spec).await?;
+        cluster = Some(c);
+    }
+    let real_bytes = (n * 4) as u64;
+    let mut children = Vec::new();
+    for r in 0..workers {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["bench-peer", "--rank", &r.to_string()])
+            .args(["--workers", &workers.to_string()])
+            .args(["--bytes", &real_bytes.to_string()])
+            .args(["--iters", &iters.to_string()])
+            .args(["--algorithm", algorithm])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(c) = &cluster {
+            cmd.args(["--coordinator", &c.url]);
+        }
+        children.push(cmd.spawn().context("starting a bench peer")?);
+    }
+    let mut reports = Vec::new();
+    for (r, child) in children.into_iter().enumerate() {
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+        if !out.status.success() {
+            bail!(
+                "peer {r} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let line = String::from_utf8_lossy(&out.stdout);
+        let rep: PeerReport = serde_json::from_str(line.trim())
+            .with_context(|| format!("peer {r} printed {line:?}"))?;
+        reports.push(rep);
+    }
+    drop(cluster);
+    let slowest = |f: fn(&PeerReport) -> &Vec<f64>| -> Vec<f64> {
+        (0..iters)
+            .map(|i| {
+                reports
+                    .iter()
+                    .filter_map(|p| f(p).get(i).copied())
+                    .fold(0.0, f64::max)
+            })
+            .collect()
+    };
+    let seconds = median(&mut slowest(|p| &p.reduce_s));
+    let tcp = median(&mut slowest(|p| &p.tcp_s));
+    let gib = (1u64 << 30) as f64;
+    let algbw = real_bytes as f64 / seconds / gib;
+    Ok(AllReduceRow {
+        algorithm: algorithm.to_string(),
+        workers,
+        bytes: real_bytes,
+        seconds,
+        algbw_gib_s: algbw,
+        busbw_gib_s: algbw * 2.0 * (workers as f64 - 1.0) / workers as f64,
+        baseline_gib_s: real_bytes as f64 / tcp / gib,
+    })
+}
+
+/// Parses `4KiB`, `16MiB`, `1048576`.
+///
+/// # Errors
+/// A clear message naming the text.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = [
+        ("GiB", 1u64 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("B", 1),
+    ]
+    .iter()
+    .find_map(|(suf, m)| t.strip_suffix(suf).map(|n| (n, *m)))
+    .unwrap_or((t, 1));
+    let v: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 4KiB, 16MiB or 1048576"))?;
+    let b = v * mult;
+    if b < 4 || !b.is_multiple_of(4) {
+        return Err(format!(
+            "{s:?}: sizes are whole f32 values (a multiple of 4 bytes)"
+        ));
+    }
+    Ok(b)
+}
+
+/// Timed iterations for a size: more for small ones, whose times are noisy.
+pub fn iters_for(bytes: u64) -> usize {
+    ((256u64 << 20) / bytes.max(1)).clamp(5, 50) as usize
+}
+
+/// One `graft bench train` result.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainRow {
+    /// `mlp` or `dann`.
+    pub workload: String,
+    /// Workers.
+    pub workers: usize,
+    /// Their device.
+    pub device: String,
+    /// `ring` or `star`.
+    pub allreduce: String,
+    /// Training samples per second over the group (the first stream's).
+    pub samples_per_s: f64,
+    /// Rank 0's medians, milliseconds per step.
+    pub step_ms: f64,
+    /// Forward and backward.
+    pub compute_ms: f64,
+    /// Gradients into flat buckets.
+    pub flatten_ms: f64,
+    /// Waiting for the all-reduce beyond the flattening.
+    pub comm_ms: f64,
+    /// The optimizer's update.
+    pub optimizer_ms: f64,
+    /// Steps measured (after the warm-up).
+    pub steps: usize,
+}
+
+/// The job of a workload: the issue's fixed recipes on generated data.
+///
+/// # Errors
+/// For an unknown workload.
+pub fn train_spec(
+    workload: &str,
+    workers: usize,
+    steps: u64,
+    allreduce: &str,
+) -> anyhow::Result<(JobSpec, u64)> {
+    let w = workers as u64;
+    let text = match workload {
+        // 784-512-512-10, ReLU, cross-entropy, SGD momentum 0.9, 128 per worker.
+        "mlp" => format!(
+            r#"
+name = "bench-mlp"
+seed = 1
+allreduce = "{allreduce}"
+[model]
+kind = "mlp"
+hidden = [512, 512]
+[method]
+kind = "supervised"
+[[datasets]]
+name = "random"
+role = "source"
+samples = {samples}
+[[datasets]]
+name = "random"
+split = "test"
+role = "eval"
+samples = 100
+[optimizer]
+kind = "sgd"
+lr = 0.01
+momentum = 0.9
+[training]
+global_batch_size = {batch}
+steps = {steps}
+fingerprint_interval = 50
+[workers]
+min = {workers}
+max = {workers}
+"#,
+            batch = 128 * w,
+            samples = (128 * w * 20).min(100_000),
+        ),
+        // The digits CNN with the DANN domain head (768 -> 100 -> 1), 64 + 64 per worker.
+        "dann" => format!(
+            r#"
+name = "bench-dann"
+seed = 1
+allreduce = "{allreduce}"
+[model]
+kind = "digits_cnn"
+[method]
+kind = "dann"
+domain_hidden = [100]
+target_batch_size = {batch}
+[[datasets]]
+name = "random"
+role = "source"
+samples = {samples}
+[[datasets]]
+name = "random"
+split = "test"
+role = "target_unlabelled"
+samples = {samples}
+[[datasets]]
+name = "random"
+split = "test"
+role = "eval"
+samples = 100
+[optimizer]
+kind = "sgd"
+lr = 0.01
+momentum = 0.9
+[schedule]
+kind = "dann"
+[training]
+global_batch_size = {batch}
+steps = {steps}
+fingerprint_interval = 50
+[workers]
+min = {workers}
+max = {workers}
+"#,
+            batch = 64 * w,
+            samples = (64 * w * 20).min(100_000),
+        ),
+        other => bail!("unknown workload {other:?}: mlp or dann"),
+    };
+    let spec: JobSpec = toml::from_str(&text)?;
+    let batch = spec.training.global_batch_size as u64;
+    Ok((spec, batch))
+}
+
+/// Runs a workload through a local coordinator and `workers` workers and reads rank 0's
+/// step breakdown off the progress events.
+///
+/// # Errors
+/// When the cluster cannot start or the job does not complete.
+pub async fn train(
+    workload: &str,
+    workers: usize,
+    device: &str,
+    steps: u64,
+    allreduce: &str,
+) -> anyhow::Result<TrainRow> {
+    let (spec, batch) = train_spec(workload, workers, steps, allreduce)?;
+    let dir = tempfile::tempdir()?;
+    let mut cluster = LocalCluster::start(&LocalOptions {
+        workers,
+        device,
+        state_dir: dir.path(),
+        heartbeat_timeout_ms: 30_000,
+    })?;
+    let mut client = crate::Client::connect(&cluster.url, None).await?;
+    let job = client.submit(&spec).await?;
+    let mut events = client.watch(&job.id).await?;
+    // The first steps pay for shard transfers and warm caches.
+    let warm = (steps / 5).max(3);
+    let mut rows: Vec<pb::StepTimes> = Vec::new();
+    let mut first_at: Option<(Instant, u64)> = None;
+    let mut last_at: Option<(Instant, u64)> = None;
+    loop {
+        let ev = tokio::select! {
+            e = events.message() => e?,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {
+                let gone = cluster.exited();
+                if !gone.is_empty() {
+                    bail!("a local process stopped:\n{}", gone.join("\n"));
+                }
+                continue;
+            }
+        };
+        let Some(ev) = ev else { break };
+        match ev.event {
+            Some(pb::job_event::Event::Progress(p)) if p.step > warm => {
+                let now = Instant::now();
+                if first_at.is_none() {
+                    first_at = Some((now, p.step));
+                }
+                last_at = Some((now, p.step));
+                if let Some(t) = p.times {
+                    rows.push(t);
+                }
+            }
+            Some(pb::job_event::Event::Finished(j)) => {
+                if pb::JobState::try_from(j.state) != Ok(pb::JobState::Completed) {
+                    bail!("the bench job ended {}: {}", j.state, j.reason);
+                }
+                break;
+            }
+            _ => {}
+        }
+    }
+    let (Some((t0, s0)), Some((t1, s1))) = (first_at, last_at) else {
+        bail!("the job reported no progress after {warm} warm-up steps");
+    };
+    let samples_per_s = if s1 > s0 {
+        (s1 - s0) as f64 * batch as f64 / (t1 - t0).as_secs_f64()
+    } else {
+        f64::NAN
+    };
+    let col = |f: fn(&pb::StepTimes) -> f64| median(&mut rows.iter().map(f).collect::<Vec<_>>());
+    Ok(TrainRow {
+        workload: workload.to_string(),
+        workers,
+        device: device.to_string(),
+        allreduce: allreduce.to_string(),
+        samples_per_s,
+        step_ms: col(|t| t.step_ms),
+        compute_ms: col(|t| t.compute_ms),
+        flatten_ms: col(|t| t.flatten_ms),
+        comm_ms: col(|t| t.comm_ms),
+        optimizer_ms: col(|t| t.optimizer_ms),
+        steps: rows.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_and_bad_ones_are_named() {
+        assert_eq!(parse_bytes("4KiB"), Ok(4096));
+        assert_eq!(parse_bytes("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert!(parse_bytes("3").unwrap_err().contains("multiple of 4"));
+        assert!(parse_bytes("lots").unwrap_err().contains("\"lots\""));
+    }
+
+    #[test]
+    fn workloads_are_the_issues_recipes() {
+        let (mlp, b) = train_spec("mlp", 2, 10, "ring").expect("mlp");
+        assert_eq!(b, 256);
+        assert_eq!(
+            mlp.model,
+            graft_transfer::spec::ModelSpec::Mlp {
+                hidden: vec![512, 512]
+            }
+        );
+        let (_, b) = train_spec("dann", 2, 10, "star").expect("dann");
+        assert_eq!(b, 128);
+        assert!(train_spec("resnet", 2, 10, "ring").is_err());
+        let (star, n) = star_spec(1 << 18, 4, 5).expect("star");
+        assert_eq!(star.allreduce, graft_transfer::spec::AllReduce::Star);
+        assert!((n as i64 - (1 << 18)).abs() < 2000, "{n}");
+        let (_, n) = star_spec(64 << 20, 4, 5).expect("star");
+        assert!((n as i64 - (64 << 20)).abs() < 70_000, "{n}");
+    }
+}
