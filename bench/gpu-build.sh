@@ -19,7 +19,8 @@ export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-Wl,--allow-shlib-undefined"
 cargo build --release --workspace --features tch --bin graft --target-dir target/tch-cuda
 mkdir -p bench/gpu
 cp target/tch-cuda/release/graft bench/gpu/graft
-if ! readelf -d bench/gpu/graft | grep -q 'libtorch_cuda.so'; then
+needed=$(readelf -d bench/gpu/graft)
+if ! grep -q 'libtorch_cuda.so' <<<"$needed"; then
   echo "gpu-build.sh: bench/gpu/graft is not linked against libtorch_cuda.so; it could not use CUDA" >&2
   exit 1
 fi

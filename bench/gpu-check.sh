@@ -75,7 +75,10 @@ export LD_LIBRARY_PATH="$ld_path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 if missing=$(ldd "$bin" | grep 'not found'); then
   fail "$bin cannot load: $missing"
 fi
-ldd "$bin" | grep -q libtorch_cuda.so \
+# Outputs are captured before grep -q: with pipefail, a writer cut off by grep's early exit
+# would turn a match into a failure.
+linked=$(ldd "$bin")
+grep -q libtorch_cuda.so <<<"$linked" \
   || fail "$bin is not linked against libtorch_cuda.so (built against a CPU-only libtorch?)"
 if "$bin" worker --coordinator http://127.0.0.1:9 --device cuda:999 >"$out/refuse.log" 2>&1; then
   fail "a worker accepted cuda:999"
@@ -107,7 +110,8 @@ say "DANN job done in $(python3 -c "print(f'{$end - $start:.1f}')") s: $dann_lin
 
 # 4. graft bench train (issue #4's command), if this binary has it.
 bench_line='null'
-if "$bin" bench --help 2>/dev/null | grep -qE '^\s+train\b'; then
+bench_help=$("$bin" bench --help 2>/dev/null || true)
+if grep -qE '^\s+train\b' <<<"$bench_help"; then
   if "$bin" bench train --workload dann --device cuda:0 --json >"$out/bench.json" 2>"$out/bench.err"; then
     bench_line=$(tail -n1 "$out/bench.json")
     python3 -c 'import json,sys; json.loads(sys.argv[1])' "$bench_line" \
