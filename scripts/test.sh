@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command of the README: formatting, lints, a release build, the deployment
-# manifests, every test.
+# manifests, every test; then the libtorch backend (`--features tch`) on libtorch's CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,3 +20,18 @@ cargo clippy --workspace --all-targets -- -D warnings
 # renders and passes strict validation. tests/tests/deploy.rs uses the same kubectl.
 ./scripts/deploy-check.sh
 cargo test --release --workspace -- --test-threads=1
+
+# The libtorch backend: libtorch from the PyTorch wheel on PyPI (scripts/libtorch.sh, cached in
+# ~/.cache/graft, so only the first run on a machine downloads), one release build of the
+# binaries with `tch` (a second feature set: Burn and the crates that use it are built again,
+# once), and the tests of tests/tests/tch.rs. GRAFT_SKIP_TCH=1 skips it (no PyPI at hand).
+if [ "${GRAFT_SKIP_TCH:-0}" != 1 ]; then
+  libtorch_line=$(./scripts/libtorch.sh | tail -n1)
+  export LIBTORCH="${libtorch_line#LIBTORCH=}"
+  export LD_LIBRARY_PATH="$LIBTORCH/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  # Whatever happens below, leave target/release/ with the default binaries, which need no
+  # libtorch to start.
+  trap 'cargo build --release --workspace --bins' EXIT
+  cargo build --release --workspace --features tch --bins
+  cargo test --release --workspace --features tch --test tch -- --test-threads=1
+fi

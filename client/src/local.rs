@@ -21,7 +21,8 @@ pub struct LocalCluster {
 pub struct LocalOptions<'a> {
     /// Workers to start.
     pub workers: usize,
-    /// Their device.
+    /// Their device, and the coordinator's evaluation device: one machine, one kind of
+    /// device.
     pub device: &'a str,
     /// The run's directory.
     pub state_dir: &'a Path,
@@ -40,6 +41,19 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(5)..].join("\n")
 }
 
+/// `OMP_NUM_THREADS` for the processes `local` starts, unless the user set it: the host's
+/// cores shared among the workers. libtorch's CPU kernels run on OpenMP threads that spin
+/// while they wait, and two workers each with a thread per core take turns so badly that the
+/// MNIST MLP example ran 8x slower on libtorch-cpu (2 cores) than with one thread each (torchrun sets
+/// it to 1 for the same reason). Flex does not read it.
+fn omp_threads(workers: usize) -> Option<String> {
+    if std::env::var_os("OMP_NUM_THREADS").is_some() {
+        return None;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    Some((cores / workers.max(1)).max(1).to_string())
+}
+
 impl LocalCluster {
     /// Starts the processes and waits until the coordinator serves.
     ///
@@ -52,8 +66,11 @@ impl LocalCluster {
         std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
         let ready = opts.state_dir.join("coordinator.addr");
         let _ = std::fs::remove_file(&ready);
+        let threads = omp_threads(opts.workers);
+        let omp = || threads.iter().map(|t| ("OMP_NUM_THREADS", t.as_str()));
         let coordinator = Command::new(&exe)
             .arg("coordinator")
+            .envs(omp())
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -64,6 +81,7 @@ impl LocalCluster {
             .arg(opts.state_dir)
             .arg("--ready-file")
             .arg(&ready)
+            .args(["--eval-device", opts.device])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file(&logs, "coordinator")?)
@@ -101,6 +119,7 @@ impl LocalCluster {
         for i in 0..opts.workers {
             let name = format!("worker-{i}");
             let child = Command::new(&exe)
+                .envs(omp())
                 .args([
                     "worker",
                     "--coordinator",

@@ -174,7 +174,8 @@ enum Cmd {
         /// Workers to start; the job's workers.min and workers.max are set to it.
         #[arg(long, default_value_t = 2)]
         workers: u32,
-        /// Device of the workers: cpu, libtorch-cpu, cuda:N.
+        /// Device of the workers and of the evaluation: cpu, libtorch-cpu, cuda:N (the last
+        /// two need the `tch` build).
         #[arg(long, default_value = "cpu")]
         device: String,
         /// Directory for the store, checkpoints and logs (default: graft-runs/local-<time>).

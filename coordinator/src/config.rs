@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use graft_transfer::device::DeviceName;
 use serde::{Deserialize, Serialize};
 
 use crate::job::JobId;
@@ -40,6 +41,9 @@ pub struct CoordinatorConfig {
     pub ready_file: Option<PathBuf>,
     /// On SIGTERM, how long to wait for every running job's checkpoint before exiting.
     pub shutdown_grace_ms: u64,
+    /// Where evaluation runs: `cpu` (flex), `libtorch-cpu` or `cuda:N` (the `tch` build). The
+    /// workers' devices are their own; parameters reach the coordinator as host `f32`.
+    pub eval_device: String,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -61,6 +65,7 @@ impl Default for CoordinatorConfig {
             tls_key: None,
             ready_file: None,
             shutdown_grace_ms: 30_000,
+            eval_device: "cpu".into(),
             log_format: LogFormat::Plain,
         }
     }
@@ -96,6 +101,9 @@ pub struct CoordinatorArgs {
     /// Write the bound address to this file once serving.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Device evaluation runs on: cpu, libtorch-cpu, cuda:N.
+    #[arg(long)]
+    pub eval_device: Option<String>,
     /// `plain` or `json`.
     #[arg(long)]
     pub log_format: Option<LogFormat>,
@@ -167,6 +175,9 @@ impl CoordinatorConfig {
         if let Some(v) = &args.ready_file {
             c.ready_file = Some(v.clone());
         }
+        if let Some(v) = &args.eval_device {
+            c.eval_device = v.clone();
+        }
         if let Some(v) = args.log_format {
             c.log_format = v;
         }
@@ -203,6 +214,8 @@ impl CoordinatorConfig {
         if self.shutdown_grace_ms == 0 {
             return Err(ConfigError("shutdown_grace_ms: must be > 0".into()));
         }
+        // At start-up, so that a coordinator that cannot evaluate does not accept jobs.
+        self.eval_device()?;
         if self.heartbeat_interval_ms == 0 {
             return Err(ConfigError("heartbeat_interval_ms: must be > 0".into()));
         }
@@ -224,6 +237,18 @@ impl CoordinatorConfig {
         Ok(())
     }
 
+    /// The device evaluation runs on.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming `eval_device` when the name is unknown, or the device is not
+    /// built into this binary or not present here.
+    pub fn eval_device(&self) -> Result<burn::tensor::Device, ConfigError> {
+        self.eval_device
+            .parse::<DeviceName>()
+            .and_then(DeviceName::device)
+            .map_err(|e| ConfigError(format!("eval_device: {e}")))
+    }
+
     /// The configuration as `--check-config` prints it: tokens redacted.
     pub fn redacted(&self) -> Self {
         let hide = |t: &Option<String>| t.as_ref().map(|_| "<redacted>".to_string());
@@ -242,5 +267,32 @@ impl CoordinatorConfig {
     /// A job's directory under the state directory.
     pub fn job_dir(&self, job: &JobId) -> PathBuf {
         self.state_dir.join("jobs").join(&job.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eval_device_is_checked_at_load_naming_the_key() {
+        let ok = CoordinatorConfig::default();
+        assert!(ok.validate().is_ok());
+        assert!(ok.eval_device().is_ok(), "cpu (flex) is always there");
+        let unknown = CoordinatorConfig {
+            eval_device: "gpu".into(),
+            ..CoordinatorConfig::default()
+        };
+        let e = unknown.validate().expect_err("unknown device").to_string();
+        assert!(e.contains("eval_device") && e.contains("\"gpu\""), "{e}");
+        let absent = CoordinatorConfig {
+            eval_device: "cuda:4096".into(),
+            ..CoordinatorConfig::default()
+        };
+        let e = absent
+            .validate()
+            .expect_err("no such device here")
+            .to_string();
+        assert!(e.contains("eval_device") && e.contains("cuda:4096"), "{e}");
     }
 }

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use burn::tensor::Device;
 use graft_proto::v1 as pb;
 use graft_transfer::methods::{EvalInputs, checkpoint_due, evaluation_due};
 
@@ -55,7 +54,10 @@ fn run(coord: &Coordinator, h: &JobHandle, u: Upload) -> Result<(), CoordinatorE
         .map_err(|e| CoordinatorError::BadRequest(format!("uploaded parameters: {e}")))?;
     let mut metrics = BTreeMap::new();
     if evaluation_due(spec, &data.stages, u.step) {
-        let device = Device::flex();
+        let device = coord
+            .config
+            .eval_device()
+            .map_err(|e| CoordinatorError::Internal(e.to_string()))?;
         let inputs = EvalInputs {
             sets: &data.eval,
             train: &data.train,

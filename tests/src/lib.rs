@@ -149,6 +149,12 @@ impl Cluster {
 
     /// Starts one more worker; returns its index.
     pub fn add_worker(&mut self) -> usize {
+        self.add_worker_with(&[])
+    }
+
+    /// Starts one more worker with extra flags (`--device libtorch-cpu`, say); returns its
+    /// index.
+    pub fn add_worker_with(&mut self, args: &[&str]) -> usize {
         let i = self.workers.len();
         let log = std::fs::File::create(self.tmp.path().join(format!("worker-{i}.log")))
             .expect("log file");
@@ -161,6 +167,7 @@ impl Cluster {
                 "--listen",
                 "127.0.0.1:0",
             ])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

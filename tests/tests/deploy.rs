@@ -584,11 +584,13 @@ fn check_commands(overlay: &str, objs: &[Value], root: &Path) {
                     .find(|(k, _)| k == "GRAFT_WORKER_DEVICE")
                     .map(|(_, v)| v.as_str());
                 if !out.status.success() {
-                    // The one thing a CPU build may refuse: a libtorch device (gpu overlay).
+                    // The one thing a CPU build or machine may refuse: a CUDA device (gpu overlay).
                     assert!(
                         device.is_some_and(|d| d.starts_with("cuda:"))
-                            && String::from_utf8_lossy(&out.stderr)
-                                .contains("needs graft built with the `tch` feature"),
+                            && (String::from_utf8_lossy(&out.stderr)
+                                .contains("needs graft built with the `tch` feature")
+                                || String::from_utf8_lossy(&out.stderr)
+                                    .contains("is not available here")),
                         "{what}: {}",
                         show(&out)
                     );
