@@ -115,10 +115,6 @@ impl Method for Dann {
         }]
     }
 
-    fn trainable(&self, arch: &Architecture, _stage: usize) -> Vec<bool> {
-        vec![true; arch.params.len()]
-    }
-
     fn loss(
         &self,
         arch: &Architecture,

@@ -90,10 +90,6 @@ impl Method for FineTuning {
         self.plan.stages(Vec::new())
     }
 
-    fn trainable(&self, arch: &Architecture, _stage: usize) -> Vec<bool> {
-        vec![true; arch.params.len()]
-    }
-
     fn loss(
         &self,
         arch: &Architecture,

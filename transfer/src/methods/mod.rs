@@ -264,8 +264,11 @@ pub trait Method: Send + Sync {
     /// Its stages.
     fn stages(&self) -> Vec<StageDef>;
 
-    /// Which parameters train in `stage` (`true` = trainable), in the architecture's order.
-    fn trainable(&self, arch: &Architecture, stage: usize) -> Vec<bool>;
+    /// Which parameters train in `stage` (`true` = trainable), in the architecture's order;
+    /// by default all of them.
+    fn trainable(&self, arch: &Architecture, _stage: usize) -> Vec<bool> {
+        vec![true; arch.params.len()]
+    }
 
     /// The loss of a step: one batch per stream of the stage.
     ///

@@ -89,10 +89,6 @@ impl Method for Multitask {
         }]
     }
 
-    fn trainable(&self, arch: &Architecture, _stage: usize) -> Vec<bool> {
-        vec![true; arch.params.len()]
-    }
-
     fn loss(
         &self,
         arch: &Architecture,

@@ -80,10 +80,6 @@ impl Method for Supervised {
         )]
     }
 
-    fn trainable(&self, arch: &Architecture, _stage: usize) -> Vec<bool> {
-        vec![true; arch.params.len()]
-    }
-
     fn loss(
         &self,
         arch: &Architecture,

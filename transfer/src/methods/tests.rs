@@ -31,9 +31,6 @@ impl Method for AllSupervised {
     fn stages(&self) -> Vec<StageDef> {
         Vec::new()
     }
-    fn trainable(&self, arch: &Architecture, _: usize) -> Vec<bool> {
-        vec![true; arch.params.len()]
-    }
     fn loss(
         &self,
         arch: &Architecture,
@@ -380,9 +377,6 @@ impl Method for DomainOnly {
     }
     fn stages(&self) -> Vec<StageDef> {
         Vec::new()
-    }
-    fn trainable(&self, arch: &Architecture, _: usize) -> Vec<bool> {
-        vec![true; arch.params.len()]
     }
     fn loss(
         &self,

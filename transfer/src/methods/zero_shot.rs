@@ -82,10 +82,6 @@ impl Method for ZeroShot {
         )]
     }
 
-    fn trainable(&self, arch: &Architecture, _stage: usize) -> Vec<bool> {
-        vec![true; arch.params.len()]
-    }
-
     fn loss(
         &self,
         arch: &Architecture,
