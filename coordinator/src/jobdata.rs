@@ -100,6 +100,9 @@ fn load_one(
         };
         ds = ds.resize_to(&shape).map_err(|e| field_err(i, e))?;
     }
+    if d.standardize {
+        ds.standardize().map_err(|e| field_err(i, e))?;
+    }
     Ok(ds)
 }
 

@@ -387,6 +387,13 @@ pub struct DatasetSpec {
     /// Resize the images to `image_size × image_size` (bilinear) when loading.
     #[serde(default)]
     pub image_size: Option<usize>,
+    /// Shift and scale the set's values to mean 0 and standard deviation 1, with one mean and
+    /// one deviation over all of the set's values (no labels read). Domains whose images differ
+    /// in ink and framing (MNIST's 20×20 box, USPS filling its frame) then start from the same
+    /// intensity statistics, which the domain-adversarial game would otherwise spend its
+    /// capacity on.
+    #[serde(default)]
+    pub standardize: bool,
     /// Generated moons: number of samples.
     #[serde(default)]
     pub samples: Option<usize>,

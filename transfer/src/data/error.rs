@@ -75,6 +75,13 @@ pub enum DataError {
         labels_n: usize,
     },
 
+    /// Standardising needs values that vary.
+    #[error("{name}: cannot standardize: every value is the same")]
+    Constant {
+        /// The dataset.
+        name: String,
+    },
+
     /// Samples cannot be brought to the shape a model expects.
     #[error("{name}: cannot resize samples of shape {from:?} to {to:?}")]
     Shape {

@@ -106,6 +106,7 @@ fn fine_tuning_needs_a_source_stage_or_a_file() {
         label: None,
         task: None,
         image_size: None,
+        standardize: false,
         samples: None,
         noise: None,
         rotation_deg: None,
