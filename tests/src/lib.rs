@@ -247,6 +247,58 @@ impl Cluster {
         let out = self.graft(&["status", id, "--json"]);
         last_json(&out)
     }
+
+    /// Writes a job file, submits it with `--watch --json`, checks that it completed and
+    /// returns the summary.
+    pub fn complete(&self, file: &str, job: &str) -> serde_json::Value {
+        let path = self.job_file(file, job);
+        let out = self.graft(&["submit", path.to_str().expect("utf-8"), "--watch", "--json"]);
+        let r = last_json(&out);
+        assert_eq!(r["state"], "COMPLETED", "{file}: {}", show(&out));
+        r
+    }
+}
+
+/// Seed of [`small_mnist_job`], for tests that rebuild its initial parameters.
+pub const SMALL_MNIST_SEED: u64 = 11;
+
+/// The small job most multi-process tests run: an MLP with one hidden layer of 64 on the
+/// first 3,000 MNIST training images, evaluated on 500 test images, with a fingerprint every
+/// 5 steps so that workers can be compared.
+pub fn small_mnist_job(name: &str, workers: u32, steps: u64, allreduce: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+seed = {SMALL_MNIST_SEED}
+allreduce = "{allreduce}"
+[model]
+kind = "mlp"
+hidden = [64]
+[method]
+kind = "supervised"
+[[datasets]]
+name = "mnist"
+split = "train"
+role = "source"
+limit = 3000
+[[datasets]]
+name = "mnist"
+split = "test"
+role = "eval"
+limit = 500
+[optimizer]
+kind = "sgd"
+lr = 0.05
+momentum = 0.9
+[training]
+global_batch_size = 60
+steps = {steps}
+fingerprint_interval = 5
+[workers]
+min = {workers}
+max = {workers}
+"#
+    )
 }
 
 impl Drop for Cluster {

@@ -5,58 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use graft_tests::{Cluster, last_json, max_relative_diff, show, wait_for};
+use graft_tests::{Cluster, last_json, max_relative_diff, show, small_mnist_job, wait_for};
 use graft_transfer::spec::ModelSpec;
 use graft_transfer::{Architecture, weights};
-
-fn small_mnist_job(name: &str, workers: u32, steps: u64) -> String {
-    small_mnist_job_with(name, workers, steps, "ring")
-}
-
-fn small_mnist_job_with(name: &str, workers: u32, steps: u64, allreduce: &str) -> String {
-    format!(
-        r#"
-name = "{name}"
-seed = 11
-allreduce = "{allreduce}"
-[model]
-kind = "mlp"
-hidden = [64]
-[method]
-kind = "supervised"
-[[datasets]]
-name = "mnist"
-split = "train"
-role = "source"
-limit = 3000
-[[datasets]]
-name = "mnist"
-split = "test"
-role = "eval"
-limit = 500
-[optimizer]
-kind = "sgd"
-lr = 0.05
-momentum = 0.9
-[training]
-global_batch_size = 60
-steps = {steps}
-fingerprint_interval = 5
-[workers]
-min = {workers}
-max = {workers}
-"#
-    )
-}
-
-/// Writes a job file, submits it with `--watch --json`, and checks that it completed.
-fn run_to_completion(c: &Cluster, file: &str, job: &str) -> serde_json::Value {
-    let path = c.job_file(file, job);
-    let out = c.graft(&["submit", path.to_str().expect("utf-8"), "--watch", "--json"]);
-    let r = last_json(&out);
-    assert_eq!(r["state"], "COMPLETED", "{}", show(&out));
-    r
-}
 
 fn export_tensors(c: &Cluster, job: &str) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
     let out_path = c.tmp.path().join(format!("{job}.safetensors"));
@@ -142,10 +93,7 @@ fn one_two_and_three_workers_reach_the_same_parameters() {
     let mut results = Vec::new();
     for (w, allreduce) in [(1u32, "ring"), (2, "ring"), (3, "ring"), (2, "star")] {
         let c = Cluster::start(w as usize, 5_000);
-        let file = c.job_file(
-            "eq.toml",
-            &small_mnist_job_with("equivalence", w, 20, allreduce),
-        );
+        let file = c.job_file("eq.toml", &small_mnist_job("equivalence", w, 20, allreduce));
         let out = c.graft(&["submit", file.to_str().expect("utf-8"), "--watch", "--json"]);
         assert!(out.status.success(), "W={w}: {}", show(&out));
         let r = last_json(&out);
@@ -172,15 +120,16 @@ fn one_two_and_three_workers_reach_the_same_parameters() {
     assert!(max_relative_diff(&init.values()[i], &results[0]["features.fc1.weight"].1) > 1e-3);
 }
 
-/// (c): killing a worker mid-job ends the job FAILED, with a reason naming the worker,
-/// within the heartbeat timeout (the star: only the heartbeats tell the coordinator).
-#[test]
-fn a_killed_worker_fails_its_job_within_the_timeout() {
-    let timeout_ms = 2_000;
-    let mut c = Cluster::start(2, timeout_ms);
+/// Submits a long job on `workers` workers, kills worker 1 after 10 steps, and waits for the
+/// job to fail: its final status and how long that took from the kill.
+fn kill_worker_one_mid_job(
+    c: &mut Cluster,
+    workers: u32,
+    allreduce: &str,
+) -> (serde_json::Value, Duration) {
     let file = c.job_file(
         "long.toml",
-        &small_mnist_job_with("long", 2, 100_000, "star"),
+        &small_mnist_job("long", workers, 100_000, allreduce),
     );
     let out = c.graft(&["submit", file.to_str().expect("utf-8"), "--json"]);
     assert!(out.status.success(), "{}", show(&out));
@@ -196,7 +145,16 @@ fn a_killed_worker_fails_its_job_within_the_timeout() {
         (s["state"] == "FAILED").then_some(s)
     })
     .unwrap_or_else(|| panic!("job did not fail: {}", c.status(&id)));
-    let took = killed_at.elapsed();
+    (r, killed_at.elapsed())
+}
+
+/// (c): killing a worker mid-job ends the job FAILED, with a reason naming the worker,
+/// within the heartbeat timeout (the star: only the heartbeats tell the coordinator).
+#[test]
+fn a_killed_worker_fails_its_job_within_the_timeout() {
+    let timeout_ms = 2_000;
+    let mut c = Cluster::start(2, timeout_ms);
+    let (r, took) = kill_worker_one_mid_job(&mut c, 2, "star");
     let reason = r["reason"].as_str().unwrap_or("");
     assert!(
         reason.contains("worker")
@@ -209,7 +167,7 @@ fn a_killed_worker_fails_its_job_within_the_timeout() {
         "took {took:?} to notice the dead worker"
     );
     // The survivor is free again and takes the next job.
-    run_to_completion(&c, "short.toml", &small_mnist_job("after", 1, 5));
+    c.complete("short.toml", &small_mnist_job("after", 1, 5, "ring"));
 }
 
 /// With the ring, the dead worker's neighbours notice at once: the job fails long before the
@@ -218,22 +176,7 @@ fn a_killed_worker_fails_its_job_within_the_timeout() {
 #[test]
 fn a_killed_ring_member_fails_its_job_at_once() {
     let mut c = Cluster::start(3, 60_000);
-    let file = c.job_file("long.toml", &small_mnist_job("long", 3, 100_000));
-    let out = c.graft(&["submit", file.to_str().expect("utf-8"), "--json"]);
-    assert!(out.status.success(), "{}", show(&out));
-    let id = last_json(&out)["job"].as_str().expect("id").to_string();
-    wait_for(Duration::from_secs(60), || {
-        (c.status(&id)["steps"].as_u64().unwrap_or(0) >= 10).then_some(())
-    })
-    .unwrap_or_else(|| panic!("job never got going: {}", c.log("coordinator")));
-    let killed_at = Instant::now();
-    c.kill_worker(1);
-    let r = wait_for(Duration::from_secs(30), || {
-        let s = c.status(&id);
-        (s["state"] == "FAILED").then_some(s)
-    })
-    .unwrap_or_else(|| panic!("job did not fail: {}", c.status(&id)));
-    let took = killed_at.elapsed();
+    let (r, took) = kill_worker_one_mid_job(&mut c, 3, "ring");
     let reason = r["reason"].as_str().unwrap_or("");
     assert!(
         reason.contains("ring all-reduce") && reason.contains("rank 1"),
@@ -249,7 +192,7 @@ fn a_killed_ring_member_fails_its_job_at_once() {
 #[test]
 fn bad_job_files_are_refused_naming_the_field_and_create_nothing() {
     let c = Cluster::start(0, 5_000);
-    let good = small_mnist_job("bad", 1, 5);
+    let good = small_mnist_job("bad", 1, 5, "ring");
     let cases = [
         (good.replace("lr = 0.05", "lr = 0.0"), "optimizer.lr"),
         (
@@ -312,7 +255,7 @@ fn a_missing_dataset_names_where_graft_looked() {
     })
     .expect("coordinator up");
     let job = tmp.path().join("j.toml");
-    std::fs::write(&job, small_mnist_job("missing", 1, 5)).expect("write");
+    std::fs::write(&job, small_mnist_job("missing", 1, 5, "ring")).expect("write");
     let out = std::process::Command::new(graft_tests::bin("graft"))
         .args(["--coordinator", &format!("http://{addr}"), "submit"])
         .arg(&job)
@@ -334,7 +277,10 @@ fn a_missing_dataset_names_where_graft_looked() {
 #[test]
 fn cancel_stops_a_running_job() {
     let c = Cluster::start(2, 5_000);
-    let file = c.job_file("long.toml", &small_mnist_job("cancel-me", 2, 100_000));
+    let file = c.job_file(
+        "long.toml",
+        &small_mnist_job("cancel-me", 2, 100_000, "ring"),
+    );
     let out = c.graft(&["submit", file.to_str().expect("utf-8"), "--json"]);
     let id = last_json(&out)["job"].as_str().expect("id").to_string();
     wait_for(Duration::from_secs(60), || {
@@ -352,7 +298,7 @@ fn cancel_stops_a_running_job() {
         !again.status.success(),
         "a finished job cannot be cancelled twice"
     );
-    run_to_completion(&c, "next.toml", &small_mnist_job("next", 2, 5));
+    c.complete("next.toml", &small_mnist_job("next", 2, 5, "ring"));
 }
 
 /// An unreachable coordinator gives a one-line error and a non-zero exit.
@@ -407,7 +353,7 @@ fn demo_runs_and_dann_beats_source_only() {
 #[test]
 fn a_restarted_coordinator_resumes_from_the_last_checkpoint() {
     let mut c = Cluster::start_on_fixed_port(2, 5_000);
-    let job = small_mnist_job("resume", 2, 300).replace(
+    let job = small_mnist_job("resume", 2, 300, "ring").replace(
         "[workers]",
         "[checkpoint]\ninterval_steps = 40\nkeep = 2\n[workers]",
     );

@@ -52,15 +52,6 @@ role = "eval"
 limit = 500
 "#;
 
-/// Writes a job file, submits it with `--watch --json`, and checks that it completed.
-fn complete(c: &Cluster, name: &str, job: &str) -> serde_json::Value {
-    let path = c.job_file(&format!("{name}.toml"), job);
-    let out = c.graft(&["submit", path.to_str().expect("utf-8"), "--watch", "--json"]);
-    let r = last_json(&out);
-    assert_eq!(r["state"], "COMPLETED", "{name}: {}", show(&out));
-    r
-}
-
 fn metric(r: &serde_json::Value, path: &str) -> f64 {
     let mut v = &r["metrics"];
     for p in path.split('.') {
@@ -151,7 +142,7 @@ min = {w}
 max = {w}
 "#
         );
-        let r = complete(&c, "dann-eq", &job);
+        let r = c.complete("dann-eq.toml", &job);
         let id = r["job"].as_str().expect("id").to_string();
         finals.push(export(&c, &id));
     }
@@ -190,7 +181,10 @@ fn few_label_methods_run_and_layer_transfer_sends_only_what_trains() {
             format!("kind = \"layer_transfer\"\n{source}\nfreeze = [\"features.*\"]"),
         ),
     ] {
-        let r = complete(&c, name, &digits_job(name, 2, &method, FEW_LABEL_DATA, 30));
+        let r = c.complete(
+            &format!("{name}.toml"),
+            &digits_job(name, 2, &method, FEW_LABEL_DATA, 30),
+        );
         let acc = metric(&r, "target_accuracy");
         assert!(acc > 0.3, "{name}: USPS accuracy {acc} is near chance");
         // The source stage's model was evaluated too.
@@ -236,7 +230,7 @@ limit = 500
 fn multitask_reports_every_task() {
     let c = Cluster::start(2, 5_000);
     let method = "kind = \"multitask\"\n[[method.tasks]]\nname = \"mnist\"\n[[method.tasks]]\nname = \"usps\"\nbatch_size = 20";
-    let r = complete(&c, "mt", &digits_job("mt", 2, method, TASK_DATA, 60));
+    let r = c.complete("mt.toml", &digits_job("mt", 2, method, TASK_DATA, 60));
     for t in ["mnist", "usps"] {
         let acc = metric(&r, &format!("tasks.{t}.accuracy"));
         assert!(acc > 0.4, "task {t}: {acc}");
@@ -249,7 +243,7 @@ fn multitask_reports_every_task() {
 fn progressive_keeps_the_first_task_bit_for_bit() {
     let c = Cluster::start(2, 5_000);
     let method = "kind = \"progressive\"\n[[method.tasks]]\nname = \"mnist\"\nsteps = 40\n[[method.tasks]]\nname = \"usps\"\nsteps = 20";
-    let r = complete(&c, "pn", &digits_job("pn", 2, method, TASK_DATA, 40));
+    let r = c.complete("pn.toml", &digits_job("pn", 2, method, TASK_DATA, 40));
     assert_eq!(r["steps"], 60);
     let before = metric(&r, "mnist_stage.tasks.mnist.output_checksum");
     let after = metric(&r, "tasks.mnist.output_checksum");
@@ -279,7 +273,7 @@ role = "eval"
 limit = 1000
 "#;
     let method = "kind = \"zero_shot\"\nunseen_classes = [7, 8, 9]\n[method.attributes]\nkind = \"builtin\"\ntable = \"seven_segment\"";
-    let r = complete(&c, "zsl", &digits_job("zsl", 2, method, data, 120));
+    let r = c.complete("zsl.toml", &digits_job("zsl", 2, method, data, 120));
     for m in [
         "zsl_unseen_accuracy",
         "gzsl_seen_accuracy",

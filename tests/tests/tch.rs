@@ -8,46 +8,11 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use graft_tests::{Cluster, bin, data_dir, last_json, max_relative_diff, show};
+use graft_tests::{
+    Cluster, SMALL_MNIST_SEED, bin, data_dir, last_json, max_relative_diff, show, small_mnist_job,
+};
 use graft_transfer::spec::ModelSpec;
 use graft_transfer::{Architecture, weights};
-
-const SEED: u64 = 11;
-
-fn small_mnist_job(steps: u64) -> String {
-    format!(
-        r#"
-name = "devices"
-seed = {SEED}
-[model]
-kind = "mlp"
-hidden = [64]
-[method]
-kind = "supervised"
-[[datasets]]
-name = "mnist"
-split = "train"
-role = "source"
-limit = 3000
-[[datasets]]
-name = "mnist"
-split = "test"
-role = "eval"
-limit = 500
-[optimizer]
-kind = "sgd"
-lr = 0.05
-momentum = 0.9
-[training]
-global_batch_size = 60
-steps = {steps}
-fingerprint_interval = 5
-[workers]
-min = 2
-max = 2
-"#
-    )
-}
 
 type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
@@ -58,7 +23,7 @@ fn train_on(devices: [&str; 2], eval_device: &str) -> (Tensors, f64) {
     for d in devices {
         c.add_worker_with(&["--device", d]);
     }
-    let file = c.job_file("devices.toml", &small_mnist_job(20));
+    let file = c.job_file("devices.toml", &small_mnist_job("devices", 2, 20, "ring"));
     let out = c.graft(&["submit", file.to_str().expect("utf-8"), "--watch", "--json"]);
     let r = last_json(&out);
     assert_eq!(
@@ -120,7 +85,7 @@ fn flex_libtorch_and_mixed_workers_reach_the_same_parameters() {
     // And training happened: the parameters left their initial values.
     let arch =
         Architecture::new(&ModelSpec::Mlp { hidden: vec![64] }, &[1, 28, 28], 10).expect("arch");
-    let init = arch.init(SEED);
+    let init = arch.init(SMALL_MNIST_SEED);
     let i = arch.index_of("features.fc1.weight").expect("param");
     assert!(max_relative_diff(&init.values()[i], &torch["features.fc1.weight"].1) > 1e-3);
 }
