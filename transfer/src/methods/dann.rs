@@ -97,22 +97,17 @@ impl Method for Dann {
     }
 
     fn stages(&self) -> Vec<StageDef> {
-        vec![StageDef {
-            name: "adapt".into(),
-            streams: vec![
-                StreamDef {
-                    data: DataKey::role(Role::Source),
-                    batch: self.batch,
-                },
-                StreamDef {
-                    data: DataKey::role(Role::TargetUnlabelled),
-                    batch: self.target_batch,
-                },
-            ],
-            length: self.length,
-            reset_prefixes: Vec::new(),
-            copies: Vec::new(),
-        }]
+        let streams = vec![
+            StreamDef {
+                data: DataKey::role(Role::Source),
+                batch: self.batch,
+            },
+            StreamDef {
+                data: DataKey::role(Role::TargetUnlabelled),
+                batch: self.target_batch,
+            },
+        ];
+        vec![StageDef::new("adapt", streams, self.length)]
     }
 
     fn loss(

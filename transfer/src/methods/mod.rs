@@ -94,6 +94,19 @@ pub struct StageDef {
     pub copies: Vec<(String, String)>,
 }
 
+impl StageDef {
+    /// A stage that neither copies nor resets parameters when it starts.
+    pub fn new(name: &str, streams: Vec<StreamDef>, length: Length) -> Self {
+        Self {
+            name: name.into(),
+            streams,
+            length,
+            reset_prefixes: Vec::new(),
+            copies: Vec::new(),
+        }
+    }
+}
+
 /// A stream with its sizes, once the data are known.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamPlan {
@@ -302,11 +315,25 @@ pub fn evaluate_label_head(
     inputs: &EvalInputs<'_>,
     device: &Device,
 ) -> Evaluation {
+    evaluate_sets(arch, params, inputs, device, |_, tensors, x| {
+        arch.forward(tensors, x).logits
+    })
+}
+
+/// Every evaluation set through `logits(set, parameters, x)`, a method's choice of head or
+/// column per set; the accuracies and losses of all sets in one [`Evaluation`].
+pub fn evaluate_sets(
+    arch: &Architecture,
+    params: &Params,
+    inputs: &EvalInputs<'_>,
+    device: &Device,
+    mut logits: impl FnMut(&EvalSet, &[Tensor<1>], Tensor<2>) -> Tensor<2>,
+) -> Evaluation {
     let tensors = arch.tensors(params, device, &[]);
     let mut out = Evaluation::default();
     for set in inputs.sets {
         let r = evaluate_logits(&set.data, &set.label, arch.num_classes, device, |x| {
-            arch.forward(&tensors, x).logits
+            logits(set, &tensors, x)
         });
         out.metrics.extend(r.metrics());
         out.sets.push(r);

@@ -8,9 +8,8 @@ use burn::tensor::{Device, Tensor};
 use super::supervised::training_length;
 use super::{
     Batch, BatchLoss, DataKey, EvalInputs, Evaluation, Length, Method, StageDef, StepContext,
-    StreamDef, batch_tensors, cross_entropy_sum, zero_loss,
+    StreamDef, batch_tensors, cross_entropy_sum, evaluate_sets, zero_loss,
 };
-use crate::eval::evaluate_logits;
 use crate::model::{Architecture, ColumnDef, HeadDef, Layout};
 use crate::params::Params;
 use crate::spec::JobSpec;
@@ -73,20 +72,15 @@ impl Method for Multitask {
     }
 
     fn stages(&self) -> Vec<StageDef> {
-        vec![StageDef {
-            name: "multitask".into(),
-            streams: self
-                .tasks
-                .iter()
-                .map(|(name, _, batch)| StreamDef {
-                    data: DataKey::task(name),
-                    batch: *batch,
-                })
-                .collect(),
-            length: self.length,
-            reset_prefixes: Vec::new(),
-            copies: Vec::new(),
-        }]
+        let streams = self
+            .tasks
+            .iter()
+            .map(|(name, _, batch)| StreamDef {
+                data: DataKey::task(name),
+                batch: *batch,
+            })
+            .collect();
+        vec![StageDef::new("multitask", streams, self.length)]
     }
 
     fn loss(
@@ -122,17 +116,10 @@ impl Method for Multitask {
         inputs: &EvalInputs<'_>,
         device: &Device,
     ) -> Evaluation {
-        let tensors = arch.tensors(params, device, &[]);
-        let mut out = Evaluation::default();
-        for set in inputs.sets {
+        evaluate_sets(arch, params, inputs, device, |set, tensors, x| {
             let task = set.task.as_deref().unwrap_or(self.tasks[0].0.as_str());
             let head = arch.head_index(&task_head(task)).unwrap_or(usize::MAX);
-            let r = evaluate_logits(&set.data, &set.label, arch.num_classes, device, |x| {
-                arch.head(&tensors, head, arch.forward(&tensors, x).features)
-            });
-            out.metrics.extend(r.metrics());
-            out.sets.push(r);
-        }
-        out
+            arch.head(tensors, head, arch.forward(tensors, x).features)
+        })
     }
 }

@@ -8,9 +8,8 @@ use burn::tensor::{Device, Tensor};
 use super::supervised::{labelled_stage, training_length};
 use super::{
     Batch, BatchLoss, DataKey, EvalInputs, Evaluation, Length, Method, StageDef, StepContext,
-    batch_tensors, cross_entropy_sum, zero_loss,
+    batch_tensors, cross_entropy_sum, evaluate_sets, zero_loss,
 };
-use crate::eval::evaluate_logits;
 use crate::model::{Architecture, ColumnDef, Layout};
 use crate::params::Params;
 use crate::spec::{JobSpec, MethodSpec, Role};
@@ -135,22 +134,25 @@ impl Method for Progressive {
         inputs: &EvalInputs<'_>,
         device: &Device,
     ) -> Evaluation {
-        let tensors = arch.tensors(params, device, &[]);
-        let mut out = Evaluation::default();
-        for set in inputs.sets {
-            let column = self.column_of(set.task.as_deref());
-            let mut bits = Vec::new();
-            let r = evaluate_logits(&set.data, &set.label, arch.num_classes, device, |x| {
-                let logits = arch.forward_column(&tensors, column, x).logits;
+        // Every output of every set, kept to checksum them bit for bit.
+        let mut outputs: Vec<(String, Vec<f32>)> = Vec::new();
+        let mut out = evaluate_sets(arch, params, inputs, device, |set, tensors, x| {
+            let logits = arch
+                .forward_column(tensors, self.column_of(set.task.as_deref()), x)
+                .logits;
+            if outputs.last().is_none_or(|(label, _)| *label != set.label) {
+                outputs.push((set.label.clone(), Vec::new()));
+            }
+            if let Some((_, bits)) = outputs.last_mut() {
                 bits.extend(logits.clone().into_data().iter::<f32>());
-                logits
-            });
-            out.metrics.extend(r.metrics());
+            }
+            logits
+        });
+        for (label, bits) in outputs {
             out.metrics.insert(
-                format!("{}.output_checksum", set.label),
+                format!("{label}.output_checksum"),
                 bits_checksum(bits.into_iter()),
             );
-            out.sets.push(r);
         }
         out
     }

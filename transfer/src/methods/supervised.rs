@@ -38,16 +38,14 @@ pub(crate) fn training_length(spec: &JobSpec) -> Length {
 
 /// One stage of cross-entropy training on the labelled set of `role`.
 pub(crate) fn labelled_stage(name: &str, role: Role, length: Length, batch: usize) -> StageDef {
-    StageDef {
-        name: name.into(),
-        streams: vec![StreamDef {
+    StageDef::new(
+        name,
+        vec![StreamDef {
             data: DataKey::role(role),
             batch,
         }],
         length,
-        reset_prefixes: Vec::new(),
-        copies: Vec::new(),
-    }
+    )
 }
 
 /// Cross-entropy on the first batch of a step (or zero when the step has none).

@@ -174,20 +174,16 @@ fn stages_are_laid_end_to_end() {
         batch,
     };
     let defs = vec![
-        StageDef {
-            name: "a".into(),
-            streams: vec![stream(Role::Source, 10), stream(Role::TargetUnlabelled, 4)],
-            length: Length::Epochs(2),
-            reset_prefixes: vec![],
-            copies: vec![],
-        },
-        StageDef {
-            name: "b".into(),
-            streams: vec![stream(Role::TargetLabelled, 10)],
-            length: Length::Steps(7),
-            reset_prefixes: vec![],
-            copies: vec![],
-        },
+        StageDef::new(
+            "a",
+            vec![stream(Role::Source, 10), stream(Role::TargetUnlabelled, 4)],
+            Length::Epochs(2),
+        ),
+        StageDef::new(
+            "b",
+            vec![stream(Role::TargetLabelled, 10)],
+            Length::Steps(7),
+        ),
     ];
     let stages = plan_stages(&defs, |k| {
         if *k == DataKey::role(Role::Source) {
