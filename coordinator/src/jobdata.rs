@@ -39,6 +39,9 @@ pub struct JobData {
     pub eval: Vec<EvalSet>,
     /// Weights to start from (a source model from a file).
     pub init_params: Option<Params>,
+    /// Length of the flattened gradient of each stage: asked for at every round, so worked
+    /// out once here rather than from the method's mask each time.
+    trainable_lens: Vec<usize>,
 }
 
 impl std::fmt::Debug for JobData {
@@ -306,6 +309,9 @@ impl JobData {
             }
             _ => None,
         };
+        let trainable_lens = (0..stages.len())
+            .map(|stage| masked_len(&arch, &method.trainable(&arch, stage)))
+            .collect();
         Ok(Self {
             arch,
             method,
@@ -314,6 +320,7 @@ impl JobData {
             train,
             eval,
             init_params,
+            trainable_lens,
         })
     }
 
@@ -337,15 +344,21 @@ impl JobData {
 
     /// Length of the flattened gradient in `stage`.
     pub fn trainable_len(&self, stage: usize) -> usize {
-        let mask = self.method.trainable(&self.arch, stage);
-        self.arch
-            .params
-            .iter()
-            .zip(&mask)
-            .filter(|(_, m)| **m)
-            .map(|(p, _)| p.numel())
-            .sum()
+        self.trainable_lens
+            .get(stage)
+            .copied()
+            .unwrap_or_else(|| masked_len(&self.arch, &self.method.trainable(&self.arch, stage)))
     }
+}
+
+/// Values in the parameters that `mask` marks.
+fn masked_len(arch: &Architecture, mask: &[bool]) -> usize {
+    arch.params
+        .iter()
+        .zip(mask)
+        .filter(|(_, m)| **m)
+        .map(|(p, _)| p.numel())
+        .sum()
 }
 
 /// Where graft looks for data: `GRAFT_DATA_DIR`, else the configured directory.
