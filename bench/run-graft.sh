@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The graft figures of docs/PERFORMANCE.md in one go: one JSON object per line on stdout,
-# preceded by the machine and its load (comment lines). Not part of CI.
+# The figures of docs/PERFORMANCE.md in one go: graft's, then PyTorch DDP's on the same
+# workloads (when bench/install-pytorch.sh has made bench/.venv), one JSON object per line on
+# stdout, preceded by the machine and its load (comment lines). Not part of CI.
 #   bench/run-graft.sh > bench/results.jsonl
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,4 +16,13 @@ for w in mlp dann; do
   done
   $G bench train --workload $w --workers 1 --steps "${STEPS:-60}" --json
 done
+if [ -x bench/.venv/bin/python ]; then
+  for w in mlp dann; do
+    for n in 2 1; do
+      bench/.venv/bin/python bench/pytorch_ddp.py --workload $w --workers $n --steps "${TORCH_STEPS:-100}" --json
+    done
+  done
+else
+  echo "# PyTorch not installed (bench/install-pytorch.sh): no comparison figures"
+fi
 echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"

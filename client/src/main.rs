@@ -15,6 +15,11 @@ use graft_coordinator::wire::state_name;
 use graft_proto::v1 as pb;
 use graft_transfer::JobSpec;
 
+/// mimalloc keeps freed megabyte buffers for reuse where glibc unmaps them; see the
+/// allocator section of docs/PERFORMANCE.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "graft",

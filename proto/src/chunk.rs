@@ -111,7 +111,7 @@ pub fn split(values: &[f32], step: u64, generation: u64, chunk_bytes: usize) -> 
             total_len: 0,
             step,
             generation,
-            data: Vec::new(),
+            data: prost::bytes::Bytes::new(),
             crc32: checksum(&[]),
         }];
     }
@@ -126,7 +126,7 @@ pub fn split(values: &[f32], step: u64, generation: u64, chunk_bytes: usize) -> 
                 step,
                 generation,
                 crc32: checksum(&data),
-                data,
+                data: data.into(),
             }
         })
         .collect()
@@ -279,7 +279,9 @@ mod tests {
             Err(ChunkError::WrongOffset { .. })
         ));
         let mut bad = chunks[0].clone();
-        bad.data[0] ^= 1;
+        let mut flipped = bad.data.to_vec();
+        flipped[0] ^= 1;
+        bad.data = flipped.into();
         assert!(matches!(
             Assembler::new(7, 2, 40).push(&bad),
             Err(ChunkError::Checksum { .. })

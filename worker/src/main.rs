@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+/// mimalloc keeps freed megabyte buffers for reuse where glibc unmaps them; see the
+/// allocator section of docs/PERFORMANCE.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "graft-worker",

@@ -432,7 +432,7 @@ impl Ring {
                 step,
                 generation: self.generation,
                 crc32: checksum(&data),
-                data,
+                data: data.into(),
             }),
             stats: None,
             step,
@@ -487,7 +487,7 @@ impl Ring {
                 .await
                 .map_err(|_| local("the step's stats never came"))?;
             return Ok(RingSum {
-                sum: buckets.concat(),
+                sum: join(buckets),
                 stats,
                 stop_at,
             });
@@ -656,7 +656,7 @@ impl Ring {
             total.correct += s.correct;
         }
         Ok(RingSum {
-            sum: buckets.concat(),
+            sum: join(buckets),
             stats: total,
             stop_at,
         })
@@ -830,7 +830,9 @@ impl Ring {
         }
         let at = cursor.offset;
         let dst = &mut bucket[at..at + want_len];
-        // Decode, check and add (reduce-scatter) or store (all-gather) in one pass.
+        // Add (reduce-scatter) or store (all-gather) in branch-free loops the compiler
+        // vectorises, then check the result: a non-finite value received leaves a non-finite
+        // result, and so does a sum that overflows, which is refused just the same.
         let reduce = cursor.pass < world - 1;
         let mut bad = None;
         for (i, (d, b)) in dst.iter_mut().zip(c.data.chunks_exact(4)).enumerate() {
@@ -863,6 +865,20 @@ impl Ring {
         }
         Ok(())
     }
+}
+
+/// The buckets end to end, grown from the first one rather than copied into a fresh vector:
+/// a new gradient-sized allocation every step costs a page fault per page (a 64 MiB gradient
+/// spent a fifth of the ring's CPU zeroing fresh pages).
+fn join(buckets: Vec<Vec<f32>>) -> Vec<f32> {
+    let total: usize = buckets.iter().map(Vec::len).sum();
+    let mut it = buckets.into_iter();
+    let mut sum = it.next().unwrap_or_default();
+    sum.reserve_exact(total - sum.len());
+    for b in it {
+        sum.extend_from_slice(&b);
+    }
+    sum
 }
 
 /// Moves the cursor to the next pass with data (segments may be empty), across buckets.
