@@ -52,8 +52,8 @@ struct Cli {
 enum BenchCmd {
     /// Run every example job of the transfer methods (W = 2) and write docs/RESULTS.md.
     Methods {
-        /// Only these example files (by name, e.g. dann-moons.toml); earlier results of the
-        /// others are kept.
+        /// Only these example files (by name, e.g. dann-moons.toml; `FILE@SEED` runs a file at
+        /// another seed); earlier results of the others are kept.
         #[arg(long = "only")]
         only: Vec<String>,
         /// The examples folder.
