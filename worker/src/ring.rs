@@ -830,9 +830,8 @@ impl Ring {
         }
         let at = cursor.offset;
         let dst = &mut bucket[at..at + want_len];
-        // Add (reduce-scatter) or store (all-gather) in branch-free loops the compiler
-        // vectorises, then check the result: a non-finite value received leaves a non-finite
-        // result, and so does a sum that overflows, which is refused just the same.
+        // Decode, check and add (reduce-scatter) or store (all-gather) in one pass. (Two
+        // passes, add then check, measured slower: docs/PERFORMANCE.md.)
         let reduce = cursor.pass < world - 1;
         let mut bad = None;
         for (i, (d, b)) in dst.iter_mut().zip(c.data.chunks_exact(4)).enumerate() {
