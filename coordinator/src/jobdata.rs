@@ -103,9 +103,6 @@ fn load_one(
         };
         ds = ds.resize_to(&shape).map_err(|e| field_err(i, e))?;
     }
-    if d.standardize {
-        ds.standardize().map_err(|e| field_err(i, e))?;
-    }
     Ok(ds)
 }
 
@@ -252,6 +249,11 @@ impl JobData {
                     return Err(field_err(i, "has no sample of a seen class"));
                 }
             }
+            // Last, on the samples the job will see at the model's input size: resizing
+            // smooths the values, so standardising before it would leave a deviation below 1.
+            if d.standardize {
+                ds.standardize().map_err(|e| field_err(i, e))?;
+            }
             match train_key(d) {
                 None => eval.push(EvalSet {
                     label: d.metric_label(),
@@ -364,4 +366,73 @@ fn masked_len(arch: &Architecture, mask: &[bool]) -> usize {
 /// Where graft looks for data: `GRAFT_DATA_DIR`, else the configured directory.
 pub fn data_dir(configured: &Path) -> PathBuf {
     std::env::var_os(catalog::DATA_DIR_ENV).map_or_else(|| configured.to_path_buf(), PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data() -> PathBuf {
+        std::env::var_os(catalog::DATA_DIR_ENV).map_or_else(
+            || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data")),
+            PathBuf::from,
+        )
+    }
+
+    fn mean_var(v: &[f32]) -> (f64, f64) {
+        let n = v.len() as f64;
+        let m = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+        let var = v.iter().map(|&x| (f64::from(x) - m).powi(2)).sum::<f64>() / n;
+        (m, var)
+    }
+
+    /// USPS (16×16) is resized to MNIST's 28×28 when the job loads; standardising comes after
+    /// that, so the set the model sees has mean 0 and deviation 1.
+    #[test]
+    fn a_set_is_standardised_at_the_models_input_size() {
+        let spec: JobSpec = toml::from_str(
+            r#"
+name = "std"
+[model]
+kind = "digits_cnn"
+[method]
+kind = "dann"
+[[datasets]]
+name = "mnist"
+role = "source"
+limit = 300
+[[datasets]]
+name = "usps"
+role = "target_unlabelled"
+limit = 200
+standardize = true
+[[datasets]]
+name = "usps"
+split = "test"
+role = "eval"
+limit = 100
+standardize = true
+[optimizer]
+kind = "sgd"
+lr = 0.01
+[training]
+global_batch_size = 20
+steps = 5
+"#,
+        )
+        .expect("parses");
+        let jd = JobData::load(&spec, &data()).expect("loads");
+        let target = &jd.train[&DataKey::role(Role::TargetUnlabelled)];
+        assert_eq!(target.sample_shape, vec![1, 28, 28]);
+        for set in [target.as_ref(), jd.eval[0].data.as_ref()] {
+            let (m, v) = mean_var(&set.features);
+            assert!(
+                m.abs() < 1e-4 && (v - 1.0).abs() < 1e-3,
+                "mean {m}, variance {v}"
+            );
+        }
+        // A set without the option keeps its values.
+        let source = &jd.train[&DataKey::role(Role::Source)];
+        assert!(source.features.iter().all(|&x| (0.0..=1.0).contains(&x)));
+    }
 }

@@ -355,6 +355,7 @@ role = "source"
 name = "usps"
 role = "target_labelled"
 labels_per_class = 10
+standardize = true
 [[datasets]]
 name = "usps"
 split = "test"
@@ -374,6 +375,7 @@ max = 3
 "#,
         )
         .expect("parses");
+        assert!(spec.datasets[1].standardize && !spec.datasets[2].standardize);
         assert_eq!(spec_from_pb(&spec_to_pb(&spec)).expect("converts"), spec);
     }
 
