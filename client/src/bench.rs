@@ -239,7 +239,7 @@ pub fn rows() -> Vec<Row> {
         },
         Row {
             files: ZSL_RUNS,
-            claim: "unseen-only accuracy ≥ 0.40 (chance 0.33), novelty AUROC ≥ 0.85; GZSL reported. Judged on the mean over the file's seed and seeds 1–3, since the reference is a range over three seeds",
+            claim: "unseen-only accuracy ≥ 0.40 (chance 0.33), novelty AUROC ≥ 0.85; GZSL reported. Judged on the mean over the file's seed and seeds 1–3 (the reference is a range over three seeds); this rule was adopted after the file's own seed 5 gave 0.349",
             reference: "PyTorch same CNN, 2 epochs, 3 seeds: nearest attribute vector 0.40–0.45, DAP 0.42–0.50, AUROC 0.90–0.94",
             check: zsl_seeds_row,
         },
@@ -332,7 +332,7 @@ pub fn all_files() -> Vec<&'static str> {
 
 /// `FILE@SEED`: the file and the seed that replaces its own.
 fn split_seed(file: &str) -> anyhow::Result<(&str, Option<u64>)> {
-    match file.split_once('@') {
+    match file.rsplit_once('@') {
         Some((name, seed)) => {
             let seed = seed
                 .parse::<u64>()
@@ -364,9 +364,11 @@ pub fn run_example(
     cmd.arg("local")
         .arg(&path)
         .args(["--workers", &workers.to_string(), "--json"]);
-    if let Some(s) = seed {
-        cmd.env("GRAFT_JOB_SEED", s.to_string());
-    }
+    // The recorded seed must be the one that ran: an inherited override is dropped.
+    match seed {
+        Some(s) => cmd.env("GRAFT_JOB_SEED", s.to_string()),
+        None => cmd.env_remove("GRAFT_JOB_SEED"),
+    };
     let out = cmd
         .output()
         .map_err(|e| anyhow::anyhow!("running graft local: {e}"))?;
@@ -536,6 +538,10 @@ mod tests {
         assert_eq!(split_seed("a.toml").expect("plain"), ("a.toml", None));
         assert_eq!(split_seed("a.toml@3").expect("seeded"), ("a.toml", Some(3)));
         assert!(split_seed("a.toml@x").is_err());
+        assert_eq!(
+            split_seed("x@y.toml@4").expect("last @"),
+            ("x@y.toml", Some(4))
+        );
     }
 
     #[test]
