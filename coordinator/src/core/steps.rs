@@ -50,6 +50,25 @@ impl Coordinator {
         Ok((entry, rank))
     }
 
+    /// The job's loaded data and the index of the stage that runs `step`.
+    fn stage_of_step(
+        entry: &JobEntry,
+        job: &str,
+        step: u64,
+    ) -> Result<(Arc<JobData>, usize), CoordinatorError> {
+        let data = entry
+            .data
+            .clone()
+            .ok_or_else(|| CoordinatorError::Internal(format!("job {job} has no data loaded")))?;
+        let (stage, _) = data.stage_of(step).ok_or_else(|| {
+            CoordinatorError::BadRequest(format!(
+                "step {step} is not in job {job} ({} steps)",
+                data.total_steps()
+            ))
+        })?;
+        Ok((data, stage))
+    }
+
     /// The job's data and this worker's place in its group.
     ///
     /// # Errors
@@ -95,16 +114,8 @@ impl Coordinator {
                 "worker {worker} is rank {my_rank}, not {rank}"
             )));
         }
-        let data = entry
-            .data
-            .clone()
-            .ok_or_else(|| CoordinatorError::Internal(format!("job {job} has no data loaded")))?;
-        let (stage, plan) = data.stage_of(step).ok_or_else(|| {
-            CoordinatorError::BadRequest(format!(
-                "step {step} is not in job {job} ({} steps)",
-                data.total_steps()
-            ))
-        })?;
+        let (data, stage) = Self::stage_of_step(entry, job, step)?;
+        let plan = &data.stages[stage];
         if entry
             .run
             .as_ref()
@@ -202,16 +213,8 @@ impl Coordinator {
                 entry.record.step
             )));
         }
-        let data = entry
-            .data
-            .clone()
-            .ok_or_else(|| CoordinatorError::Internal(format!("job {job} has no data loaded")))?;
-        let (_, plan) = data.stage_of(step).ok_or_else(|| {
-            CoordinatorError::BadRequest(format!(
-                "step {step} is not in job {job} ({} steps)",
-                data.total_steps()
-            ))
-        })?;
+        let (data, stage) = Self::stage_of_step(entry, job, step)?;
+        let plan = &data.stages[stage];
         let global = plan
             .global_counts(step - plan.first_step)
             .first()
@@ -237,7 +240,7 @@ impl Coordinator {
         let mut stop_at = 0;
         if let Some(run) = entry.run.as_mut() {
             let world = run.members.len() as u64;
-            let n = data.trainable_len(data.stage_of(step).map_or(0, |(i, _)| i)) as u64;
+            let n = data.trainable_len(stage) as u64;
             // Each rank sends 2(W-1)/W of the gradient to its neighbour.
             let bytes = 2 * (world.saturating_sub(1)) * n * 4;
             let took = times.map_or(0.0, |t| t.comm_ms);
