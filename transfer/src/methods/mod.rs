@@ -649,7 +649,15 @@ pub fn compute_step_buckets(
         .map(|(p, _)| p)
     {
         match t.grad(&grads) {
-            Some(g) => bucket.extend(g.into_data().iter::<f32>()),
+            Some(g) => {
+                let data = g.into_data();
+                // A slice copy, not `iter`: its boxed iterator costs a virtual call per value,
+                // which was most of the flatten time of the mlp step (2.7 MB of gradient).
+                match data.as_slice::<f32>() {
+                    Ok(values) => bucket.extend_from_slice(values),
+                    Err(_) => bucket.extend(data.iter::<f32>()),
+                }
+            }
             None => bucket.extend(std::iter::repeat_n(0.0, spec.numel())),
         }
         if bucket.len() >= want {
