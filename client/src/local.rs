@@ -41,17 +41,23 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(5)..].join("\n")
 }
 
-/// `OMP_NUM_THREADS` for the processes `local` starts, unless the user set it: the host's
-/// cores shared among the workers. libtorch's CPU kernels run on OpenMP threads that spin
-/// while they wait, and two workers each with a thread per core take turns so badly that the
-/// MNIST MLP example ran 8x slower on libtorch-cpu (2 cores) than with one thread each (torchrun sets
-/// it to 1 for the same reason). Flex does not read it.
-fn omp_threads(workers: usize) -> Option<String> {
-    if std::env::var_os("OMP_NUM_THREADS").is_some() {
-        return None;
-    }
+/// Thread-count variables for the processes `local` starts: the host's cores shared among
+/// the workers, for each variable the user did not set.
+///
+/// - `OMP_NUM_THREADS`: libtorch's CPU kernels run on OpenMP threads that spin while they
+///   wait, and two workers each with a thread per core take turns so badly that the MNIST
+///   MLP example ran 8x slower on libtorch-cpu (2 cores) than with one thread each (torchrun
+///   sets it to 1 for the same reason).
+/// - `RAYON_NUM_THREADS`: flex built with the `rayon` feature. Two workers with a pool of two
+///   threads each on 2 cores made the dann step 5 % slower than one thread each.
+fn thread_shares(workers: usize) -> Vec<(&'static str, String)> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    Some((cores / workers.max(1)).max(1).to_string())
+    let share = (cores / workers.max(1)).max(1).to_string();
+    ["OMP_NUM_THREADS", "RAYON_NUM_THREADS"]
+        .into_iter()
+        .filter(|var| std::env::var_os(var).is_none())
+        .map(|var| (var, share.clone()))
+        .collect()
 }
 
 impl LocalCluster {
@@ -66,8 +72,8 @@ impl LocalCluster {
         std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
         let ready = opts.state_dir.join("coordinator.addr");
         let _ = std::fs::remove_file(&ready);
-        let threads = omp_threads(opts.workers);
-        let omp = || threads.iter().map(|t| ("OMP_NUM_THREADS", t.as_str()));
+        let threads = thread_shares(opts.workers);
+        let omp = || threads.iter().map(|(var, n)| (*var, n.as_str()));
         let coordinator = Command::new(&exe)
             .arg("coordinator")
             .envs(omp())
@@ -172,4 +178,28 @@ impl Drop for LocalCluster {
 /// A fresh run directory under `graft-runs/`.
 pub fn run_dir(kind: &str) -> PathBuf {
     PathBuf::from("graft-runs").join(format!("{kind}-{}", graft_coordinator::job::now_ms()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thread_shares;
+
+    #[test]
+    fn workers_share_the_cores_and_get_at_least_one_thread() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        for (workers, want) in [(1, cores), (cores, 1), (cores * 4, 1)] {
+            let shares = thread_shares(workers);
+            for var in ["OMP_NUM_THREADS", "RAYON_NUM_THREADS"] {
+                // A variable the user set is left to the user.
+                let got = shares
+                    .iter()
+                    .find(|(v, _)| *v == var)
+                    .map(|(_, n)| n.clone());
+                match std::env::var_os(var) {
+                    Some(_) => assert_eq!(got, None, "{var}"),
+                    None => assert_eq!(got, Some(want.to_string()), "{var}, {workers} workers"),
+                }
+            }
+        }
+    }
 }
