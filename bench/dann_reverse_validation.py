@@ -41,6 +41,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pytorch_ddp import GradReverse  # the gradient-reversal layer of the speed comparison
+
 STEPS = 3000
 BATCH = 64
 
@@ -65,17 +67,6 @@ def load(data_dir, name, split):
     if x.shape[-1] != 28:
         x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
     return x, torch.from_numpy(y.astype(np.int64))
-
-
-class Reverse(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, lam):
-        ctx.lam = lam
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        return -ctx.lam * g, None
 
 
 def mlp(widths):
@@ -120,7 +111,7 @@ def train(xs, ys, xt, hidden, seed):
         fs = feat(xs[bs])
         loss = F.cross_entropy(label(fs), ys[bs])
         lam = 2 / (1 + math.exp(-10 * p)) - 1
-        d = domain(Reverse.apply(torch.cat([fs, feat(xt[bt])]), lam)).squeeze(1)
+        d = domain(GradReverse.apply(torch.cat([fs, feat(xt[bt])]), lam)).squeeze(1)
         loss = loss + F.binary_cross_entropy_with_logits(
             d, torch.cat([torch.zeros(BATCH), torch.ones(BATCH)]))
         opt.zero_grad()
