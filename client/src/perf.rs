@@ -530,6 +530,9 @@ pub struct TrainRow {
     pub comm_ms: f64,
     /// The optimizer's update.
     pub optimizer_ms: f64,
+    /// The rest of the step (drawing the batches, rank 0's report): the median of each step's
+    /// remainder, since medians of the phases need not add up to the median step.
+    pub other_ms: f64,
     /// Steps measured (after the warm-up).
     pub steps: usize,
 }
@@ -711,6 +714,7 @@ pub async fn train(
         flatten_ms: col(|t| t.flatten_ms),
         comm_ms: col(|t| t.comm_ms),
         optimizer_ms: col(|t| t.optimizer_ms),
+        other_ms: col(|t| t.step_ms - t.compute_ms - t.flatten_ms - t.comm_ms - t.optimizer_ms),
         steps: rows.len(),
     })
 }
