@@ -512,7 +512,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "{} on {} worker(s) ({}, {}): {:.0} samples/s; per step (medians of {} steps): {:.2} ms = compute {:.2} + flatten {:.2} + all-reduce wait {:.2} + optimizer {:.2} + batches and reports {:.2}",
+                    "{} on {} worker(s) ({}, {}): {:.0} samples/s; per step (medians of {} steps, which need not add up): {:.2} ms; compute {:.2}, flatten {:.2}, all-reduce wait {:.2}, optimizer {:.2}, the rest (batches, reports) {:.2}",
                     r.workload,
                     r.workers,
                     r.device,
