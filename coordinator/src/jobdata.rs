@@ -373,17 +373,10 @@ mod tests {
     use super::*;
 
     fn data() -> PathBuf {
-        std::env::var_os(catalog::DATA_DIR_ENV).map_or_else(
-            || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data")),
-            PathBuf::from,
-        )
-    }
-
-    fn mean_var(v: &[f32]) -> (f64, f64) {
-        let n = v.len() as f64;
-        let m = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
-        let var = v.iter().map(|&x| (f64::from(x) - m).powi(2)).sum::<f64>() / n;
-        (m, var)
+        data_dir(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/data"
+        )))
     }
 
     /// USPS (16×16) is resized to MNIST's 28×28 when the job loads; standardising comes after
@@ -425,7 +418,8 @@ steps = 5
         let target = &jd.train[&DataKey::role(Role::TargetUnlabelled)];
         assert_eq!(target.sample_shape, vec![1, 28, 28]);
         for set in [target.as_ref(), jd.eval[0].data.as_ref()] {
-            let (m, v) = mean_var(&set.features);
+            let (m, s) = set.value_moments();
+            let v = s * s;
             assert!(
                 m.abs() < 1e-4 && (v - 1.0).abs() < 1e-3,
                 "mean {m}, variance {v}"

@@ -159,12 +159,9 @@ impl Dataset {
         Ok(self.subset(&chosen))
     }
 
-    /// Shifts and scales every value by the set's own mean and standard deviation (one of each
-    /// over all values), in f64 so that 47 million MNIST pixels sum without drift.
-    ///
-    /// # Errors
-    /// [`DataError::Constant`] when every value is the same: there is no scale to divide by.
-    pub fn standardize(&mut self) -> Result<(), DataError> {
+    /// Mean and standard deviation over all values (one of each for the whole set), in f64
+    /// so that 47 million MNIST pixels sum without drift.
+    pub fn value_moments(&self) -> (f64, f64) {
         let n = self.features.len().max(1) as f64;
         let mean = self.features.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
         let var = self
@@ -173,7 +170,15 @@ impl Dataset {
             .map(|&v| (f64::from(v) - mean).powi(2))
             .sum::<f64>()
             / n;
-        let std = var.sqrt();
+        (mean, var.sqrt())
+    }
+
+    /// Shifts and scales every value by the set's own [`Dataset::value_moments`].
+    ///
+    /// # Errors
+    /// [`DataError::Constant`] when every value is the same: there is no scale to divide by.
+    pub fn standardize(&mut self) -> Result<(), DataError> {
+        let (mean, std) = self.value_moments();
         if std.is_nan() || std <= 1e-12 {
             return Err(DataError::Constant {
                 name: self.name.clone(),
