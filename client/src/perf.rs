@@ -139,12 +139,11 @@ pub async fn run_peer(a: PeerArgs) -> anyhow::Result<()> {
     let grpc_addr = grpc.local_addr()?;
     tokio::spawn(
         tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .initial_stream_window_size(graft_worker::ring::RING_WINDOW)
             .initial_connection_window_size(graft_worker::ring::RING_WINDOW)
             .max_frame_size(Some(1 << 20))
             .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc)),
+            .serve_with_incoming(graft_coordinator::server::nodelay_incoming(grpc)),
     );
     let tmp = a.dir.join(format!(".peer-{rank}"));
     std::fs::write(&tmp, format!("{grpc_addr} {}", tcp.local_addr()?))?;

@@ -26,6 +26,23 @@ use crate::service::cluster::ClusterApi;
 use crate::service::jobs::JobApi;
 use crate::store::Store;
 
+/// The connections accepted on `listener`, with Nagle's algorithm off.
+///
+/// tonic's `Server::tcp_nodelay` applies only to listeners it binds itself, not to
+/// `serve_with_incoming`. With Nagle on, a small write that follows another unacknowledged
+/// one waits for the peer's delayed ACK: 40 ms for a step report, a window update or the
+/// end of a ring stream. Every graft server accepts through this.
+pub fn nodelay_incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    TcpListenerStream::new(listener).map(|s| {
+        if let Ok(s) = &s {
+            let _ = s.set_nodelay(true);
+        }
+        s
+    })
+}
+
 /// How often the monitor looks for dead workers and startable jobs.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -145,13 +162,7 @@ impl Server {
         let cluster = ClusterServiceServer::new(ClusterApi::new(coord.clone(), shutdown.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        // Small step messages must not wait for Nagle's algorithm (40 ms per round trip).
-        let incoming = TcpListenerStream::new(self.listener).map(|s| {
-            if let Ok(s) = &s {
-                let _ = s.set_nodelay(true);
-            }
-            s
-        });
+        let incoming = nodelay_incoming(self.listener);
         if let Some(f) = &config.ready_file {
             crate::checkpoint::write_atomic(f, self.addr.to_string().as_bytes())?;
         }

@@ -832,20 +832,12 @@ impl Ring {
         let dst = &mut bucket[at..at + want_len];
         // Decode, check and add (reduce-scatter) or store (all-gather) in one pass. (Two
         // passes, add then check, measured slower: docs/PERFORMANCE.md.)
-        let reduce = cursor.pass < world - 1;
-        let mut bad = None;
-        for (i, (d, b)) in dst.iter_mut().zip(c.data.chunks_exact(4)).enumerate() {
-            let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            if !v.is_finite() && bad.is_none() {
-                bad = Some(i);
-            }
-            if reduce {
-                *d += v;
-            } else {
-                *d = v;
-            }
-        }
-        if let Some(i) = bad {
+        if add_or_store(dst, &c.data, cursor.pass < world - 1) {
+            let i = c
+                .data
+                .chunks_exact(4)
+                .position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
+                .unwrap_or(0);
             return Err(refuse(format!(
                 "non-finite value at element {} of bucket {}",
                 at + i,
@@ -864,6 +856,31 @@ impl Ring {
         }
         Ok(())
     }
+}
+
+/// Adds the little-endian f32 `data` into `dst` (`reduce`) or stores it there; whether any
+/// received value was NaN or infinite.
+///
+/// Branch-free, so that it vectorizes: the exponent test is OR-ed into one flag, and the
+/// caller looks for the offending element only when the flag is set.
+fn add_or_store(dst: &mut [f32], data: &[u8], reduce: bool) -> bool {
+    const EXP: u32 = 0x7f80_0000;
+    let mut bad = false;
+    let pairs = dst.iter_mut().zip(data.chunks_exact(4));
+    if reduce {
+        for (d, b) in pairs {
+            let bits = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            bad |= bits & EXP == EXP;
+            *d += f32::from_bits(bits);
+        }
+    } else {
+        for (d, b) in pairs {
+            let bits = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            bad |= bits & EXP == EXP;
+            *d = f32::from_bits(bits);
+        }
+    }
+    bad
 }
 
 /// The buckets end to end, grown from the first one rather than copied into a fresh vector:
@@ -965,9 +982,27 @@ mod tests {
 
     use graft_coordinator::reduce::reduce_in_rank_order;
     use graft_transfer::rng::SplitMix64;
-    use tokio_stream::wrappers::TcpListenerStream;
 
     use super::*;
+
+    #[test]
+    fn add_or_store_adds_stores_and_flags_only_nan_and_infinity() {
+        let received = [1.5f32, -2.0, f32::MAX, f32::MIN_POSITIVE / 2.0, -0.0];
+        let bytes = f32_to_bytes(&received);
+        let mut acc = vec![1.0f32; received.len()];
+        assert!(!add_or_store(&mut acc, &bytes, true));
+        let want: Vec<f32> = received.iter().map(|v| 1.0 + v).collect();
+        assert_eq!(acc, want);
+        assert!(!add_or_store(&mut acc, &bytes, false));
+        assert_eq!(acc, received);
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut v = received.to_vec();
+            v[3] = bad;
+            let mut dst = vec![0.0f32; v.len()];
+            assert!(add_or_store(&mut dst, &f32_to_bytes(&v), true), "{bad}");
+            assert!(add_or_store(&mut dst, &f32_to_bytes(&v), false), "{bad}");
+        }
+    }
 
     /// W in-process ring members on loopback, each behind its own gRPC server.
     async fn rings(world: usize, generation: u64, timeout: Duration, chunk: usize) -> Vec<Ring> {
@@ -987,7 +1022,7 @@ mod tests {
                             api,
                         ),
                     )
-                    .serve_with_incoming(TcpListenerStream::new(listener)),
+                    .serve_with_incoming(graft_coordinator::server::nodelay_incoming(listener)),
             );
             boxes.push(inbox);
         }

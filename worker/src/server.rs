@@ -9,7 +9,6 @@
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -91,10 +90,9 @@ impl WorkerServer {
                 .max_encoding_message_size(graft_proto::MAX_MESSAGE_BYTES),
             graft_coordinator::auth::TokenCheck::new(cluster_token),
         );
-        let incoming = TcpListenerStream::new(self.listener);
+        let incoming = graft_coordinator::server::nodelay_incoming(self.listener);
         let task = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .initial_stream_window_size(crate::ring::RING_WINDOW)
                 .initial_connection_window_size(crate::ring::RING_WINDOW)
                 .max_frame_size(Some(1 << 20))
