@@ -239,6 +239,33 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
 }
 
 /// Submits `spec` to a fresh local cluster and follows it.
+/// The signals that end `graft local`: each must take the local cluster down with it.
+struct Stop {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            hup: signal(SignalKind::hangup()).context("listening for SIGHUP")?,
+            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
+    }
+
+    /// The name of the first signal to arrive.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.hup.recv() => "SIGHUP",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
 async fn run_local(
     specs: Vec<JobSpec>,
     workers: u32,
@@ -268,6 +295,7 @@ async fn run_local_jobs(
         heartbeat_timeout_ms: 5_000,
     })?;
     let mut client = Client::connect(&cluster.url, None).await?;
+    let mut stop = Stop::new()?;
     let mut all_ok = true;
     for mut spec in specs {
         spec.workers.min = workers;
@@ -287,6 +315,10 @@ async fn run_local_jobs(
         let outcome = loop {
             tokio::select! {
                 o = &mut watcher => break o?,
+                // Returning drops the cluster, which kills the coordinator and the workers:
+                // a supervisor's SIGTERM (or a closed terminal's SIGHUP) would otherwise end
+                // this process alone and leave them training.
+                sig = stop.recv() => anyhow::bail!("stopped by {sig}; the local cluster was shut down"),
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
                     let gone = cluster.exited();
                     if !gone.is_empty() {

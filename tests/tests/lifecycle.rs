@@ -232,3 +232,88 @@ fn idle_processes_exit_promptly_on_sigterm() {
         sent.elapsed()
     );
 }
+
+/// The processes whose parent is `pid` (from /proc), as (pid, state).
+fn children_of(pid: u32) -> Vec<(u32, char)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Some(st) = proc_stat(p)
+            && st.1 == pid
+        {
+            out.push((p, st.0));
+        }
+    }
+    out
+}
+
+/// State and parent of `pid`, `None` once it is gone. The command name in /proc/PID/stat is
+/// in parentheses and may hold spaces, so the fields are read after the last ')'.
+fn proc_stat(pid: u32) -> Option<(char, u32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+#[test]
+fn sigterm_to_graft_local_takes_its_coordinator_and_workers_down() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("long.toml");
+    std::fs::write(&file, moons_job("long", 10_000_000, 1_000_000)).expect("job file");
+    let state = tmp.path().join("run");
+    let mut local = Command::new(bin("graft"))
+        .args(["local", file.to_str().expect("utf-8"), "--workers", "2", "--json"])
+        .arg("--state-dir")
+        .arg(&state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("graft local");
+    // Training: both workers have logged a step of the job.
+    let log = |name: &str| std::fs::read_to_string(state.join("logs").join(format!("{name}.log")));
+    wait_for(Duration::from_secs(60), || {
+        (0..2)
+            .all(|i| log(&format!("worker-{i}")).is_ok_and(|l| l.contains("assigned")))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("the workers never took the job: {:?}", log("worker-0")));
+    let children = children_of(local.id());
+    assert_eq!(children.len(), 3, "a coordinator and two workers: {children:?}");
+    let status = graft_tests::terminate(&mut local, Duration::from_secs(10))
+        .expect("graft local exits on SIGTERM");
+    // Reaped by graft local, or at least dead (a zombie of a reaper that has not run yet).
+    let left = wait_for(Duration::from_secs(10), || {
+        let alive: Vec<_> = children
+            .iter()
+            .filter(|(p, _)| proc_stat(*p).is_some_and(|(s, _)| s != 'Z'))
+            .collect();
+        alive.is_empty().then_some(())
+    });
+    if left.is_none() {
+        let alive: Vec<_> = children
+            .iter()
+            .filter_map(|(p, _)| proc_stat(*p).map(|s| (*p, s)))
+            .collect();
+        // Not left to train on in the background of the other tests.
+        for (p, _) in &alive {
+            if let Ok(pid) = libc::pid_t::try_from(*p) {
+                // SAFETY: kill(2) of a process this test saw as graft local's child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        panic!("still running after graft local stopped: {alive:?}");
+    }
+    assert!(!status.success(), "a stopped run is not a success: {status:?}");
+    let mut err = String::new();
+    if let Some(mut e) = local.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(err.contains("SIGTERM"), "says why it stopped: {err}");
+}
