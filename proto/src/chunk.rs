@@ -256,7 +256,15 @@ mod tests {
 
     #[test]
     fn f32_to_bytes_is_little_endian_ieee() {
-        let v = [0.0f32, -0.0, 1.0, -2.5, f32::MAX, f32::MIN_POSITIVE, 3.1e-42];
+        let v = [
+            0.0f32,
+            -0.0,
+            1.0,
+            -2.5,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            3.1e-42,
+        ];
         let want: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         assert_eq!(f32_to_bytes(&v), want);
         assert_eq!(f32_to_bytes(&[1.0]), [0x00, 0x00, 0x80, 0x3f]);

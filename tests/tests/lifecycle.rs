@@ -267,7 +267,13 @@ fn sigterm_to_graft_local_takes_its_coordinator_and_workers_down() {
     std::fs::write(&file, moons_job("long", 10_000_000, 1_000_000)).expect("job file");
     let state = tmp.path().join("run");
     let mut local = Command::new(bin("graft"))
-        .args(["local", file.to_str().expect("utf-8"), "--workers", "2", "--json"])
+        .args([
+            "local",
+            file.to_str().expect("utf-8"),
+            "--workers",
+            "2",
+            "--json",
+        ])
         .arg("--state-dir")
         .arg(&state)
         .stdin(Stdio::null())
@@ -284,7 +290,11 @@ fn sigterm_to_graft_local_takes_its_coordinator_and_workers_down() {
     })
     .unwrap_or_else(|| panic!("the workers never took the job: {:?}", log("worker-0")));
     let children = children_of(local.id());
-    assert_eq!(children.len(), 3, "a coordinator and two workers: {children:?}");
+    assert_eq!(
+        children.len(),
+        3,
+        "a coordinator and two workers: {children:?}"
+    );
     let status = graft_tests::terminate(&mut local, Duration::from_secs(10))
         .expect("graft local exits on SIGTERM");
     // Reaped by graft local, or at least dead (a zombie of a reaper that has not run yet).
@@ -309,7 +319,10 @@ fn sigterm_to_graft_local_takes_its_coordinator_and_workers_down() {
         }
         panic!("still running after graft local stopped: {alive:?}");
     }
-    assert!(!status.success(), "a stopped run is not a success: {status:?}");
+    assert!(
+        !status.success(),
+        "a stopped run is not a success: {status:?}"
+    );
     let mut err = String::new();
     if let Some(mut e) = local.stderr.take() {
         use std::io::Read;
