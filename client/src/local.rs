@@ -165,6 +165,30 @@ impl LocalCluster {
     }
 }
 
+impl LocalCluster {
+    /// Asks every process to stop as a supervisor would (SIGTERM: the workers leave their
+    /// job, the coordinator checkpoints its running jobs) and waits up to `grace` for them;
+    /// whatever is left is killed when the cluster is dropped.
+    pub fn terminate(&mut self, grace: Duration) {
+        for (_, c) in &self.children {
+            if let Ok(pid) = libc::pid_t::try_from(c.id()) {
+                // SAFETY: kill(2) on a child of this process that has not been reaped (the
+                // `Child` is still held), so the pid cannot belong to another process.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline
+            && self
+                .children
+                .iter_mut()
+                .any(|(_, c)| matches!(c.try_wait(), Ok(None)))
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         // Workers first, so none reports the coordinator gone.

@@ -238,7 +238,6 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
     .await?)
 }
 
-/// Submits `spec` to a fresh local cluster and follows it.
 /// The signals that end `graft local`: each must take the local cluster down with it.
 struct Stop {
     term: tokio::signal::unix::Signal,
@@ -266,6 +265,7 @@ impl Stop {
     }
 }
 
+/// Submits `spec` to a fresh local cluster and follows it.
 async fn run_local(
     specs: Vec<JobSpec>,
     workers: u32,
@@ -288,6 +288,8 @@ async fn run_local_jobs(
     json: bool,
 ) -> anyhow::Result<(bool, Vec<(String, std::collections::HashMap<String, f64>)>)> {
     let mut results = Vec::new();
+    // Before the processes start, so that no signal can end this process without them.
+    let mut stop = Stop::new()?;
     let mut cluster = LocalCluster::start(&LocalOptions {
         workers: workers as usize,
         device,
@@ -295,7 +297,6 @@ async fn run_local_jobs(
         heartbeat_timeout_ms: 5_000,
     })?;
     let mut client = Client::connect(&cluster.url, None).await?;
-    let mut stop = Stop::new()?;
     let mut all_ok = true;
     for mut spec in specs {
         spec.workers.min = workers;
@@ -315,10 +316,13 @@ async fn run_local_jobs(
         let outcome = loop {
             tokio::select! {
                 o = &mut watcher => break o?,
-                // Returning drops the cluster, which kills the coordinator and the workers:
-                // a supervisor's SIGTERM (or a closed terminal's SIGHUP) would otherwise end
-                // this process alone and leave them training.
-                sig = stop.recv() => anyhow::bail!("stopped by {sig}; the local cluster was shut down"),
+                // A supervisor's SIGTERM (or a closed terminal's SIGHUP) would otherwise end
+                // this process alone and leave the coordinator and workers training. They
+                // get the same signal's grace; dropping the cluster kills what is left.
+                sig = stop.recv() => {
+                    cluster.terminate(std::time::Duration::from_secs(5));
+                    anyhow::bail!("stopped by {sig}; the local cluster was shut down");
+                }
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
                     let gone = cluster.exited();
                     if !gone.is_empty() {

@@ -329,4 +329,10 @@ fn sigterm_to_graft_local_takes_its_coordinator_and_workers_down() {
         let _ = e.read_to_string(&mut err);
     }
     assert!(err.contains("SIGTERM"), "says why it stopped: {err}");
+    // Passed on, not killed: the coordinator checkpointed its running job on the way out.
+    let coordinator = log("coordinator").unwrap_or_default();
+    assert!(
+        coordinator.contains("every running job is checkpointed"),
+        "{coordinator}"
+    );
 }
