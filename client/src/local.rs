@@ -60,6 +60,39 @@ fn thread_shares(workers: usize) -> Vec<(&'static str, String)> {
         .collect()
 }
 
+/// Makes the child get SIGTERM when this process dies, however it dies (SIGKILL, a panic,
+/// a signal no caller handles): `graft local`, `graft demo` and `graft bench train` would
+/// otherwise leave their coordinator and workers running. SIGTERM, not SIGKILL, so that the
+/// coordinator still shuts down in order. The signal comes when the *thread* that started
+/// the child ends: the clusters are started from the runtime's main task, whose thread lives
+/// as long as the process.
+#[cfg(target_os = "linux")]
+fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
+    // SAFETY: the closure runs between fork and exec and calls only prctl(2) and getppid(2),
+    // which are async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl: then no signal will ever come.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other(
+                    "the parent exited before the child started",
+                ));
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    cmd
+}
+
 impl LocalCluster {
     /// Starts the processes and waits until the coordinator serves.
     ///
@@ -74,7 +107,7 @@ impl LocalCluster {
         let _ = std::fs::remove_file(&ready);
         let threads = thread_shares(opts.workers);
         let omp = || threads.iter().map(|(var, n)| (*var, n.as_str()));
-        let coordinator = Command::new(&exe)
+        let coordinator = die_with_parent(&mut Command::new(&exe))
             .arg("coordinator")
             .envs(omp())
             .args([
@@ -124,7 +157,7 @@ impl LocalCluster {
         cluster.url = format!("http://{addr}");
         for i in 0..opts.workers {
             let name = format!("worker-{i}");
-            let child = Command::new(&exe)
+            let child = die_with_parent(&mut Command::new(&exe))
                 .envs(omp())
                 .args([
                     "worker",
@@ -163,11 +196,9 @@ impl LocalCluster {
             })
             .collect()
     }
-}
 
-impl LocalCluster {
     /// Asks every process to stop as a supervisor would (SIGTERM: the workers leave their
-    /// job, the coordinator checkpoints its running jobs) and waits up to `grace` for them;
+    /// job, the coordinator tries to checkpoint its running jobs) and waits up to `grace` for them;
     /// whatever is left is killed when the cluster is dropped.
     pub fn terminate(&mut self, grace: Duration) {
         for (_, c) in &self.children {
