@@ -239,7 +239,7 @@ pub fn rows() -> Vec<Row> {
         },
         Row {
             files: ZSL_RUNS,
-            claim: "unseen-only accuracy ≥ 0.40 (chance 0.33), novelty AUROC ≥ 0.85; GZSL reported. Judged on the mean over the file's seed and seeds 1–3 (the reference is a range over three seeds); this rule was adopted after the file's own seed 5 gave 0.349",
+            claim: "unseen-only accuracy ≥ 0.40 (chance 0.33), novelty AUROC ≥ 0.85; GZSL reported. Judged at the file's own seed; seeds 1–3 show the spread",
             reference: "PyTorch same CNN, 2 epochs, 3 seeds: nearest attribute vector 0.40–0.45, DAP 0.42–0.50, AUROC 0.90–0.94",
             check: zsl_seeds_row,
         },
@@ -273,35 +273,53 @@ fn over_runs(m: Lookup<'_>, runs: &[&str], path: &str) -> Option<(f64, f64, f64)
 
 fn zsl_seeds_row(m: Lookup<'_>) -> (String, Option<bool>) {
     let z = over_runs(m, ZSL_RUNS, "zsl_unseen_accuracy");
-    let l = over_runs(m, ZSL_RUNS, "zsl_unseen_accuracy_by_likelihood");
+    let (scored, other, other_path) = scorings(m, ZSL_RUNS[0]);
+    let l = over_runs(m, ZSL_RUNS, other_path);
     let a = over_runs(m, ZSL_RUNS, "novelty_auroc");
     let range = |r: Option<(f64, f64, f64)>| {
         r.map_or("—".into(), |(mean, lo, hi)| {
             format!("{mean:.4} ({lo:.4}–{hi:.4})")
         })
     };
-    let (own, _) = zsl_row(m, ZSL_RUNS[0], false);
+    let (own, holds) = zsl_row(m, ZSL_RUNS[0], true);
     (
         format!(
-            "mean (range) over {} runs: ZSL unseen {}, by attribute likelihood {}, AUROC {}. The file's own seed: {own}",
+            "the file's own seed: {own}. Mean (range) over {} runs: ZSL unseen {} scored {scored}, {} {other}; AUROC {}",
             ZSL_RUNS.len(),
             range(z),
             range(l),
             range(a)
         ),
-        both(z.map(|t| t.0), a.map(|t| t.0), |z, a| {
-            z >= 0.40 && a >= 0.85
-        }),
+        holds,
     )
+}
+
+/// How a zero-shot run scored its headline accuracy, and the other scoring it reports for
+/// comparison (its words and metric): the evaluation names the metric after the other one.
+fn scorings(m: Lookup<'_>, f: &str) -> (&'static str, &'static str, &'static str) {
+    if m(f, "zsl_unseen_accuracy_by_nearest").is_some() {
+        (
+            "by attribute likelihood",
+            "by nearest vector",
+            "zsl_unseen_accuracy_by_nearest",
+        )
+    } else {
+        (
+            "by nearest vector",
+            "by attribute likelihood",
+            "zsl_unseen_accuracy_by_likelihood",
+        )
+    }
 }
 
 fn zsl_row(m: Lookup<'_>, f: &str, judge: bool) -> (String, Option<bool>) {
     let (z, a) = (m(f, "zsl_unseen_accuracy"), m(f, "novelty_auroc"));
+    let (scored, other, other_path) = scorings(m, f);
     (
         format!(
-            "ZSL unseen {} (by attribute likelihood {}); GZSL seen {} / unseen {} / H {}; AUROC {}",
+            "ZSL unseen {} (scored {scored}; {other} {}); GZSL seen {} / unseen {} / H {}; AUROC {}",
             fmt(z),
-            fmt(m(f, "zsl_unseen_accuracy_by_likelihood")),
+            fmt(m(f, other_path)),
             fmt(m(f, "gzsl_seen_accuracy")),
             fmt(m(f, "gzsl_unseen_accuracy")),
             fmt(m(f, "gzsl_harmonic_mean")),
@@ -501,7 +519,7 @@ fn machine() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!(
-        "{cores} cores, {cpu}; Burn flex backend, {} workers per job",
+        "{cores} cores, {cpu}; Burn flex backend (simd, x86-v4), {} workers per job",
         2
     )
 }
@@ -545,33 +563,44 @@ mod tests {
     }
 
     #[test]
-    fn the_zero_shot_row_is_judged_on_the_mean_over_its_seeds() {
-        // One bad seed among good ones: the mean holds.
+    fn the_zero_shot_row_is_judged_at_the_files_seed_and_shows_the_others() {
         let zsl = |f: &str| match f {
-            "zeroshot-mnist.toml" => 0.34,
-            _ => 0.44,
+            "zeroshot-mnist.toml" => 0.46,
+            _ => 0.38,
         };
         let lookup = |f: &str, p: &str| match p {
             "zsl_unseen_accuracy" => Some(zsl(f)),
+            "zsl_unseen_accuracy_by_nearest" => Some(0.41),
             "novelty_auroc" => Some(0.95),
             _ => None,
         };
         let (text, ok) = zsl_seeds_row(&lookup);
         assert_eq!(ok, Some(true), "{text}");
-        assert!(text.contains("0.4150 (0.3400–0.4400)"), "{text}");
-        // A mean under 0.40 does not.
-        let low = |_: &str, p: &str| match p {
-            "zsl_unseen_accuracy" => Some(0.39),
-            "novelty_auroc" => Some(0.95),
+        assert!(text.contains("0.4000 (0.3800–0.4600)"), "{text}");
+        assert!(
+            text.contains(
+                "scored by attribute likelihood, 0.4100 (0.4100–0.4100) by nearest vector"
+            ),
+            "{text}"
+        );
+        // Good seeds do not make up for the file's own.
+        let own_low = |f: &str, p: &str| match (f, p) {
+            ("zeroshot-mnist.toml", "zsl_unseen_accuracy") => Some(0.39),
+            (_, "zsl_unseen_accuracy") => Some(0.50),
+            (_, "novelty_auroc") => Some(0.95),
             _ => None,
         };
-        assert_eq!(zsl_seeds_row(&low).1, Some(false));
-        // A missing run leaves the row unjudged.
-        let missing = |f: &str, p: &str| {
-            (f != "zeroshot-mnist.toml@2")
-                .then(|| lookup(f, p))
-                .flatten()
+        assert_eq!(zsl_seeds_row(&own_low).1, Some(false));
+        // Nor does accuracy make up for a low AUROC.
+        let auroc_low = |_: &str, p: &str| match p {
+            "zsl_unseen_accuracy" => Some(0.50),
+            "novelty_auroc" => Some(0.80),
+            _ => None,
         };
+        assert_eq!(zsl_seeds_row(&auroc_low).1, Some(false));
+        // Without the file's own run the row is not judged.
+        let missing =
+            |f: &str, p: &str| (f != "zeroshot-mnist.toml").then(|| lookup(f, p)).flatten();
         assert_eq!(zsl_seeds_row(&missing).1, None);
     }
 }

@@ -637,6 +637,51 @@ fn progressive_keeps_earlier_columns_and_trains_laterals() {
     );
 }
 
+/// Evaluates zero-shot learning over 3-value inputs with a network whose output is its input
+/// (an MLP without hidden layers and an identity head), so each sample's input is the
+/// prediction, before the sigmoid for binary tables.
+fn evaluate_zero_shot(
+    method: &str,
+    cv: &crate::zeroshot::ClassVectors,
+    rows: &[(u32, [f32; 3])],
+) -> BTreeMap<String, f64> {
+    let zs = ZeroShot::new(&spec_with(method), Some(cv.clone()));
+    let arch = Architecture::with_layout(
+        &crate::spec::ModelSpec::Mlp { hidden: vec![] },
+        &[3],
+        cv.rows,
+        &zs.layout(cv.rows),
+    )
+    .expect("valid");
+    let mut params = arch.init(0);
+    params.values_mut()[0] = vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+    params.values_mut()[1] = vec![0.0; 3];
+    let ds = crate::data::Dataset::new(
+        "zs",
+        vec![3],
+        rows.iter().flat_map(|(_, v)| v.to_vec()).collect(),
+        rows.iter().map(|(c, _)| *c).collect(),
+        cv.rows,
+    )
+    .expect("valid");
+    let sets = vec![EvalSet {
+        label: "target".into(),
+        task: None,
+        data: Arc::new(ds),
+    }];
+    let train = BTreeMap::new();
+    zs.evaluate(
+        &arch,
+        &params,
+        &EvalInputs {
+            sets: &sets,
+            train: &train,
+        },
+        &Device::flex(),
+    )
+    .metrics
+}
+
 #[test]
 fn zero_shot_predicts_the_nearest_class_vector_unseen_included() {
     use crate::zeroshot::ClassVectors;
@@ -648,58 +693,50 @@ fn zero_shot_predicts_the_nearest_class_vector_unseen_included() {
         vec![3.0, 3.0, 3.0],
     ])
     .expect("valid");
-    let zs = ZeroShot::new(
-        &spec_with(
-            "kind = \"zero_shot\"\nunseen_classes = [3]\n[method.attributes]\nkind = \"builtin\"\ntable = \"seven_segment\"",
-        ),
-        Some(cv.clone()),
-    );
-    // An MLP without hidden layers whose head is the identity: the output is the input.
-    let arch = Architecture::with_layout(
-        &crate::spec::ModelSpec::Mlp { hidden: vec![] },
-        &[3],
-        4,
-        &zs.layout(4),
-    )
-    .expect("valid");
-    let mut params = arch.init(0);
-    params.values_mut()[0] = vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
-    params.values_mut()[1] = vec![0.0; 3];
     // Samples near each class vector, two of the unseen class.
-    let rows = [
-        (0u32, [0.9f32, 0.1, 0.0]),
-        (1, [0.1, 0.8, 0.1]),
-        (2, [0.0, 0.2, 0.9]),
-        (3, [2.8, 3.1, 2.9]),
-        (3, [3.2, 2.7, 3.0]),
-    ];
-    let ds = crate::data::Dataset::new(
-        "zs",
-        vec![3],
-        rows.iter().flat_map(|(_, v)| v.to_vec()).collect(),
-        rows.iter().map(|(c, _)| *c).collect(),
-        4,
-    )
-    .expect("valid");
-    let sets = vec![EvalSet {
-        label: "target".into(),
-        task: None,
-        data: Arc::new(ds),
-    }];
-    let train = BTreeMap::new();
-    let e = zs.evaluate(
-        &arch,
-        &params,
-        &EvalInputs {
-            sets: &sets,
-            train: &train,
-        },
-        &Device::flex(),
+    let m = evaluate_zero_shot(
+        "kind = \"zero_shot\"\nunseen_classes = [3]\n[method.attributes]\nkind = \"builtin\"\ntable = \"seven_segment\"",
+        &cv,
+        &[
+            (0, [0.9, 0.1, 0.0]),
+            (1, [0.1, 0.8, 0.1]),
+            (2, [0.0, 0.2, 0.9]),
+            (3, [2.8, 3.1, 2.9]),
+            (3, [3.2, 2.7, 3.0]),
+        ],
     );
-    assert_eq!(e.metrics["zsl_unseen_accuracy"], 1.0);
-    assert_eq!(e.metrics["gzsl_seen_accuracy"], 1.0);
-    assert_eq!(e.metrics["gzsl_unseen_accuracy"], 1.0);
-    assert_eq!(e.metrics["target_accuracy"], 1.0);
+    assert_eq!(m["zsl_unseen_accuracy"], 1.0);
+    assert_eq!(m["gzsl_seen_accuracy"], 1.0);
+    assert_eq!(m["gzsl_unseen_accuracy"], 1.0);
+    assert_eq!(m["target_accuracy"], 1.0);
     // The unseen samples are far from every seen class: novelty is perfectly ranked.
-    assert_eq!(e.metrics["novelty_auroc"], 1.0);
+    assert_eq!(m["novelty_auroc"], 1.0);
+}
+
+#[test]
+fn generalised_zero_shot_scores_every_class_as_the_job_does() {
+    use crate::zeroshot::ClassVectors;
+    // Predicted probabilities (0.02, 0.7, 0.9): nearest to class 0's [1, 1, 1], but more
+    // likely under class 1's [0, 0, 0]. Class 1 is unseen, class 2 is far under both.
+    let cv = ClassVectors::new(vec![
+        vec![1.0, 1.0, 1.0],
+        vec![0.0, 0.0, 0.0],
+        vec![1.0, 0.0, 0.0],
+    ])
+    .expect("valid");
+    assert!(cv.binary);
+    let logit = |p: f32| (p / (1.0 - p)).ln();
+    let rows = [(1, [logit(0.02), logit(0.7), logit(0.9)])];
+    let method = |scoring: &str| {
+        format!(
+            "kind = \"zero_shot\"\nunseen_classes = [1]\nscoring = \"{scoring}\"\n[method.attributes]\nkind = \"builtin\"\ntable = \"seven_segment\""
+        )
+    };
+    let by_likelihood = evaluate_zero_shot(&method("likelihood"), &cv, &rows);
+    assert_eq!(by_likelihood["gzsl_unseen_accuracy"], 1.0);
+    assert_eq!(by_likelihood["zsl_unseen_accuracy"], 1.0);
+    assert!(by_likelihood.contains_key("zsl_unseen_accuracy_by_nearest"));
+    let by_nearest = evaluate_zero_shot(&method("nearest"), &cv, &rows);
+    assert_eq!(by_nearest["gzsl_unseen_accuracy"], 0.0);
+    assert!(by_nearest.contains_key("zsl_unseen_accuracy_by_likelihood"));
 }

@@ -162,7 +162,8 @@ impl Method for ZeroShot {
                 for (i, &label) in b.labels.iter().enumerate() {
                     let v = &pred[i * cv.cols..(i + 1) * cv.cols];
                     let is_unseen = self.unseen.contains(&label);
-                    let Some((g, _)) = cv.nearest(v, &all) else {
+                    // GZSL: every class is a candidate, scored as the job scores.
+                    let Some((g, _)) = cv.best(v, &all, self.scoring) else {
                         continue;
                     };
                     if (label as usize) < k && (g as usize) < k {
