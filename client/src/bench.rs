@@ -379,7 +379,9 @@ pub fn run_example(
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let started = Instant::now();
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("local")
+    // A stopped or killed `bench methods` takes the job it is running down with it.
+    crate::local::die_with_parent(&mut cmd)
+        .arg("local")
         .arg(&path)
         .args(["--workers", &workers.to_string(), "--json"]);
     // The recorded seed must be the one that ran: an inherited override is dropped.

@@ -62,12 +62,13 @@ fn thread_shares(workers: usize) -> Vec<(&'static str, String)> {
 
 /// Makes the child get SIGTERM when this process dies, however it dies (SIGKILL, a panic,
 /// a signal no caller handles): `graft local`, `graft demo` and `graft bench train` would
-/// otherwise leave their coordinator and workers running. SIGTERM, not SIGKILL, so that the
-/// coordinator still shuts down in order. The signal comes when the *thread* that started
-/// the child ends: the clusters are started from the runtime's main task, whose thread lives
-/// as long as the process.
+/// otherwise leave their coordinator and workers running, and `graft bench methods` its
+/// `graft local`. SIGTERM, not SIGKILL, so that the coordinator still shuts down in order.
+/// The signal comes when the *thread* that started the child ends: the clusters are started
+/// from the runtime's main task, whose thread lives as long as the process, and `bench
+/// methods` waits for each child on the thread that started it.
 #[cfg(target_os = "linux")]
-fn die_with_parent(cmd: &mut Command) -> &mut Command {
+pub(crate) fn die_with_parent(cmd: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
     let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
     // SAFETY: the closure runs between fork and exec and calls only prctl(2) and getppid(2),
@@ -89,7 +90,7 @@ fn die_with_parent(cmd: &mut Command) -> &mut Command {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn die_with_parent(cmd: &mut Command) -> &mut Command {
+pub(crate) fn die_with_parent(cmd: &mut Command) -> &mut Command {
     cmd
 }
 

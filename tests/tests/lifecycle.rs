@@ -366,3 +366,41 @@ fn a_killed_graft_local_takes_its_coordinator_and_workers_down() {
     let coordinator = run_log(&state, "coordinator");
     assert!(coordinator.contains("shutting down"), "{coordinator}");
 }
+
+#[test]
+fn a_killed_bench_methods_takes_the_job_it_runs_down() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let examples = tmp.path().join("examples");
+    std::fs::create_dir_all(&examples).expect("examples folder");
+    std::fs::write(
+        examples.join("long.toml"),
+        moons_job("long", 10_000_000, 1_000_000),
+    )
+    .expect("job file");
+    let mut bench = Command::new(bin("graft"))
+        .args(["bench", "methods", "--only", "long.toml", "--examples"])
+        .arg(&examples)
+        .arg("--out")
+        .arg(tmp.path().join("out"))
+        .current_dir(tmp.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("graft bench methods");
+    // Its `graft local`, once that has started a coordinator and two workers.
+    let Some(local) = wait_for(Duration::from_secs(60), || {
+        children_of(bench.id())
+            .into_iter()
+            .find(|(p, _)| children_of(*p).len() == 3)
+    }) else {
+        let _ = bench.kill();
+        panic!("bench methods never started its job");
+    };
+    let cluster = children_of(local.0);
+    // SIGKILL: no handler runs, only the parent-death signal can stop the job.
+    bench.kill().expect("kill graft bench methods");
+    let _ = bench.wait();
+    assert_gone(&[local], "graft bench methods was killed");
+    assert_gone(&cluster, "graft bench methods was killed");
+}
