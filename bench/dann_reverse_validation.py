@@ -141,6 +141,15 @@ def parse_candidate(cand):
     return parts[0], hidden, lam
 
 
+def json_lines(files):
+    """Every JSON object of the given files, one per non-empty line."""
+    out = []
+    for f in files:
+        with open(f) as fh:
+            out += [json.loads(line) for line in fh if line.strip()]
+    return out
+
+
 def choose(results):
     """The candidate of highest mean reverse-validation accuracy, per direction."""
     by = {}
@@ -171,11 +180,7 @@ def main():
     ap.add_argument("--summarize", nargs="+", metavar="FILE", help="print the choice from earlier runs' JSON lines")
     args = ap.parse_args()
     if args.summarize:
-        results = []
-        for f in args.summarize:
-            with open(f) as fh:
-                results += [json.loads(line) for line in fh if line.strip()]
-        for c in choose(results):
+        for c in choose(json_lines(args.summarize)):
             print(json.dumps(c), flush=True)
         return
     if not (args.source and args.target and args.candidate):

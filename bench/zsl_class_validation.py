@@ -34,16 +34,16 @@ One JSON object per fold, seed and candidate, then one with the choice. Each see
 15 minutes on one core; run one process per seed and `--summarize` their outputs.
 """
 import argparse
-import gzip
 import itertools
 import json
 import os
-import struct
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from dann_reverse_validation import idx, json_lines  # the IDX reader and JSON-lines input
 
 SEEN = [0, 1, 2, 3, 4, 5, 6]
 # Segments a-g (top, upper right, lower right, bottom, lower left, upper left, middle), as in
@@ -54,13 +54,6 @@ SEVEN_SEGMENT = torch.tensor([
     [1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 1, 1]], dtype=torch.float32)
 BATCH = 64
 VALIDATION_PER_CLASS = 1000
-
-
-def idx(path):
-    raw = gzip.open(path).read()
-    ndim = raw[3]
-    dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
-    return np.frombuffer(raw[4 + 4 * ndim:], dtype=np.uint8).reshape(dims)
 
 
 def folds(size=3):
@@ -125,10 +118,7 @@ def main():
     ap.add_argument("--summarize", nargs="+", metavar="FILE", help="print the choice from earlier runs' JSON lines (one process per seed, say)")
     args = ap.parse_args()
     if args.summarize:
-        results = []
-        for f in args.summarize:
-            with open(f) as fh:
-                results += [r for r in map(json.loads, filter(str.strip, fh)) if "fold" in r]
+        results = [r for r in json_lines(args.summarize) if "fold" in r]
         print(json.dumps(choose(results)), flush=True)
         return
     try:

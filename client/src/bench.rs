@@ -480,7 +480,7 @@ pub fn run_methods(
         Err(_) => BTreeMap::new(),
     };
     if rewrite {
-        std::fs::write(&paths.markdown, markdown(&results, &machine()))?;
+        std::fs::write(&paths.markdown, markdown(&results, &machine(workers)))?;
         return Ok(true);
     }
     let files: Vec<String> = if only.is_empty() {
@@ -503,13 +503,13 @@ pub fn run_methods(
             }
         }
         std::fs::write(&paths.json, serde_json::to_string_pretty(&results)?)?;
-        std::fs::write(&paths.markdown, markdown(&results, &machine()))?;
+        std::fs::write(&paths.markdown, markdown(&results, &machine(workers)))?;
     }
     Ok(all_ok)
 }
 
 /// The machine, for the record.
-fn machine() -> String {
+fn machine(workers: u32) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -520,10 +520,7 @@ fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!(
-        "{cores} cores, {cpu}; Burn flex backend (simd, x86-v4), {} workers per job",
-        2
-    )
+    format!("{cores} cores, {cpu}; Burn flex backend (simd, x86-v4), {workers} workers per job")
 }
 
 /// The current time as `YYYY-MM-DD HH:MM UTC`.

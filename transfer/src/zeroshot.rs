@@ -246,12 +246,6 @@ impl ClassVectors {
         &self.values[c * self.cols..(c + 1) * self.cols]
     }
 
-    /// The class among `candidates` whose vector is nearest (Euclidean) to `v`, with the
-    /// distance.
-    pub fn nearest(&self, v: &[f32], candidates: &[u32]) -> Option<(u32, f32)> {
-        self.best(v, candidates, Scoring::Nearest)
-    }
-
     /// How far class `c` is from the prediction `v`: the Euclidean distance, or for
     /// [`Scoring::Likelihood`] the negative log-likelihood of the class's binary attributes
     /// under the predicted probabilities `v`.
@@ -342,7 +336,9 @@ mod tests {
         assert_eq!((t.rows, t.cols, t.binary), (10, 7, true));
         // 8 lights every segment.
         assert!(t.row(8).iter().all(|&v| v == 1.0));
-        let (c, d) = t.nearest(t.row(7), &[7, 8, 9]).expect("some");
+        let (c, d) = t
+            .best(t.row(7), &[7, 8, 9], Scoring::Nearest)
+            .expect("some");
         assert_eq!((c, d), (7, 0.0));
         assert!(builtin_table("nope").is_none());
         let s = builtin_table("digit_strokes").expect("exists");
