@@ -140,11 +140,11 @@ def main():
             xs = x if scaling == "raw" else (x - x[tr].mean()) / x[tr].std()
             xtr, ytr = xs[tr], y[tr]
             xva, yva = xs[va_idx], y[va_idx]
+            targets = SEVEN_SEGMENT[ytr]
             for seed in seeds:
                 torch.manual_seed(seed)
                 net = model()
                 opt = torch.optim.Adam(net.parameters(), lr=0.001)
-                targets = SEVEN_SEGMENT[ytr]
                 per_epoch = len(xtr) // BATCH
                 for epoch in range(1, max(c[2] for c in cands if c[1] == scaling) + 1):
                     order = torch.randperm(len(xtr))

@@ -520,7 +520,13 @@ fn machine(workers: u32) -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cores} cores, {cpu}; Burn flex backend (simd, x86-v4), {workers} workers per job")
+    // The build's own features, so that the record says what produced the figures.
+    let features = if cfg!(feature = "rayon") {
+        "simd, x86-v4, rayon"
+    } else {
+        "simd, x86-v4"
+    };
+    format!("{cores} cores, {cpu}; Burn flex backend ({features}), {workers} workers per job")
 }
 
 /// The current time as `YYYY-MM-DD HH:MM UTC`.
@@ -559,6 +565,13 @@ mod tests {
             split_seed("x@y.toml@4").expect("last @"),
             ("x@y.toml", Some(4))
         );
+    }
+
+    #[test]
+    fn the_machine_line_names_the_worker_count_and_the_builds_features() {
+        let line = machine(3);
+        assert!(line.contains(", 3 workers per job"), "{line}");
+        assert_eq!(line.contains("rayon"), cfg!(feature = "rayon"), "{line}");
     }
 
     #[test]
