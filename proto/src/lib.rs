@@ -16,7 +16,7 @@ pub mod v1 {
 /// Bumped whenever a message changes meaning; checked at registration and in heartbeats.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// Default tensor chunk size in bytes (DESIGN.md: 1 MiB).
+/// Default tensor chunk size in bytes (docs/design.md: 1 MiB).
 pub const CHUNK_BYTES: usize = 1 << 20;
 
 /// Largest gRPC message graft accepts, a little above one chunk plus its header.

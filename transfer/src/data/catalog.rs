@@ -1,5 +1,5 @@
 //! The built-in datasets: names a job can use, where their files live under the data
-//! directory (the layout of the data README), and how each is scaled, so that every
+//! directory (the layout docs/data.md describes), and how each is scaled, so that every
 //! worker turns the same name into the same numbers.
 
 use std::path::Path;

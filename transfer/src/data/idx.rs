@@ -1,5 +1,5 @@
 //! The IDX array format (MNIST's), gzip-wrapped, in which every dataset file but one is
-//! stored; see the data README for the byte layout.
+//! stored; docs/data.md gives the byte layout.
 //!
 //! Parsing is strict: a file that is shorter or longer than its header says is rejected,
 //! because a silently short dataset would train on garbage without anyone noticing.
