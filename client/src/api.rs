@@ -1,8 +1,8 @@
 //! The typed client library: a `JobService` connection with the API token, and calls that
 //! take and return domain types.
 
-use graft_coordinator::auth::Bearer;
-use graft_coordinator::wire::spec_to_pb;
+use graft_common::auth::Bearer;
+use graft_common::wire::spec_to_pb;
 use graft_proto::MAX_MESSAGE_BYTES;
 use graft_proto::v1 as pb;
 use graft_proto::v1::job_service_client::JobServiceClient;
@@ -71,13 +71,13 @@ impl Client {
             url: url.to_string(),
             reason,
         };
-        let endpoint =
-            graft_coordinator::tls::client_endpoint(url, tls_ca).map_err(ClientError::Local)?;
+        let endpoint = graft_common::tls::client_endpoint(url, tls_ca)
+            .map_err(|e| ClientError::Local(e.to_string()))?;
         let channel = endpoint
             .connect()
             .await
-            .map_err(|e| unreachable(graft_coordinator::tls::chain(&e)))?;
-        let bearer = Bearer::new(token).map_err(ClientError::Local)?;
+            .map_err(|e| unreachable(graft_common::tls::chain(&e)))?;
+        let bearer = Bearer::new(token).map_err(|e| ClientError::Local(e.to_string()))?;
         let inner = JobServiceClient::with_interceptor(channel, bearer)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);

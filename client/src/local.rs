@@ -94,6 +94,30 @@ pub(crate) fn die_with_parent(cmd: &mut Command) -> &mut Command {
     cmd
 }
 
+/// The path of another graft binary installed beside this one (`graft-coordinator`,
+/// `graft-worker`): `graft local` runs them as torchrun runs its workers, as separate
+/// programs, so that the CLI links neither. A test binary under `deps/` finds them one
+/// folder up, where cargo puts the workspace's binaries.
+///
+/// # Errors
+/// When neither place holds the binary, naming where it looked.
+pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the graft binary")?;
+    let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let candidates = [dir.join(&file), dir.join("..").join(&file)];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "{name} is not installed beside {}: build the workspace's binaries (cargo build --release --workspace)",
+                exe.display()
+            )
+        })
+}
+
 impl LocalCluster {
     /// Starts the processes and waits until the coordinator serves.
     ///
@@ -101,15 +125,15 @@ impl LocalCluster {
     /// When a process cannot start or the coordinator does not come up (its log's tail is
     /// in the message).
     pub fn start(opts: &LocalOptions<'_>) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("locating the graft binary")?;
+        let coordinator_exe = sibling_binary("graft-coordinator")?;
+        let worker_exe = sibling_binary("graft-worker")?;
         let logs = opts.state_dir.join("logs");
         std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
         let ready = opts.state_dir.join("coordinator.addr");
         let _ = std::fs::remove_file(&ready);
         let threads = thread_shares(opts.workers);
         let omp = || threads.iter().map(|(var, n)| (*var, n.as_str()));
-        let coordinator = die_with_parent(&mut Command::new(&exe))
-            .arg("coordinator")
+        let coordinator = die_with_parent(&mut Command::new(&coordinator_exe))
             .envs(omp())
             .args([
                 "--listen",
@@ -158,10 +182,9 @@ impl LocalCluster {
         cluster.url = format!("http://{addr}");
         for i in 0..opts.workers {
             let name = format!("worker-{i}");
-            let child = die_with_parent(&mut Command::new(&exe))
+            let child = die_with_parent(&mut Command::new(&worker_exe))
                 .envs(omp())
                 .args([
-                    "worker",
                     "--coordinator",
                     &cluster.url,
                     "--name",
@@ -233,7 +256,7 @@ impl Drop for LocalCluster {
 
 /// A fresh run directory under `graft-runs/`.
 pub fn run_dir(kind: &str) -> PathBuf {
-    PathBuf::from("graft-runs").join(format!("{kind}-{}", graft_coordinator::job::now_ms()))
+    PathBuf::from("graft-runs").join(format!("{kind}-{}", graft_common::clock::now_ms()))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
-//! `graft`: submit and follow jobs, run a local cluster, or run the demo. The same binary
-//! also runs a coordinator (`graft coordinator`) or a worker (`graft worker`), so that
-//! `graft local` and `graft demo` need nothing but this one file.
+//! `graft`: submit and follow jobs, run a local cluster, or run the demo. `graft local` and
+//! `graft demo` start the `graft-coordinator` and `graft-worker` binaries installed beside
+//! this one, so the CLI links neither.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand};
 use graft_client::local::{LocalCluster, LocalOptions, run_dir};
 use graft_client::watch::{Outcome, follow};
 use graft_client::{Client, jobfile, summary};
-use graft_coordinator::logging::{self, LogFormat};
-use graft_coordinator::wire::state_name;
+use graft_common::logging::{self, LogFormat};
+use graft_common::wire::state_name;
 use graft_proto::v1 as pb;
 use graft_transfer::JobSpec;
 
@@ -205,15 +205,6 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Run a coordinator (as `graft-coordinator`).
-    #[command(hide = true)]
-    Coordinator(graft_coordinator::CoordinatorArgs),
-    /// Run a worker (as `graft-worker`).
-    #[command(hide = true)]
-    Worker(graft_worker::WorkerArgs),
-    /// One process of `graft bench allreduce`.
-    #[command(hide = true)]
-    BenchPeer(graft_client::perf::PeerArgs),
 }
 
 fn state_of(job: &pb::Job) -> pb::JobState {
@@ -340,10 +331,6 @@ async fn run_local_jobs(
 
 async fn run(cli: Cli) -> anyhow::Result<bool> {
     match &cli.command {
-        Cmd::Coordinator(args) => graft_coordinator::main_with(args.clone())
-            .await
-            .map(|_| true),
-        Cmd::Worker(args) => graft_worker::main_with(args.clone()).await.map(|_| true),
         Cmd::Submit { file, watch, json } => {
             let spec = jobfile::read(file)?;
             let mut c = connect(&cli).await?;
@@ -394,7 +381,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let end = if job.finished_unix_ms > 0 {
                 job.finished_unix_ms
             } else {
-                graft_coordinator::job::now_ms()
+                graft_common::clock::now_ms()
             };
             let seconds = if job.started_unix_ms > 0 {
                 end.saturating_sub(job.started_unix_ms) as f64 / 1000.0
@@ -482,7 +469,6 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             })
             .await?
         }
-        Cmd::BenchPeer(a) => graft_client::perf::run_peer(a.clone()).await.map(|()| true),
         Cmd::Bench(BenchCmd::Allreduce {
             workers,
             bytes,
@@ -584,13 +570,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(
-        cli.command,
-        Cmd::Coordinator(_) | Cmd::Worker(_) | Cmd::BenchPeer(_)
-    ) {
-        logging::init(cli.log_format, "warn");
-    }
-    let worker = matches!(cli.command, Cmd::Worker(_));
+    logging::init(cli.log_format, "warn");
     let code: u8 = match run(cli).await {
         Ok(true) => 0,
         Ok(false) => 1,
@@ -600,10 +580,5 @@ async fn main() -> ExitCode {
             2
         }
     };
-    if worker {
-        // As graft-worker does: a training thread still inside its step would otherwise hold
-        // the runtime's shutdown past the grace period the worker has already waited.
-        std::process::exit(i32::from(code));
-    }
     ExitCode::from(code)
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use graft_coordinator::wire::state_name;
+use graft_common::wire::state_name;
 use graft_proto::v1 as pb;
 use serde_json::json;
 

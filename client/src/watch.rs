@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use graft_coordinator::wire::{is_terminal, state_name};
+use graft_common::wire::{is_terminal, state_name};
 use graft_proto::v1 as pb;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 

@@ -9,12 +9,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use graft_transfer::{Architecture, JobSpec, Params, weights};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+
+use graft_common::fs::{sha256_hex, write_atomic};
 
 use crate::error::CoordinatorError;
 use crate::job::{CheckpointRecord, now_ms};
@@ -66,44 +66,11 @@ pub struct Loaded {
     pub optimizer_state: Vec<f32>,
 }
 
-/// SHA-256 as hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CoordinatorError + '_ {
     move |source| CoordinatorError::Io {
         path: path.display().to_string(),
         source,
     }
-}
-
-/// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync of the directory.
-///
-/// # Errors
-/// [`CoordinatorError::Io`] naming the file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CoordinatorError> {
-    let dir = path.parent().ok_or_else(|| {
-        CoordinatorError::Internal(format!("{} has no directory", path.display()))
-    })?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map_or_else(|| "file".into(), |n| n.to_string_lossy())
-    ));
-    {
-        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-    }
-    fs::rename(&tmp, path).map_err(io(path))?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
-    Ok(())
 }
 
 /// The checkpoints of one job.

@@ -1,13 +1,14 @@
 //! The coordinator's configuration: a TOML file, then `GRAFT_COORDINATOR_*` environment
 //! variables, then flags. Unknown keys are errors.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use graft_transfer::device::DeviceName;
 use serde::{Deserialize, Serialize};
 
-use crate::job::JobId;
-use crate::logging::LogFormat;
+use graft_common::JobId;
+pub use graft_common::config::{ConfigError, layered};
+use graft_common::logging::LogFormat;
 
 /// Everything the coordinator reads at start-up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,38 +111,6 @@ pub struct CoordinatorArgs {
     /// Check the configuration, print it and exit.
     #[arg(long)]
     pub check_config: bool,
-}
-
-/// A configuration that cannot be used.
-#[derive(Debug, thiserror::Error)]
-#[error("configuration: {0}")]
-pub struct ConfigError(pub String);
-
-/// Reads `file` (if any), then environment variables `<prefix>_<KEY>`, into `T`.
-///
-/// # Errors
-/// [`ConfigError`] naming the file or key that is wrong.
-pub fn layered<T: serde::de::DeserializeOwned + Serialize + Default>(
-    file: Option<&Path>,
-    prefix: &str,
-) -> Result<T, ConfigError> {
-    let defaults =
-        config::Config::try_from(&T::default()).map_err(|e| ConfigError(e.to_string()))?;
-    let mut b = config::Config::builder().add_source(defaults);
-    if let Some(f) = file {
-        if !f.exists() {
-            return Err(ConfigError(format!("{}: no such file", f.display())));
-        }
-        b = b.add_source(config::File::from(f).format(config::FileFormat::Toml));
-    }
-    b = b.add_source(
-        config::Environment::with_prefix(prefix)
-            .prefix_separator("_")
-            .separator("__")
-            .try_parsing(true),
-    );
-    let c = b.build().map_err(|e| ConfigError(e.to_string()))?;
-    c.try_deserialize().map_err(|e| ConfigError(e.to_string()))
 }
 
 impl CoordinatorConfig {

@@ -21,9 +21,10 @@ use crate::error::CoordinatorError;
 use crate::job::{JobId, JobRecord, JobState, now_ms};
 use crate::jobdata::JobData;
 use crate::plot::{self, History};
-use crate::reduce::{Reduced, Round, Stats};
+use crate::reduce::{Reduced, Round};
 use crate::store::Store;
-use crate::wire::{class_vectors_to_pb, spec_to_pb, stage_to_pb};
+use graft_common::wire::{class_vectors_to_pb, spec_to_pb, stage_to_pb};
+use graft_transfer::StepStats;
 
 /// A worker's id: `w-<boot>-<n>`, unique across coordinator restarts.
 pub type WorkerId = String;
@@ -265,7 +266,7 @@ impl Coordinator {
 
 /// The upper-case name of a state.
 pub fn state_word(s: JobState) -> &'static str {
-    crate::wire::state_name(s.to_pb())
+    graft_common::wire::state_name(s.to_pb())
 }
 
 mod drain;

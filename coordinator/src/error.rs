@@ -53,6 +53,9 @@ pub enum CoordinatorError {
         "the coordinator is shutting down; job {0} resumes from its checkpoint after the restart"
     )]
     ShuttingDown(String),
+    /// A shared helper failed (an atomic write, TLS set-up).
+    #[error(transparent)]
+    Common(#[from] graft_common::CommonError),
     /// Anything else internal.
     #[error("internal: {0}")]
     Internal(String),
@@ -72,6 +75,7 @@ impl From<CoordinatorError> for Status {
             CoordinatorError::ShuttingDown(_) => Status::unavailable(msg),
             CoordinatorError::Store(_)
             | CoordinatorError::Io { .. }
+            | CoordinatorError::Common(_)
             | CoordinatorError::Internal(_) => Status::internal(msg),
         }
     }

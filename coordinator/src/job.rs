@@ -2,24 +2,14 @@
 //! the part that is persisted in the store and survives a restart.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use graft_proto::v1 as pb;
 use graft_transfer::JobSpec;
 use serde::{Deserialize, Serialize};
 
-use crate::wire::spec_to_pb;
-
-/// A job's id: `job-` and a number, unique on this coordinator.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct JobId(pub String);
-
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use graft_common::JobId;
+pub use graft_common::clock::now_ms;
+use graft_common::wire::spec_to_pb;
 
 /// `PENDING → RUNNING ⇄ RECONFIGURING → COMPLETED | FAILED | CANCELLED`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,13 +108,6 @@ pub struct JobRecord {
     pub started_unix_ms: u64,
     /// End.
     pub finished_unix_ms: u64,
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl JobRecord {

@@ -12,26 +12,25 @@
 //! - [`job`]: the persisted job record.
 //! - [`plot`]: training curves as SVG.
 //! - [`metrics`]: the Prometheus `/metrics` endpoint.
-//! - [`wire`]: proto ↔ domain conversions, shared with the worker and the client.
-//! - [`auth`], [`tls`], [`logging`], [`server`], [`error`].
+//! - [`server`]: binding, serving, and the orderly shutdown.
+//! - [`error`]: the coordinator's errors and their gRPC codes.
+//!
+//! Wire conversions, auth, TLS and logging live in `graft-common`, which the workers and
+//! the client share.
 
-pub mod auth;
 pub mod checkpoint;
 pub mod config;
 pub mod core;
 pub mod error;
 pub mod job;
 pub mod jobdata;
-pub mod logging;
 pub mod metrics;
 pub mod plot;
 pub mod reduce;
 pub mod server;
 pub mod service;
 pub mod store;
-pub mod tls;
 pub mod upload;
-pub mod wire;
 
 #[cfg(test)]
 mod testing;
@@ -39,7 +38,7 @@ mod testing;
 pub use config::{CoordinatorArgs, CoordinatorConfig};
 pub use error::CoordinatorError;
 
-/// Entry point shared by `graft-coordinator` and `graft coordinator`.
+/// The coordinator's entry point (`graft-coordinator`).
 ///
 /// # Errors
 /// A configuration, binding or serving error, for the binary to print.
@@ -49,7 +48,7 @@ pub async fn main_with(args: CoordinatorArgs) -> anyhow::Result<()> {
         println!("{}", toml::to_string_pretty(&config.redacted())?);
         return Ok(());
     }
-    logging::init(config.log_format, "info");
+    graft_common::logging::init(config.log_format, "info");
     server::run(config).await?;
     Ok(())
 }

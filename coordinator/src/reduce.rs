@@ -7,35 +7,9 @@
 
 use std::sync::{Arc, Mutex};
 
+pub use graft_common::reduce::{Reduced, reduce_in_rank_order};
+use graft_transfer::StepStats;
 use tokio::sync::watch;
-
-/// The sums a worker reports with its gradient.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Stats {
-    /// Sum of per-sample losses.
-    pub loss_sum: f64,
-    /// Samples.
-    pub samples: u64,
-    /// Correct predictions.
-    pub correct: u64,
-}
-
-impl Stats {
-    fn add(&mut self, o: &Stats) {
-        self.loss_sum += o.loss_sum;
-        self.samples += o.samples;
-        self.correct += o.correct;
-    }
-}
-
-/// The result of a round.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reduced {
-    /// Mean gradient over the global batch.
-    pub grad: Vec<f32>,
-    /// Sums over the group.
-    pub stats: Stats,
-}
 
 /// Where a round is.
 #[derive(Debug, Clone)]
@@ -48,28 +22,8 @@ pub enum RoundStatus {
     Failed(String),
 }
 
-/// Sums contributions in rank order and divides by the global sample count.
-pub fn reduce_in_rank_order(parts: &[(Vec<f32>, Stats)]) -> Reduced {
-    let len = parts.first().map_or(0, |(g, _)| g.len());
-    let mut sum = vec![0.0f32; len];
-    let mut stats = Stats::default();
-    for (g, s) in parts {
-        for (acc, v) in sum.iter_mut().zip(g) {
-            *acc += *v;
-        }
-        stats.add(s);
-    }
-    if stats.samples > 0 {
-        let inv = 1.0 / stats.samples as f32;
-        for v in &mut sum {
-            *v *= inv;
-        }
-    }
-    Reduced { grad: sum, stats }
-}
-
 /// One rank's gradient and stats.
-type Contribution = (Vec<f32>, Stats);
+type Contribution = (Vec<f32>, StepStats);
 
 #[derive(Debug)]
 struct Slots {
@@ -124,7 +78,7 @@ impl Round {
         &self,
         rank: usize,
         grad: Vec<f32>,
-        stats: Stats,
+        stats: StepStats,
     ) -> Result<Option<Arc<Reduced>>, String> {
         if grad.len() != self.len {
             return Err(format!(
@@ -210,7 +164,7 @@ mod tests {
         let r = reduce_in_rank_order(&[
             (
                 vec![2.0, 4.0],
-                Stats {
+                StepStats {
                     loss_sum: 1.0,
                     samples: 1,
                     correct: 1,
@@ -218,7 +172,7 @@ mod tests {
             ),
             (
                 vec![6.0, 8.0],
-                Stats {
+                StepStats {
                     loss_sum: 3.0,
                     samples: 3,
                     correct: 0,
@@ -240,33 +194,35 @@ mod tests {
                 .deposit(
                     1,
                     vec![3.0],
-                    Stats {
+                    StepStats {
                         samples: 1,
-                        ..Stats::default()
+                        ..StepStats::default()
                     }
                 )
                 .expect("ok")
                 .is_none()
         );
         assert!(
-            round.deposit(1, vec![3.0], Stats::default()).is_err(),
+            round.deposit(1, vec![3.0], StepStats::default()).is_err(),
             "twice from one rank"
         );
         assert!(
-            round.deposit(0, vec![1.0, 2.0], Stats::default()).is_err(),
+            round
+                .deposit(0, vec![1.0, 2.0], StepStats::default())
+                .is_err(),
             "wrong length"
         );
         assert!(
-            round.deposit(2, vec![1.0], Stats::default()).is_err(),
+            round.deposit(2, vec![1.0], StepStats::default()).is_err(),
             "rank out of range"
         );
         let done = round
             .deposit(
                 0,
                 vec![1.0],
-                Stats {
+                StepStats {
                     samples: 1,
-                    ..Stats::default()
+                    ..StepStats::default()
                 },
             )
             .expect("ok")
@@ -279,7 +235,7 @@ mod tests {
         round.publish(done);
         assert_eq!(waiter.await.expect("joins").expect("done").grad, vec![2.0]);
         assert!(
-            round.deposit(0, vec![1.0], Stats::default()).is_err(),
+            round.deposit(0, vec![1.0], StepStats::default()).is_err(),
             "a complete round takes nothing more"
         );
     }
@@ -291,13 +247,13 @@ mod tests {
         round.fail("worker w-1 died");
         round.publish(Arc::new(reduce_in_rank_order(&[(
             vec![1.0],
-            Stats::default(),
+            StepStats::default(),
         )])));
         assert_eq!(
             wait(rx).await.expect_err("failed"),
             "worker w-1 died",
             "publishing does not revive a failed round"
         );
-        assert!(round.deposit(0, vec![1.0], Stats::default()).is_err());
+        assert!(round.deposit(0, vec![1.0], StepStats::default()).is_err());
     }
 }

@@ -14,41 +14,20 @@ use graft_proto::MAX_MESSAGE_BYTES;
 use graft_proto::v1::cluster_service_server::ClusterServiceServer;
 use graft_proto::v1::job_service_server::JobServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::TokenCheck;
 use crate::config::CoordinatorConfig;
 use crate::core::Coordinator;
 use crate::error::CoordinatorError;
 use crate::service::cluster::ClusterApi;
 use crate::service::jobs::JobApi;
 use crate::store::Store;
-
-/// The connections accepted on `listener`, with Nagle's algorithm off.
-///
-/// tonic's `Server::tcp_nodelay` applies only to listeners it binds itself, not to
-/// `serve_with_incoming`. With Nagle on, a small write that follows another unacknowledged
-/// one waits for the peer's delayed ACK: 40 ms for a step report, a window update or the
-/// end of a ring stream. Every graft server accepts through this.
-pub fn nodelay_incoming(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    TcpListenerStream::new(listener).map(|s| {
-        if let Ok(s) = &s {
-            let _ = s.set_nodelay(true);
-        }
-        s
-    })
-}
+use graft_common::auth::TokenCheck;
+use graft_common::net::{LIVENESS_SERVICE, nodelay_incoming};
+use graft_common::signal::wait_for_signal;
 
 /// How often the monitor looks for dead workers and startable jobs.
 const TICK: Duration = Duration::from_millis(200);
-
-/// The health service name that stays SERVING while the process serves (for liveness
-/// probes; readiness probes ask for the overall status, service `""`).
-pub const LIVENESS_SERVICE: &str = "liveness";
 
 /// A coordinator bound to its address.
 pub struct Server {
@@ -87,10 +66,7 @@ impl Server {
             })?;
         // Read the certificate now, so that a bad one stops the start, before anything serves.
         let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(
-                crate::tls::server_config(cert, key)
-                    .map_err(|e| CoordinatorError::Internal(format!("TLS: {e}")))?,
-            ),
+            (Some(cert), Some(key)) => Some(graft_common::tls::server_config(cert, key)?),
             _ => None,
         };
         let metrics = match &config.metrics_listen {
@@ -139,7 +115,7 @@ impl Server {
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = self.tls {
             builder = builder.tls_config(tls).map_err(|e| {
-                CoordinatorError::Internal(format!("TLS: {}", crate::tls::chain(&e)))
+                CoordinatorError::Internal(format!("TLS: {}", graft_common::tls::chain(&e)))
             })?;
         }
         let health = self.health.clone();
@@ -164,7 +140,7 @@ impl Server {
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let incoming = nodelay_incoming(self.listener);
         if let Some(f) = &config.ready_file {
-            crate::checkpoint::write_atomic(f, self.addr.to_string().as_bytes())?;
+            graft_common::fs::write_atomic(f, self.addr.to_string().as_bytes())?;
         }
         tracing::info!(addr = %self.addr, state_dir = %config.state_dir.display(), data_dir = %config.datasets_dir().display(), "coordinator serving");
         let monitor = {
@@ -237,27 +213,4 @@ async fn set_not_serving(health: &tonic_health::server::HealthReporter) {
     health
         .set_not_serving::<ClusterServiceServer<ClusterApi>>()
         .await;
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

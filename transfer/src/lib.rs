@@ -29,6 +29,7 @@ pub mod spec;
 pub mod weights;
 pub mod zeroshot;
 
+pub use methods::StepStats;
 pub use model::Architecture;
 pub use params::Params;
 pub use spec::JobSpec;

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use graft_coordinator::auth::Bearer;
+use graft_common::auth::Bearer;
 use graft_proto::PROTOCOL_VERSION;
 use graft_proto::v1 as pb;
 use graft_transfer::device::DeviceName;
@@ -46,7 +46,7 @@ struct Shared {
 }
 
 async fn connect(cfg: &WorkerConfig) -> Result<Channel, WorkerError> {
-    let endpoint = graft_coordinator::tls::client_endpoint(&cfg.coordinator, cfg.tls_ca.as_deref())
+    let endpoint = graft_common::tls::client_endpoint(&cfg.coordinator, cfg.tls_ca.as_deref())
         .map_err(|e| WorkerError::Setup(format!("coordinator: {e}")))?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.connect_timeout_ms);
     loop {
@@ -60,7 +60,7 @@ async fn connect(cfg: &WorkerConfig) -> Result<Channel, WorkerError> {
                 return Err(WorkerError::Setup(format!(
                     "cannot reach the coordinator at {}: {}",
                     cfg.coordinator,
-                    graft_coordinator::tls::chain(&e)
+                    graft_common::tls::chain(&e)
                 )));
             }
         }

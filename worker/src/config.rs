@@ -4,8 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use graft_coordinator::config::{ConfigError, layered};
-use graft_coordinator::logging::LogFormat;
+use graft_common::config::{ConfigError, layered};
+use graft_common::logging::LogFormat;
 use graft_transfer::device::DeviceName;
 use serde::{Deserialize, Serialize};
 

@@ -7,9 +7,11 @@
 //! - [`rpc`]: chunked calls to the coordinator (shards, gradients, state).
 //! - [`server`]: the worker's own gRPC server (health, the ring's collective service).
 //! - [`ring`]: the ring all-reduce between workers.
+//! - [`bench_peer`]: one process of `graft bench allreduce`.
 //! - [`error`]: the worker's errors.
 
 pub mod agent;
+pub mod bench_peer;
 pub mod config;
 pub mod error;
 pub mod ring;
@@ -19,7 +21,7 @@ pub mod trainer;
 
 pub use config::{WorkerArgs, WorkerConfig};
 
-/// Entry point shared by `graft-worker` and `graft worker`.
+/// The worker's entry point (`graft-worker`).
 ///
 /// # Errors
 /// A configuration or start-up error, for the binary to print.
@@ -36,12 +38,12 @@ pub async fn main_with(args: WorkerArgs) -> anyhow::Result<()> {
         println!("{}", toml::to_string_pretty(&shown)?);
         return Ok(());
     }
-    graft_coordinator::logging::init(config.log_format, "info");
+    graft_common::logging::init(config.log_format, "info");
     let server = server::WorkerServer::bind(&config).await?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let s = shutdown.clone();
     tokio::spawn(async move {
-        graft_coordinator::server::wait_for_signal().await;
+        graft_common::signal::wait_for_signal().await;
         tracing::info!("shutting down");
         s.cancel();
     });
@@ -57,7 +59,7 @@ pub async fn main_with(args: WorkerArgs) -> anyhow::Result<()> {
             }
         }),
         inbox: inbox.clone(),
-        bearer: graft_coordinator::auth::Bearer::new(config.cluster_token.as_deref())
+        bearer: graft_common::auth::Bearer::new(config.cluster_token.as_deref())
             .map_err(|e| anyhow::anyhow!("cluster_token: {e}"))?,
         timeout,
     };

@@ -13,15 +13,29 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     version,
     about = "graft worker: the gradient loop of data-parallel transfer learning"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
     #[command(flatten)]
     args: graft_worker::WorkerArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// One process of `graft bench allreduce` (started by it).
+    #[command(hide = true)]
+    BenchPeer(graft_worker::bench_peer::PeerArgs),
 }
 
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let code = match graft_worker::main_with(cli.args).await {
+    let outcome = match cli.command {
+        Some(Sub::BenchPeer(a)) => graft_worker::bench_peer::run_peer(a).await,
+        None => graft_worker::main_with(cli.args).await,
+    };
+    let code = match outcome {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("graft-worker: {e:#}");

@@ -25,13 +25,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use graft_coordinator::auth::Bearer;
-use graft_coordinator::reduce::Stats;
+use graft_common::auth::Bearer;
 use graft_proto::chunk::{checksum, f32_to_bytes};
 use graft_proto::v1 as pb;
 use graft_proto::v1::collective_service_client::CollectiveServiceClient;
 use graft_proto::v1::collective_service_server::CollectiveService;
 use graft_proto::{CHUNK_BYTES, MAX_MESSAGE_BYTES};
+use graft_transfer::StepStats;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -294,7 +294,7 @@ pub struct RingSum {
     /// The summed buckets, concatenated (not divided by the sample count).
     pub sum: Vec<f32>,
     /// The ranks' stats summed in rank order.
-    pub stats: Stats,
+    pub stats: StepStats,
     /// Rank 0's word: the group stops after this many steps (0: no stop).
     pub stop_at: u64,
 }
@@ -329,7 +329,7 @@ pub struct StepFeed {
     /// The gradient buckets, in order, as they are flattened.
     pub buckets: mpsc::UnboundedReceiver<Vec<f32>>,
     /// This rank's stats and (rank 0) the stop word, once known.
-    pub stats: oneshot::Receiver<(Stats, u64)>,
+    pub stats: oneshot::Receiver<(StepStats, u64)>,
 }
 
 /// Where the incoming stream is.
@@ -472,7 +472,7 @@ impl Ring {
         let local = |e: &str| RingError::Local(e.to_string(), step);
         let world = self.world;
         let mut buckets: Vec<Vec<f32>> = Vec::with_capacity(n_buckets);
-        let mut own_stats: Option<(Stats, u64)> = None;
+        let mut own_stats: Option<(StepStats, u64)> = None;
         if world == 1 {
             while buckets.len() < n_buckets {
                 let b = feed
@@ -503,8 +503,8 @@ impl Ring {
         let mut pending: VecDeque<pb::RingMessage> = VecDeque::new();
         let mut tx = Some(tx);
 
-        // Stats of every rank, and rank 0's stop word.
-        let mut stats: Vec<Option<Stats>> = vec![None; world];
+        // StepStats of every rank, and rank 0's stop word.
+        let mut stats: Vec<Option<StepStats>> = vec![None; world];
         let mut stop_at = 0u64;
         let mut stats_seen = 0usize;
 
@@ -562,7 +562,7 @@ impl Ring {
                             from_rank: self.rank as u32,
                             stats: Some(pb::RankStats {
                                 rank: self.rank as u32,
-                                stats: Some(pb::StepStats { loss_sum: st.loss_sum, samples: st.samples, correct: st.correct }),
+                                stats: Some(graft_common::wire::stats_to_pb(&st)),
                                 stop_at: stop,
                             }),
                             step,
@@ -649,7 +649,7 @@ impl Ring {
         if !call_ok {
             self.confirm(step, &mut call).await?;
         }
-        let mut total = Stats::default();
+        let mut total = StepStats::default();
         for s in stats.iter().flatten() {
             total.loss_sum += s.loss_sum;
             total.samples += s.samples;
@@ -723,7 +723,7 @@ impl Ring {
         cursor: &mut Cursor,
         buckets: &mut [Vec<f32>],
         n_buckets: usize,
-        stats: &mut [Option<Stats>],
+        stats: &mut [Option<StepStats>],
         stats_seen: &mut usize,
         stop_at: &mut u64,
         pending: &mut VecDeque<pb::RingMessage>,
@@ -760,11 +760,7 @@ impl Ring {
                     rs.rank, st.loss_sum, st.correct, st.samples
                 )));
             }
-            stats[expect] = Some(Stats {
-                loss_sum: st.loss_sum,
-                samples: st.samples,
-                correct: st.correct,
-            });
+            stats[expect] = Some(graft_common::wire::stats_from_pb(Some(&st)));
             if expect == 0 {
                 *stop_at = rs.stop_at;
             }
@@ -980,7 +976,7 @@ async fn next_incoming(
 mod tests {
     use std::net::SocketAddr;
 
-    use graft_coordinator::reduce::reduce_in_rank_order;
+    use graft_common::reduce::reduce_in_rank_order;
     use graft_transfer::rng::SplitMix64;
 
     use super::*;
@@ -1022,7 +1018,7 @@ mod tests {
                             api,
                         ),
                     )
-                    .serve_with_incoming(graft_coordinator::server::nodelay_incoming(listener)),
+                    .serve_with_incoming(graft_common::net::nodelay_incoming(listener)),
             );
             boxes.push(inbox);
         }
@@ -1053,8 +1049,8 @@ mod tests {
         (0..len).map(|_| rng.normal() as f32).collect()
     }
 
-    fn stats(r: usize) -> Stats {
-        Stats {
+    fn stats(r: usize) -> StepStats {
+        StepStats {
             loss_sum: 0.5 + r as f64,
             samples: 3 + r as u64,
             correct: r as u64,
@@ -1103,7 +1099,7 @@ mod tests {
                         (0..world).map(|r| grad(s * 31 + r as u64, len)).collect();
                     let out = step(&mut rs, s, &grads, &plan).await;
                     s += 1;
-                    let parts: Vec<(Vec<f32>, Stats)> = grads
+                    let parts: Vec<(Vec<f32>, StepStats)> = grads
                         .iter()
                         .enumerate()
                         .map(|(r, g)| (g.clone(), stats(r)))

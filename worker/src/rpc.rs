@@ -1,12 +1,12 @@
 //! The worker's calls to the coordinator, made from the training thread by blocking on the
 //! runtime; every tensor goes out and comes back in checked chunks.
 
-use graft_coordinator::auth::Bearer;
-use graft_coordinator::reduce::Stats;
+use graft_common::auth::Bearer;
 use graft_proto::chunk::{Assembler, split};
 use graft_proto::v1 as pb;
 use graft_proto::v1::cluster_service_client::ClusterServiceClient;
 use graft_proto::{CHUNK_BYTES, MAX_MESSAGE_BYTES};
+use graft_transfer::StepStats;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -105,7 +105,7 @@ pub struct ReduceResult {
     /// The group's mean gradient.
     pub mean: Vec<f32>,
     /// The group's summed stats.
-    pub stats: Stats,
+    pub stats: StepStats,
     /// The coordinator asks rank 0 for its state after this step (it is shutting down).
     pub upload_state: bool,
 }
@@ -125,7 +125,7 @@ pub async fn reduce(
     step: u64,
     generation: u64,
     grad: &[f32],
-    stats: Stats,
+    stats: StepStats,
     times: Option<pb::StepTimes>,
 ) -> Result<ReduceResult, WorkerError> {
     let msgs: Vec<pb::ReduceGradientsRequest> = split(grad, step, generation, CHUNK_BYTES)
@@ -136,11 +136,7 @@ pub async fn reduce(
             job_id: job.into(),
             rank,
             chunk: Some(chunk),
-            stats: (i == 0).then_some(pb::StepStats {
-                loss_sum: stats.loss_sum,
-                samples: stats.samples,
-                correct: stats.correct,
-            }),
+            stats: (i == 0).then(|| graft_common::wire::stats_to_pb(&stats)),
             times: if i == 0 { times } else { None },
         })
         .collect();
@@ -159,11 +155,7 @@ pub async fn reduce(
     {
         upload_state |= m.upload_state;
         if let Some(st) = m.stats {
-            global = Some(Stats {
-                loss_sum: st.loss_sum,
-                samples: st.samples,
-                correct: st.correct,
-            });
+            global = Some(graft_common::wire::stats_from_pb(Some(&st)));
         }
         let chunk = m
             .chunk

@@ -17,7 +17,7 @@ use crate::config::WorkerConfig;
 use crate::error::WorkerError;
 
 /// The health service name that stays SERVING while the process serves.
-pub use graft_coordinator::server::LIVENESS_SERVICE;
+pub use graft_common::net::LIVENESS_SERVICE;
 
 /// The worker's readiness as its health service reports it.
 #[derive(Clone)]
@@ -62,7 +62,7 @@ impl WorkerServer {
             .local_addr()
             .map_err(|e| WorkerError::Setup(format!("listen: {e}")))?;
         if let Some(f) = &cfg.ready_file {
-            graft_coordinator::checkpoint::write_atomic(f, addr.to_string().as_bytes())
+            graft_common::fs::write_atomic(f, addr.to_string().as_bytes())
                 .map_err(|e| WorkerError::Setup(format!("ready_file: {e}")))?;
         }
         Ok(Self { addr, listener })
@@ -88,9 +88,9 @@ impl WorkerServer {
             graft_proto::v1::collective_service_server::CollectiveServiceServer::new(collective)
                 .max_decoding_message_size(graft_proto::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(graft_proto::MAX_MESSAGE_BYTES),
-            graft_coordinator::auth::TokenCheck::new(cluster_token),
+            graft_common::auth::TokenCheck::new(cluster_token),
         );
-        let incoming = graft_coordinator::server::nodelay_incoming(self.listener);
+        let incoming = graft_common::net::nodelay_incoming(self.listener);
         let task = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .initial_stream_window_size(crate::ring::RING_WINDOW)

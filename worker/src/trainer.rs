@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use burn::tensor::Device;
-use graft_coordinator::reduce::Stats;
-use graft_coordinator::wire::{class_vectors_from_pb, spec_from_pb, stage_from_pb};
+use graft_common::wire::{class_vectors_from_pb, spec_from_pb, stage_from_pb, stats_to_pb};
 use graft_proto::v1 as pb;
+use graft_transfer::StepStats;
 use graft_transfer::methods::{
     Batch, MethodData, Stage, StepContext, bucket_plan, compute_step_buckets, method_for,
     start_stage, state_due,
@@ -28,7 +28,7 @@ pub struct Reduced {
     /// The mean gradient over the global batch.
     pub mean: Vec<f32>,
     /// The group's summed stats.
-    pub stats: Stats,
+    pub stats: StepStats,
     /// Rank 0 is to upload its state after this step (the coordinator is shutting down).
     pub upload: bool,
     /// The group stops after this step (the ring's part of a shutdown).
@@ -52,7 +52,7 @@ pub trait Reducer {
     /// [`WorkerError`] when the group cannot complete the step.
     fn finish(
         &mut self,
-        stats: Stats,
+        stats: StepStats,
         stop_at: u64,
         times: Option<pb::StepTimes>,
     ) -> Result<Reduced, WorkerError>;
@@ -86,7 +86,7 @@ impl Reducer for StarReducer {
 
     fn finish(
         &mut self,
-        stats: Stats,
+        stats: StepStats,
         _stop_at: u64,
         times: Option<pb::StepTimes>,
     ) -> Result<Reduced, WorkerError> {
@@ -120,7 +120,7 @@ pub struct RingReducer {
     ring: Option<Ring>,
     task: Option<RingTask>,
     buckets: Option<mpsc::UnboundedSender<Vec<f32>>>,
-    stats: Option<oneshot::Sender<(Stats, u64)>>,
+    stats: Option<oneshot::Sender<(StepStats, u64)>>,
     step: u64,
     n_buckets: usize,
 }
@@ -180,7 +180,7 @@ impl Reducer for RingReducer {
 
     fn finish(
         &mut self,
-        stats: Stats,
+        stats: StepStats,
         stop_at: u64,
         _times: Option<pb::StepTimes>,
     ) -> Result<Reduced, WorkerError> {
@@ -238,7 +238,7 @@ pub struct JobContext {
     /// Where this worker's collective service hands over ring streams.
     pub inbox: Arc<Inbox>,
     /// Sent to ring neighbours (the cluster token).
-    pub bearer: graft_coordinator::auth::Bearer,
+    pub bearer: graft_common::auth::Bearer,
     /// A silent ring neighbour fails the step after this long.
     pub collective_timeout: std::time::Duration,
 }
@@ -470,11 +470,7 @@ pub fn run_job(mut ctx: JobContext) -> Result<(), WorkerError> {
                 &mut |b| reducer.bucket(b),
             );
             let flattened = std::time::Instant::now();
-            let stats = Stats {
-                loss_sum: out.loss_sum,
-                samples: out.samples,
-                correct: out.correct,
-            };
+            let stats = out.stats;
             if let Some(r) = report.take() {
                 stop_at = join_report(&ctx.rt, r)?.max(stop_at);
             }
@@ -522,11 +518,7 @@ pub fn run_job(mut ctx: JobContext) -> Result<(), WorkerError> {
                         String::new()
                     },
                     generation,
-                    stats: Some(pb::StepStats {
-                        loss_sum: reduced.stats.loss_sum,
-                        samples: reduced.stats.samples,
-                        correct: reduced.stats.correct,
-                    }),
+                    stats: Some(stats_to_pb(&reduced.stats)),
                     times: Some(times),
                 };
                 let mut c = ctx.cluster.clone();

@@ -192,7 +192,7 @@ impl Coordinator {
         rank: u32,
         step: u64,
         generation: u64,
-        stats: Stats,
+        stats: StepStats,
         times: Option<pb::StepTimes>,
     ) -> Result<u64, CoordinatorError> {
         let mut core = self.lock()?;
@@ -263,7 +263,7 @@ impl Coordinator {
     }
 
     /// Progress after `step` (0-based) for watchers, the curves and `/metrics`.
-    fn step_done(entry: &mut JobEntry, step: u64, stats: Stats, times: Option<pb::StepTimes>) {
+    fn step_done(entry: &mut JobEntry, step: u64, stats: StepStats, times: Option<pb::StepTimes>) {
         let Some(run) = entry.run.as_mut() else {
             return;
         };
@@ -281,7 +281,7 @@ impl Coordinator {
             return;
         };
         let (stage_idx, stage) = data.stage_of(step).map_or((0, None), |(i, s)| (i, Some(s)));
-        let Stats {
+        let StepStats {
             loss_sum,
             samples,
             correct,
@@ -466,7 +466,8 @@ impl Coordinator {
                 source,
             })
             .and_then(|()| {
-                crate::checkpoint::write_atomic(&dir.join("curves.svg"), svg.as_bytes())
+                graft_common::fs::write_atomic(&dir.join("curves.svg"), svg.as_bytes())
+                    .map_err(CoordinatorError::from)
             });
         if let Err(e) = write {
             tracing::warn!(%job, error = %e, "cannot write the training curves");

@@ -5,7 +5,7 @@ use std::time::Duration;
 use graft_transfer::JobSpec;
 
 use super::*;
-use crate::reduce::Stats;
+use graft_transfer::StepStats;
 
 fn spec(workers: (u32, u32), steps: u64) -> JobSpec {
     crate::testing::moons_spec(workers, steps)
@@ -51,9 +51,9 @@ fn two_ranks_finish_step_0(c: &Coordinator, id: &JobId, a: &str, b: &str, genera
             .expect("rank 1 is a member"),
     );
     let n = ta.round.len;
-    let five = Stats {
+    let five = StepStats {
         samples: 5,
-        ..Stats::default()
+        ..StepStats::default()
     };
     assert!(
         ta.round
@@ -160,9 +160,9 @@ async fn only_members_reduce_and_only_the_current_step() {
         .deposit(
             0,
             vec![0.0; t.round.len],
-            Stats {
+            StepStats {
                 samples: 10,
-                ..Stats::default()
+                ..StepStats::default()
             },
         )
         .expect("ok")

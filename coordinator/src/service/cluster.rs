@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use graft_common::wire::{stats_from_pb, stats_to_pb};
 use graft_proto::chunk::{Assembler, ChunkError, split};
 use graft_proto::v1 as pb;
 use graft_proto::v1::cluster_service_server::ClusterService;
@@ -14,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::jobs::async_stream;
 use crate::core::Coordinator;
 use crate::job::JobId;
-use crate::reduce::{self, Stats};
+use crate::reduce;
 use crate::upload::{Upload, process_upload};
 
 /// How long `NextAssignment` holds a request open.
@@ -239,11 +240,7 @@ impl ClusterService for ClusterApi {
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("chunk: missing"))?;
         let (step, generation) = (chunk.step, chunk.generation);
-        let stats = first.stats.as_ref().map_or(Stats::default(), |s| Stats {
-            loss_sum: s.loss_sum,
-            samples: s.samples,
-            correct: s.correct,
-        });
+        let stats = stats_from_pb(first.stats.as_ref());
         // Membership first: only a member of the job's group can stop its step.
         let ticket = self.coord.round(
             &first.worker_id,
@@ -335,11 +332,7 @@ impl ClusterService for ClusterApi {
                 .map(|(i, chunk)| {
                     Ok(pb::ReduceGradientsResponse {
                         chunk: Some(chunk),
-                        stats: (i == 0).then_some(pb::StepStats {
-                            loss_sum: s.loss_sum,
-                            samples: s.samples,
-                            correct: s.correct,
-                        }),
+                        stats: (i == 0).then(|| stats_to_pb(&s)),
                         upload_state: i == 0 && upload_state,
                     })
                 })
@@ -369,11 +362,7 @@ impl ClusterService for ClusterApi {
                     "step: a report names steps done (>= 1)",
                 ));
             }
-            let stats = Stats {
-                loss_sum: st.loss_sum,
-                samples: st.samples,
-                correct: st.correct,
-            };
+            let stats = stats_from_pb(Some(&st));
             stop_at = self.coord.ring_step(
                 &r.worker_id,
                 &r.job_id,

@@ -15,7 +15,7 @@ use crate::core::Coordinator;
 use crate::error::CoordinatorError;
 use crate::job::JobId;
 use crate::jobdata::JobData;
-use crate::wire::spec_from_pb;
+use graft_common::wire::spec_from_pb;
 
 /// The client-facing service.
 pub struct JobApi {
@@ -212,8 +212,8 @@ where
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-impl From<crate::wire::WireError> for CoordinatorError {
-    fn from(e: crate::wire::WireError) -> Self {
+impl From<graft_common::wire::WireError> for CoordinatorError {
+    fn from(e: graft_common::wire::WireError) -> Self {
         CoordinatorError::InvalidSpec {
             field: e.field,
             reason: e.reason,

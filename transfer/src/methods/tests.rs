@@ -1,7 +1,10 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::*;
-use crate::spec::ModelSpec;
+use crate::spec::{ModelSpec, Role};
 
 fn ctx() -> StepContext {
     StepContext {
@@ -68,6 +71,7 @@ fn gradient_matches_finite_differences() {
             &ctx(),
             &device,
         )
+        .stats
         .loss_sum
     };
     let flat = params.flatten(&mask);
@@ -134,7 +138,7 @@ fn batch_split_gradients_sum_to_the_whole() {
     for i in 0..whole.grad.len() {
         assert!((ga.grad[i] + gb.grad[i] - whole.grad[i]).abs() < 1e-5);
     }
-    assert!((ga.loss_sum + gb.loss_sum - whole.loss_sum).abs() < 1e-5);
+    assert!((ga.stats.loss_sum + gb.stats.loss_sum - whole.stats.loss_sum).abs() < 1e-5);
     let empty = compute_step(
         &AllSupervised,
         &arch,
@@ -147,7 +151,7 @@ fn batch_split_gradients_sum_to_the_whole() {
         &ctx(),
         &device,
     );
-    assert!(empty.grad.iter().all(|&g| g == 0.0) && empty.samples == 0);
+    assert!(empty.grad.iter().all(|&g| g == 0.0) && empty.stats.samples == 0);
 }
 
 #[test]
@@ -460,7 +464,10 @@ fn output_distances_vanish_when_the_models_agree() {
         let device = Device::flex();
         let r1 = compute_step(&with, &arch, &params, &mask, b, &ctx, &device);
         let r0 = compute_step(&without, &arch, &params, &mask, b, &ctx, &device);
-        assert!((r1.loss_sum - r0.loss_sum).abs() < 1e-6, "{penalty}");
+        assert!(
+            (r1.stats.loss_sum - r0.stats.loss_sum).abs() < 1e-6,
+            "{penalty}"
+        );
         for (a, z) in r1.grad.iter().zip(&r0.grad) {
             assert!((a - z).abs() < 1e-6, "{penalty}");
         }
@@ -468,7 +475,7 @@ fn output_distances_vanish_when_the_models_agree() {
         let apart = drifted(&arch);
         let r1 = compute_step(&with, &arch, &apart, &mask, b, &ctx, &device);
         let r0 = compute_step(&without, &arch, &apart, &mask, b, &ctx, &device);
-        assert!(r1.loss_sum > r0.loss_sum + 1e-4, "{penalty}");
+        assert!(r1.stats.loss_sum > r0.stats.loss_sum + 1e-4, "{penalty}");
     }
 }
 

@@ -1,51 +1,13 @@
-//! Conversions between the wire types (`graft.v1`) and the domain types of `graft-transfer`,
-//! and the one place that maps errors to `tonic::Status`.
-//!
-//! Inbound conversions are `TryFrom`: a missing or bad field becomes `invalid_argument`
-//! naming the field. The worker and the client use these too, so all three sides agree.
+//! The job spec on the wire.
 
 use graft_proto::v1 as pb;
 use graft_transfer::spec::{
     AllReduce, CheckpointSpec, DatasetSpec, EvaluationSpec, JobSpec, ModelSpec, OptimizerSpec,
     Role, ScheduleSpec, TrainingSpec, WorkersSpec,
 };
-use tonic::Status;
 
-mod method;
-pub use method::{
-    class_vectors_from_pb, class_vectors_to_pb, method_from_pb, method_to_pb, stage_from_pb,
-    stage_to_pb,
-};
-
-/// A wire field that is missing or out of range.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct WireError {
-    /// Dotted field path.
-    pub field: String,
-    /// What is wrong.
-    pub reason: String,
-}
-
-impl From<WireError> for Status {
-    fn from(e: WireError) -> Self {
-        Status::invalid_argument(e.to_string())
-    }
-}
-
-fn missing(field: &str) -> WireError {
-    WireError {
-        field: field.into(),
-        reason: "missing".into(),
-    }
-}
-
-fn usize_of(v: u64, field: &str) -> Result<usize, WireError> {
-    usize::try_from(v).map_err(|_| WireError {
-        field: field.into(),
-        reason: "too large".into(),
-    })
-}
+use super::method::{method_from_pb, method_to_pb};
+use super::{WireError, missing, usize_of};
 
 /// The wire form of a role.
 pub fn role_to_pb(r: Role) -> pb::DatasetRole {
@@ -309,27 +271,6 @@ pub struct WireSpec(pub JobSpec);
 /// [`WireError`] naming the missing or bad field.
 pub fn spec_from_pb(p: &pb::JobSpec) -> Result<JobSpec, WireError> {
     WireSpec::try_from(p).map(|w| w.0)
-}
-
-/// The name of a job state as people read it (`COMPLETED`).
-pub fn state_name(s: pb::JobState) -> &'static str {
-    match s {
-        pb::JobState::Unspecified => "UNSPECIFIED",
-        pb::JobState::Pending => "PENDING",
-        pb::JobState::Running => "RUNNING",
-        pb::JobState::Reconfiguring => "RECONFIGURING",
-        pb::JobState::Completed => "COMPLETED",
-        pb::JobState::Failed => "FAILED",
-        pb::JobState::Cancelled => "CANCELLED",
-    }
-}
-
-/// Whether a job in this state will not change again.
-pub fn is_terminal(s: pb::JobState) -> bool {
-    matches!(
-        s,
-        pb::JobState::Completed | pb::JobState::Failed | pb::JobState::Cancelled
-    )
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use tonic::{Request, Status, service::Interceptor};
 
+use crate::CommonError;
+
 /// Checks `authorization: Bearer <token>` when a token is configured.
 #[derive(Debug, Clone)]
 pub struct TokenCheck {
@@ -81,13 +83,13 @@ impl Bearer {
     /// A bearer for `token` (none: no header).
     ///
     /// # Errors
-    /// When the token is not printable ASCII.
-    pub fn new(token: Option<&str>) -> Result<Self, String> {
+    /// [`CommonError::TokenNotAscii`] when the token is not printable ASCII.
+    pub fn new(token: Option<&str>) -> Result<Self, CommonError> {
         let header = token
             .map(|t| {
                 format!("Bearer {t}")
                     .parse()
-                    .map_err(|_| "token must be printable ASCII".to_string())
+                    .map_err(|_| CommonError::TokenNotAscii)
             })
             .transpose()?;
         Ok(Self { header })
