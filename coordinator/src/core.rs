@@ -1,122 +1,76 @@
-//! The coordinator's state and its transitions: workers, jobs, groups, rounds.
+//! The shell around the coordinator's state: it stamps each event with the time, applies
+//! it with [`state::apply`] under one lock, and runs the actions that come out.
 //!
-//! One owner: every handler goes through [`Coordinator`], whose state sits behind one
-//! synchronous mutex that is never held across an `.await` (so a plain `std` mutex is right
-//! and cheaper than an async one). Job records are persisted under the lock (a short redb
-//! commit) so that the store never holds an older state than memory; slow work — loading
-//! data, evaluating, writing checkpoints — happens outside the lock on blocking threads.
+//! The lock is a synchronous mutex that is never held across an `.await` (so a plain `std`
+//! mutex is right and cheaper than an async one) and never held for I/O. Actions that only
+//! hand something to a channel — a progress event for the watchers, a failed star round, a
+//! wake-up for the workers' long polls, a counter — run under it, so watchers see events in
+//! the order of the transitions. Actions that touch the disk — the store, the curves — run
+//! after it is released but in that same order: the dispatcher takes the I/O lock before it
+//! lets go of the state lock, so a later transition's record never lands before an earlier
+//! one's. Slow work — loading data, evaluating, writing checkpoints — never goes through here;
+//! it runs on blocking threads and reports back as events.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use graft_common::{JobId, WorkerId};
 use graft_proto::v1 as pb;
-use graft_transfer::{JobSpec, Params};
+use graft_transfer::{JobSpec, StepStats};
 use tokio::sync::{Notify, broadcast};
 
-use crate::checkpoint::CheckpointDir;
 use crate::config::CoordinatorConfig;
 use crate::error::CoordinatorError;
-use crate::job::{JobId, JobRecord, JobState, now_ms};
+use crate::job::{CheckpointRecord, JobRecord, now_ms};
 use crate::jobdata::JobData;
-use crate::plot::{self, History};
-use crate::reduce::{Reduced, Round};
+use crate::state::queries::{self, Membership};
+use crate::state::{
+    Action, Event, EventKind, Limits, Now, Reply, RoundTicket, StartState, State, apply,
+};
 use crate::store::Store;
-use graft_common::wire::{class_vectors_to_pb, spec_to_pb, stage_to_pb};
-use graft_transfer::StepStats;
 
-/// A worker's id: `w-<boot>-<n>`, unique across coordinator restarts.
-pub type WorkerId = String;
+mod resume;
 
-/// State handed to the workers when a job starts (a checkpoint, or weights from a file).
-#[derive(Debug, Clone)]
-pub struct StartState {
-    /// Steps already done.
-    pub step: u64,
-    /// All parameters.
-    pub params: Params,
-    /// Optimizer state (empty: start the optimizer fresh).
-    pub optimizer_state: Vec<f32>,
-    /// Optimizer updates in the stage.
-    pub optimizer_steps: u64,
-}
-
-#[derive(Debug)]
-struct WorkerEntry {
-    name: String,
-    device: String,
-    /// Where its CollectiveService listens (ring peers connect there).
-    collective: String,
-    last_seen: Instant,
-    job: Option<JobId>,
-    /// Set by the scheduler, taken by the worker's `NextAssignment`.
-    assignment: Option<pb::Assignment>,
-}
-
-/// A running group.
-#[derive(Debug)]
-pub struct Run {
-    /// Bumped whenever the group changes.
-    pub generation: u64,
-    /// Worker ids by rank.
-    pub members: Vec<WorkerId>,
-    rounds: BTreeMap<u64, Arc<Round>>,
-    fingerprints: BTreeMap<u64, Vec<Option<String>>>,
-    last_round_at: Instant,
-    /// Highest step at which every replica's fingerprint matched.
-    verified: u64,
-    /// Smoothed samples per second, for `/metrics`.
-    samples_per_s: f64,
-    /// Since when the final state is evaluated and checkpointed; the job completes once the
-    /// final fingerprints match too, and fails if they do not come within `step_timeout_ms`.
-    finishing: Option<Instant>,
-    /// Set when the coordinator began shutting down while the job ran.
-    drain: Option<drain::Drain>,
-    /// Rank 0's latest step times (the star sends them with its next gradient).
-    last_times: Option<pb::StepTimes>,
-}
-
-struct JobEntry {
-    record: JobRecord,
-    data: Option<Arc<JobData>>,
-    /// Progress, evaluations and the end, for `WatchJob` subscribers; sent under the lock.
+/// A job's channels, beside the state: its watchers' broadcast and the lock that serialises
+/// the processing of its uploaded states.
+struct JobChannels {
+    /// Progress, evaluations and the end, for `WatchJob` subscribers; sent under the state
+    /// lock by [`Coordinator::dispatch`], received by each subscriber's stream.
     events: broadcast::Sender<pb::JobEvent>,
-    pending_since: Instant,
-    run: Option<Run>,
-    start: Option<Arc<StartState>>,
-    /// Serialises the processing of uploaded states (evaluation, checkpoint, completion).
+    /// Held by `upload::process_upload` while it evaluates and checkpoints one state.
     state_lock: Arc<tokio::sync::Mutex<()>>,
-    /// Loss and accuracy per step and the evaluations, for the curves.
-    history: History,
 }
 
-impl JobEntry {
-    fn new(record: JobRecord, data: Option<Arc<JobData>>, start: Option<Arc<StartState>>) -> Self {
+impl JobChannels {
+    fn new() -> Self {
         Self {
-            record,
-            data,
             events: broadcast::channel(1024).0,
-            pending_since: Instant::now(),
-            run: None,
-            start,
             state_lock: Arc::new(tokio::sync::Mutex::new(())),
-            history: History::default(),
         }
     }
 }
 
-struct Core {
-    workers: BTreeMap<WorkerId, WorkerEntry>,
-    jobs: BTreeMap<JobId, JobEntry>,
-    next_worker: u64,
-    /// The coordinator is shutting down: no job starts, no step after each job's drain step.
-    draining: bool,
+struct Shared {
+    state: State,
+    channels: BTreeMap<JobId, JobChannels>,
+}
+
+impl Shared {
+    fn channels(&mut self, job: &JobId) -> &JobChannels {
+        self.channels
+            .entry(job.clone())
+            .or_insert_with(JobChannels::new)
+    }
 }
 
 /// The coordinator.
 pub struct Coordinator {
-    core: Mutex<Core>,
+    shared: Mutex<Shared>,
+    /// Taken before the state lock is released, by a dispatch with store or file actions,
+    /// so that those run in the order of the transitions.
+    io: Mutex<()>,
     store: Store,
     /// Its configuration.
     pub config: CoordinatorConfig,
@@ -124,31 +78,8 @@ pub struct Coordinator {
     pub counters: crate::metrics::Counters,
     /// Woken whenever assignments are made, so long-polling workers pick them up.
     assigned: Notify,
-    boot: u64,
-}
-
-/// What a worker needs to take part in a reduction round.
-pub struct RoundTicket {
-    /// The round.
-    pub round: Arc<Round>,
-    /// The worker's rank.
-    pub rank: usize,
-    /// Samples of this rank's part of the step's global batch.
-    pub expected_samples: u64,
-}
-
-/// A worker's place in a running job.
-pub struct Membership {
-    /// The job's data and network.
-    pub data: Arc<JobData>,
-    /// The job's spec.
-    pub spec: JobSpec,
-    /// The worker's rank.
-    pub rank: usize,
-    /// The group's size.
-    pub world: usize,
-    /// The state the job starts from, if not fresh weights.
-    pub start: Option<Arc<StartState>>,
+    /// The origin of [`Now::mono_ms`].
+    started: Instant,
 }
 
 /// A job's identity and setup for a state upload.
@@ -162,99 +93,74 @@ pub struct JobHandle {
 }
 
 impl Coordinator {
-    /// A coordinator over `store`, resuming the jobs it holds: unfinished jobs go back to
-    /// `PENDING` and start again from their newest valid checkpoint.
-    ///
-    /// # Errors
-    /// [`CoordinatorError::Store`] when the store cannot be read.
-    pub fn new(config: CoordinatorConfig, store: Store) -> Result<Self, CoordinatorError> {
-        let mut jobs = BTreeMap::new();
-        for mut record in store.all()? {
-            let mut data = None;
-            let mut start = None;
-            if !record.state.is_terminal() {
-                match JobData::load(&record.spec, &config.datasets_dir()) {
-                    Ok(d) => {
-                        let d = Arc::new(d);
-                        let ckpt =
-                            CheckpointDir::new(config.job_dir(&record.id).join("checkpoints"));
-                        start = match ckpt.latest_valid(&d.arch) {
-                            Some(l) => {
-                                record.step = l.manifest.step;
-                                Some(Arc::new(StartState {
-                                    step: l.manifest.step,
-                                    params: l.params,
-                                    optimizer_state: l.optimizer_state,
-                                    optimizer_steps: l.manifest.optimizer_steps,
-                                }))
-                            }
-                            None => {
-                                record.step = 0;
-                                d.init_params.clone().map(|p| {
-                                    Arc::new(StartState {
-                                        step: 0,
-                                        params: p,
-                                        optimizer_state: Vec::new(),
-                                        optimizer_steps: 0,
-                                    })
-                                })
-                            }
-                        };
-                        if record.step >= d.total_steps() {
-                            // The final checkpoint was written but the coordinator stopped
-                            // before it recorded the end: the job is done.
-                            tracing::info!(job = %record.id, step = record.step, "job had finished before the restart");
-                            record.state = JobState::Completed;
-                            record.reason.clear();
-                            record.finished_unix_ms = now_ms();
-                            if let Some(l) = ckpt.latest_valid(&d.arch) {
-                                record.metrics.extend(l.manifest.metrics.clone());
-                                if record.checkpoints.last().map(|c| c.step)
-                                    != Some(l.manifest.step)
-                                {
-                                    record.checkpoints.push(ckpt.record_of(&l.manifest));
-                                }
-                            }
-                            start = None;
-                        } else {
-                            tracing::info!(job = %record.id, step = record.step, "resuming job after restart");
-                            record.state = JobState::Pending;
-                            record.reason = format!(
-                                "coordinator restarted; resuming from step {}",
-                                record.step
-                            );
-                            data = Some(d);
-                        }
-                    }
-                    Err(e) => {
-                        record.state = JobState::Failed;
-                        record.reason = format!("cannot resume after restart: {e}");
-                        record.finished_unix_ms = now_ms();
-                    }
-                }
-                store.put(&record)?;
-            }
-            jobs.insert(record.id.clone(), JobEntry::new(record, data, start));
+    fn now(&self) -> Now {
+        Now {
+            mono_ms: self.started.elapsed().as_millis() as u64,
+            unix_ms: now_ms(),
         }
-        Ok(Self {
-            core: Mutex::new(Core {
-                workers: BTreeMap::new(),
-                jobs,
-                next_worker: 1,
-                draining: false,
-            }),
-            store,
-            config,
-            counters: crate::metrics::Counters::default(),
-            assigned: Notify::new(),
-            boot: now_ms() % 0xFFFF_FFFF,
-        })
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, Core>, CoordinatorError> {
-        self.core
+    fn lock(&self) -> Result<MutexGuard<'_, Shared>, CoordinatorError> {
+        self.shared
             .lock()
             .map_err(|_| CoordinatorError::Internal("state lock poisoned".into()))
+    }
+
+    /// Applies one event and runs its actions; the event's answer.
+    fn dispatch(&self, kind: EventKind) -> Result<Reply, CoordinatorError> {
+        let mut shared = self.lock()?;
+        let actions = apply(
+            &mut shared.state,
+            Event {
+                at: self.now(),
+                kind,
+            },
+        );
+        let mut answer = Ok(Reply::Done);
+        let mut later = Vec::new();
+        for a in actions {
+            match a {
+                Action::Reply(r) => answer = Ok(r),
+                Action::Refuse(e) => answer = Err(e),
+                Action::Publish(job, event) => {
+                    // No subscriber is no error: nobody is watching.
+                    let _ = shared.channels(&job).events.send(event);
+                }
+                Action::FailRound { round, reason } => round.fail(&reason),
+                Action::Assigned => self.assigned.notify_waiters(),
+                Action::CountRound {
+                    samples,
+                    took_ms,
+                    bytes,
+                } => self.counters.round(
+                    samples,
+                    Duration::from_secs_f64(took_ms.max(0.0) / 1e3),
+                    bytes,
+                ),
+                io @ (Action::Persist(_) | Action::Curves { .. }) => later.push(io),
+            }
+        }
+        if later.is_empty() {
+            return answer;
+        }
+        let io = self
+            .io
+            .lock()
+            .map_err(|_| CoordinatorError::Internal("I/O lock poisoned".into()))?;
+        drop(shared);
+        for a in later {
+            match a {
+                Action::Persist(record) => self.persist(&record),
+                Action::Curves {
+                    job,
+                    title,
+                    history,
+                } => self.write_curves(&job, &crate::plot::render(&title, &history)),
+                _ => {}
+            }
+        }
+        drop(io);
+        answer
     }
 
     fn persist(&self, record: &JobRecord) {
@@ -262,17 +168,439 @@ impl Coordinator {
             tracing::error!(job = %record.id, error = %e, "cannot persist job");
         }
     }
+
+    /// Writes a job's curves (`<state_dir>/jobs/<id>/curves.svg`); a failure is logged, not
+    /// fatal: the curves are a convenience.
+    fn write_curves(&self, job: &JobId, svg: &str) {
+        let dir = self.config.job_dir(job);
+        let write = std::fs::create_dir_all(&dir)
+            .map_err(|source| CoordinatorError::Io {
+                path: dir.display().to_string(),
+                source,
+            })
+            .and_then(|()| {
+                graft_common::fs::write_atomic(&dir.join("curves.svg"), svg.as_bytes())
+                    .map_err(CoordinatorError::from)
+            });
+        if let Err(e) = write {
+            tracing::warn!(%job, error = %e, "cannot write the training curves");
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&State) -> T) -> Result<T, CoordinatorError> {
+        Ok(f(&self.lock()?.state))
+    }
+
+    /// Accepts a validated spec whose data has been loaded.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::Store`] when the job cannot be persisted (then it does not exist).
+    pub fn submit(&self, spec: JobSpec, data: JobData) -> Result<JobRecord, CoordinatorError> {
+        let id = self.store.next_job_id()?;
+        let record = JobRecord::new(id, spec, data.total_steps());
+        self.store.put(&record)?;
+        let start = data.init_params.clone().map(|p| {
+            Arc::new(StartState {
+                step: 0,
+                params: p,
+                optimizer_state: Vec::new(),
+                optimizer_steps: 0,
+            })
+        });
+        match self.dispatch(EventKind::JobSubmitted {
+            record: Box::new(record),
+            data: Arc::new(data),
+            start,
+        })? {
+            Reply::Record(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A job's record.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::UnknownJob`].
+    pub fn get(&self, id: &str) -> Result<JobRecord, CoordinatorError> {
+        self.read(|s| queries::record(s, &JobId::from(id)))?
+    }
+
+    /// Every job, oldest first.
+    ///
+    /// # Errors
+    /// Only an internal error.
+    pub fn list(&self) -> Result<Vec<JobRecord>, CoordinatorError> {
+        self.read(queries::list)
+    }
+
+    /// A job's record and a receiver of its events (subscribed before the snapshot is taken,
+    /// so nothing falls between them).
+    ///
+    /// # Errors
+    /// [`CoordinatorError::UnknownJob`].
+    pub fn watch(
+        &self,
+        id: &str,
+    ) -> Result<(JobRecord, broadcast::Receiver<pb::JobEvent>), CoordinatorError> {
+        let mut shared = self.lock()?;
+        let id = JobId::from(id);
+        let record = queries::record(&shared.state, &id)?;
+        Ok((record, shared.channels(&id).events.subscribe()))
+    }
+
+    /// Cancels a job that has not finished.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::UnknownJob`], or `Conflict` for a finished job.
+    pub fn cancel(&self, id: &str) -> Result<JobRecord, CoordinatorError> {
+        match self.dispatch(EventKind::CancelRequested {
+            job: JobId::from(id),
+        })? {
+            Reply::Record(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Fails a job with `reason` (idempotent for finished jobs).
+    pub fn fail(&self, id: &JobId, reason: String) {
+        let _ = self.dispatch(EventKind::JobFailed {
+            job: id.clone(),
+            reason,
+        });
+    }
+
+    /// Marks a job completed after its final state was evaluated and checkpointed — once the
+    /// replicas' final fingerprints have matched (else when they do).
+    pub fn complete(&self, id: &JobId) {
+        let _ = self.dispatch(EventKind::FinalStateSaved { job: id.clone() });
+    }
+
+    /// A member worker gave up on its job: the job fails with its reason.
+    ///
+    /// # Errors
+    /// When the worker is not a member of the job's group.
+    pub fn leave(&self, worker: &str, job: &str, reason: &str) -> Result<(), CoordinatorError> {
+        self.dispatch(EventKind::WorkerLeft {
+            worker: WorkerId::from(worker),
+            job: JobId::from(job),
+            reason: reason.to_string(),
+        })
+        .map(|_| ())
+    }
+
+    /// Registers a worker.
+    ///
+    /// # Errors
+    /// Only an internal error.
+    pub fn register(&self, name: String, device: String) -> Result<WorkerId, CoordinatorError> {
+        self.register_peer(name, device, String::new())
+    }
+
+    /// Registers a worker whose CollectiveService listens at `collective` (host:port).
+    ///
+    /// # Errors
+    /// Only an internal error.
+    pub fn register_peer(
+        &self,
+        name: String,
+        device: String,
+        collective: String,
+    ) -> Result<WorkerId, CoordinatorError> {
+        match self.dispatch(EventKind::WorkerRegistered {
+            name,
+            device,
+            collective,
+        })? {
+            Reply::Registered(id) => Ok(id),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Records a heartbeat; returns the jobs the worker must abandon, or `None` when the
+    /// worker is unknown (it must register again).
+    ///
+    /// # Errors
+    /// Only an internal error.
+    pub fn heartbeat(
+        &self,
+        worker: &str,
+        job: &str,
+    ) -> Result<Option<Vec<String>>, CoordinatorError> {
+        match self.dispatch(EventKind::Heartbeat {
+            worker: WorkerId::from(worker),
+            job: job.to_string(),
+        })? {
+            Reply::Heartbeat(h) => Ok(h),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Waits up to `wait` for an assignment for `worker`.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::UnknownWorker`].
+    pub async fn next_assignment(
+        &self,
+        worker: &str,
+        wait: Duration,
+    ) -> Result<Option<pb::Assignment>, CoordinatorError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.assigned.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.dispatch(EventKind::AssignmentPolled {
+                worker: WorkerId::from(worker),
+            })? {
+                Reply::Assignment(Some(a)) => return Ok(Some(a)),
+                Reply::Assignment(None) => {}
+                other => return Err(unexpected(&other)),
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Lost workers, overdue final fingerprints, jobs that can start. Called periodically.
+    pub fn tick(&self) {
+        let _ = self.dispatch(EventKind::Tick);
+    }
+
+    /// The job's data and this worker's place in its group.
+    ///
+    /// # Errors
+    /// When the worker is not a member of the running group.
+    pub fn membership(
+        &self,
+        worker: &str,
+        job: &str,
+        generation: Option<u64>,
+    ) -> Result<Membership, CoordinatorError> {
+        self.read(|s| {
+            queries::membership(s, &WorkerId::from(worker), &JobId::from(job), generation)
+        })?
+    }
+
+    /// The reduction round of `step` for a member worker, created on first use.
+    ///
+    /// # Errors
+    /// When the worker is not rank `rank` of the group, or the step is not in the job.
+    pub fn round(
+        &self,
+        worker: &str,
+        job: &str,
+        rank: u32,
+        step: u64,
+        generation: u64,
+    ) -> Result<RoundTicket, CoordinatorError> {
+        match self.dispatch(EventKind::RoundOpened {
+            worker: WorkerId::from(worker),
+            job: JobId::from(job),
+            rank,
+            step,
+            generation,
+        })? {
+            Reply::Round(t) => Ok(t),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Records a finished round: progress for watchers; old rounds are dropped.
+    pub fn round_done(&self, job: &str, step: u64, reduced: &crate::reduce::Reduced) {
+        let _ = self.dispatch(EventKind::RoundCompleted {
+            job: JobId::from(job),
+            step,
+            stats: reduced.stats,
+        });
+    }
+
+    /// Rank 0's report of a ring step: the group's summed stats of `step` (0-based). Returns
+    /// the step count at which the group is to stop (non-zero only while the coordinator
+    /// shuts down).
+    ///
+    /// # Errors
+    /// When the worker is not rank 0 of the group, the job does not use the ring, the step is
+    /// not the one after the last reported, or the stats do not fit the step's batch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ring_step(
+        &self,
+        worker: &str,
+        job: &str,
+        rank: u32,
+        step: u64,
+        generation: u64,
+        stats: StepStats,
+        times: Option<pb::StepTimes>,
+    ) -> Result<u64, CoordinatorError> {
+        match self.dispatch(EventKind::RingStepReported {
+            worker: WorkerId::from(worker),
+            job: JobId::from(job),
+            rank,
+            step,
+            generation,
+            stats,
+            times,
+        })? {
+            Reply::StopAt(at) => Ok(at),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Keeps rank 0's step times for the next progress event (the star).
+    pub fn note_times(&self, job: &str, times: pb::StepTimes) {
+        let _ = self.dispatch(EventKind::TimesNoted {
+            job: JobId::from(job),
+            times,
+        });
+    }
+
+    /// Records a parameter fingerprint; fails the job when replicas differ.
+    ///
+    /// # Errors
+    /// When the worker is not a member.
+    pub fn fingerprint(
+        &self,
+        worker: &str,
+        job: &str,
+        step: u64,
+        generation: u64,
+        fp: String,
+    ) -> Result<(), CoordinatorError> {
+        self.dispatch(EventKind::FingerprintReported {
+            worker: WorkerId::from(worker),
+            job: JobId::from(job),
+            step,
+            generation,
+            fingerprint: fp,
+        })
+        .map(|_| ())
+    }
+
+    /// What a state upload needs, for the rank-0 member.
+    ///
+    /// # Errors
+    /// When the worker is not rank 0 of the running group.
+    pub fn upload_target(
+        &self,
+        worker: &str,
+        job: &str,
+        step: u64,
+        generation: u64,
+    ) -> Result<JobHandle, CoordinatorError> {
+        let mut shared = self.lock()?;
+        let id = JobId::from(job);
+        let (record, data) = queries::upload_target(
+            &shared.state,
+            &WorkerId::from(worker),
+            &id,
+            step,
+            generation,
+        )?;
+        let state_lock = shared.channels(&id).state_lock.clone();
+        Ok(JobHandle {
+            record,
+            data,
+            state_lock,
+        })
+    }
+
+    /// Records an evaluation: metrics into the record (stage-end evaluations of earlier
+    /// stages also under `<stage>_stage.`), an event for watchers.
+    pub fn evaluated(&self, job: &JobId, eval: pb::Evaluation, stage_prefix: Option<String>) {
+        let _ = self.dispatch(EventKind::Evaluated {
+            job: job.clone(),
+            evaluation: eval,
+            stage_prefix,
+        });
+    }
+
+    /// Records a written checkpoint.
+    pub fn checkpointed(&self, job: &JobId, ckpt: CheckpointRecord, keep: usize) {
+        let _ = self.dispatch(EventKind::Checkpointed {
+            job: job.clone(),
+            checkpoint: ckpt,
+            keep,
+        });
+    }
+
+    /// The directory of a job's files.
+    pub fn job_dir(&self, job: &JobId) -> PathBuf {
+        self.config.job_dir(job)
+    }
+
+    /// Gauges for `/metrics`.
+    pub fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        self.read(queries::metrics).unwrap_or_default()
+    }
+
+    /// Whether the answer to `step` of `job` asks rank 0 to upload its state.
+    pub fn drain_upload_wanted(&self, job: &str, step: u64) -> bool {
+        self.read(|s| queries::drain_of(s, &JobId::from(job)))
+            .ok()
+            .flatten()
+            .is_some_and(|d| d.last_step == step)
+    }
+
+    /// Whether an uploaded state of `step` must be checkpointed for the shutdown.
+    pub fn drain_checkpoint_wanted(&self, job: &JobId, step: u64) -> bool {
+        self.read(|s| queries::drain_of(s, job))
+            .ok()
+            .flatten()
+            .is_some_and(|d| d.checkpoint_step == step)
+    }
+
+    /// Stops starting jobs and marks where each running job stops; returns the jobs the
+    /// shutdown waits for, with the step of their checkpoint.
+    pub fn begin_drain(&self) -> Vec<(JobId, u64)> {
+        match self.dispatch(EventKind::DrainBegan) {
+            Ok(Reply::Draining(w)) => w,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Drains: every running job checkpoints after its current step, for up to `grace`.
+    /// Jobs stay `RUNNING` in the store, so a restarted coordinator resumes them; one whose
+    /// checkpoint did not come in time resumes from its previous checkpoint.
+    pub async fn drain(&self, grace: Duration) {
+        let waiting = self.begin_drain();
+        if waiting.is_empty() {
+            return;
+        }
+        tracing::info!(jobs = ?waiting.iter().map(|(j, s)| format!("{j}@{s}")).collect::<Vec<_>>(), "checkpointing running jobs before exiting");
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let left = self
+                .read(|s| queries::still_draining(s, &waiting))
+                .unwrap_or_default();
+            if left.is_empty() {
+                tracing::info!("every running job is checkpointed");
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(jobs = ?left.iter().map(|j| j.0.clone()).collect::<Vec<_>>(), grace_ms = grace.as_millis() as u64, "no checkpoint within the grace period; these jobs resume from their previous checkpoint");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
-/// The upper-case name of a state.
-pub fn state_word(s: JobState) -> &'static str {
-    graft_common::wire::state_name(s.to_pb())
+/// A reply the event does not give: a bug in the transition, reported rather than hidden.
+fn unexpected(reply: &Reply) -> CoordinatorError {
+    CoordinatorError::Internal(format!("unexpected answer {reply:?}"))
 }
 
-mod drain;
-mod jobs;
-mod steps;
-mod workers;
+impl Limits {
+    /// The transitions' timeouts from the configuration.
+    pub fn of(config: &CoordinatorConfig) -> Self {
+        Self {
+            heartbeat_timeout_ms: config.heartbeat_timeout_ms,
+            gather_window_ms: config.gather_window_ms,
+            step_timeout_ms: config.step_timeout_ms,
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,10 @@
 //! star all-reduce, evaluates and checkpoints.
 //!
 //! - [`config`]: configuration (file, `GRAFT_COORDINATOR_*`, flags).
-//! - [`core`]: the state and its transitions — workers, jobs, groups, rounds.
+//! - [`state`]: the jobs and membership as one owner — a plain `State`, `Event`s and the
+//!   pure transition `apply` that turns them into `Action`s.
+//! - [`core`]: the shell that stamps events with the time, applies them under one lock and
+//!   runs their actions (the store, the watchers, the curves).
 //! - [`service`]: the gRPC adapters (`JobService`, `ClusterService`).
 //! - [`reduce`]: one step's star all-reduce.
 //! - [`upload`]: evaluation, checkpoint and completion from rank 0's state.
@@ -29,6 +32,7 @@ pub mod plot;
 pub mod reduce;
 pub mod server;
 pub mod service;
+pub mod state;
 pub mod store;
 pub mod upload;
 

@@ -37,8 +37,6 @@ struct Slots {
 pub struct Round {
     /// Elements of the flattened gradient.
     pub len: usize,
-    /// When the first rank asked for it.
-    pub created: std::time::Instant,
     /// Ranks in the group.
     pub world: usize,
     slots: Mutex<Slots>,
@@ -52,7 +50,6 @@ impl Round {
     pub fn new(world: usize, len: usize) -> Self {
         Self {
             len,
-            created: std::time::Instant::now(),
             world,
             slots: Mutex::new(Slots {
                 parts: vec![None; world],

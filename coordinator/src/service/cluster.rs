@@ -83,7 +83,7 @@ impl ClusterService for ClusterApi {
         let collective = collective_addr(&r.collective_addr, remote)?;
         let id = self.coord.register_peer(r.name, r.device, collective)?;
         Ok(Response::new(pb::RegisterResponse {
-            worker_id: id,
+            worker_id: id.0,
             heartbeat_interval_ms: self.coord.config.heartbeat_interval_ms,
         }))
     }
@@ -131,7 +131,7 @@ impl ClusterService for ClusterApi {
         req: Request<pb::FetchShardRequest>,
     ) -> Result<Response<Self::FetchShardStream>, Status> {
         let r = req.into_inner();
-        let crate::core::Membership {
+        let crate::state::queries::Membership {
             data,
             spec,
             rank,

@@ -1,0 +1,116 @@
+//! Starting over a store: the jobs it holds come back, unfinished ones as `PENDING` from
+//! their newest valid checkpoint, finished ones as they were.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+use super::{Coordinator, Shared};
+use crate::checkpoint::CheckpointDir;
+use crate::config::CoordinatorConfig;
+use crate::error::CoordinatorError;
+use crate::job::{JobRecord, JobState, now_ms};
+use crate::jobdata::JobData;
+use crate::state::{JobEntry, Limits, Now, StartState, State};
+use crate::store::Store;
+
+impl Coordinator {
+    /// A coordinator over `store`, resuming the jobs it holds: unfinished jobs go back to
+    /// `PENDING` and start again from their newest valid checkpoint.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::Store`] when the store cannot be read.
+    pub fn new(config: CoordinatorConfig, store: Store) -> Result<Self, CoordinatorError> {
+        let mut state = State::new(Limits::of(&config), now_ms() % 0xFFFF_FFFF);
+        let at = Now {
+            mono_ms: 0,
+            unix_ms: now_ms(),
+        };
+        for mut record in store.all()? {
+            let was_open = !record.state.is_terminal();
+            let (data, start) = resume(&config, &mut record);
+            if was_open {
+                store.put(&record)?;
+            }
+            state
+                .jobs
+                .insert(record.id.clone(), JobEntry::new(record, data, start, at));
+        }
+        Ok(Self {
+            shared: Mutex::new(Shared {
+                state,
+                channels: BTreeMap::new(),
+            }),
+            io: Mutex::new(()),
+            store,
+            config,
+            counters: crate::metrics::Counters::default(),
+            assigned: Notify::new(),
+            started: Instant::now(),
+        })
+    }
+}
+
+/// Brings an unfinished job back: its data and the state it resumes from, or its end when
+/// the final checkpoint exists or the data cannot be loaded. A finished job stays as it was.
+fn resume(
+    config: &CoordinatorConfig,
+    record: &mut JobRecord,
+) -> (Option<Arc<JobData>>, Option<Arc<StartState>>) {
+    if record.state.is_terminal() {
+        return (None, None);
+    }
+    let d = match JobData::load(&record.spec, &config.datasets_dir()) {
+        Ok(d) => Arc::new(d),
+        Err(e) => {
+            record.state = JobState::Failed;
+            record.reason = format!("cannot resume after restart: {e}");
+            record.finished_unix_ms = now_ms();
+            return (None, None);
+        }
+    };
+    let ckpt = CheckpointDir::new(config.job_dir(&record.id).join("checkpoints"));
+    let start = match ckpt.latest_valid(&d.arch) {
+        Some(l) => {
+            record.step = l.manifest.step;
+            Some(Arc::new(StartState {
+                step: l.manifest.step,
+                params: l.params,
+                optimizer_state: l.optimizer_state,
+                optimizer_steps: l.manifest.optimizer_steps,
+            }))
+        }
+        None => {
+            record.step = 0;
+            d.init_params.clone().map(|p| {
+                Arc::new(StartState {
+                    step: 0,
+                    params: p,
+                    optimizer_state: Vec::new(),
+                    optimizer_steps: 0,
+                })
+            })
+        }
+    };
+    if record.step >= d.total_steps() {
+        // The final checkpoint was written but the coordinator stopped before it recorded
+        // the end: the job is done.
+        tracing::info!(job = %record.id, step = record.step, "job had finished before the restart");
+        record.state = JobState::Completed;
+        record.reason.clear();
+        record.finished_unix_ms = now_ms();
+        if let Some(l) = ckpt.latest_valid(&d.arch) {
+            record.metrics.extend(l.manifest.metrics.clone());
+            if record.checkpoints.last().map(|c| c.step) != Some(l.manifest.step) {
+                record.checkpoints.push(ckpt.record_of(&l.manifest));
+            }
+        }
+        return (None, None);
+    }
+    tracing::info!(job = %record.id, step = record.step, "resuming job after restart");
+    record.state = JobState::Pending;
+    record.reason = format!("coordinator restarted; resuming from step {}", record.step);
+    (Some(d), start)
+}

@@ -1,0 +1,564 @@
+//! The transitions, scripted as event sequences: no store, no network, no clock, no sleep.
+//! Time is whatever the script says it is.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use graft_common::{JobId, WorkerId};
+use graft_transfer::StepStats;
+
+use super::*;
+use crate::job::{JobRecord, JobState};
+use crate::jobdata::JobData;
+use crate::reduce::RoundStatus;
+
+const HEARTBEAT_MS: u64 = 5_000;
+const WINDOW_MS: u64 = 1_000;
+const STEP_TIMEOUT_MS: u64 = 30_000;
+
+/// A coordinator's state and a clock the test moves.
+struct Script {
+    state: State,
+    now: Now,
+    next_job: u64,
+}
+
+/// What one event gave: its answer and the other actions.
+struct Outcome {
+    answer: Result<Reply, CoordinatorError>,
+    actions: Vec<Action>,
+}
+
+impl Outcome {
+    fn reply(self) -> Reply {
+        match self.answer {
+            Ok(r) => r,
+            Err(e) => panic!("refused: {e}"),
+        }
+    }
+
+    fn refusal(self) -> CoordinatorError {
+        match self.answer {
+            Ok(r) => panic!("expected a refusal, got {r:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn persisted(&self) -> Vec<&JobRecord> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Persist(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn failed_rounds(&self) -> usize {
+        self.actions
+            .iter()
+            .filter(|a| matches!(a, Action::FailRound { .. }))
+            .count()
+    }
+
+    fn assigned(&self) -> bool {
+        self.actions.iter().any(|a| matches!(a, Action::Assigned))
+    }
+
+    fn finished_published(&self) -> bool {
+        self.actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::Publish(
+                    _,
+                    pb::JobEvent {
+                        event: Some(pb::job_event::Event::Finished(_))
+                    }
+                )
+            )
+        })
+    }
+}
+
+impl Script {
+    fn new() -> Self {
+        Self {
+            state: State::new(
+                Limits {
+                    heartbeat_timeout_ms: HEARTBEAT_MS,
+                    gather_window_ms: WINDOW_MS,
+                    step_timeout_ms: STEP_TIMEOUT_MS,
+                },
+                0xab,
+            ),
+            now: Now {
+                mono_ms: 0,
+                unix_ms: 1_700_000_000_000,
+            },
+            next_job: 1,
+        }
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.now.mono_ms += ms;
+        self.now.unix_ms += ms;
+    }
+
+    fn send(&mut self, kind: EventKind) -> Outcome {
+        let mut actions = apply(&mut self.state, Event { at: self.now, kind });
+        let answers = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Reply(_) | Action::Refuse(_)))
+            .count();
+        assert_eq!(
+            answers, 1,
+            "every event has exactly one answer: {actions:?}"
+        );
+        let i = actions
+            .iter()
+            .position(|a| matches!(a, Action::Reply(_) | Action::Refuse(_)))
+            .expect("an answer");
+        let answer = match actions.remove(i) {
+            Action::Reply(r) => Ok(r),
+            Action::Refuse(e) => Err(e),
+            _ => unreachable!("filtered above"),
+        };
+        Outcome { answer, actions }
+    }
+
+    fn submit(&mut self, workers: (u32, u32), steps: u64, allreduce: &str) -> JobId {
+        let mut spec = crate::testing::moons_spec(workers, steps);
+        if allreduce == "ring" {
+            spec.allreduce = graft_transfer::spec::AllReduce::Ring;
+        }
+        let data = JobData::load(&spec, Path::new("/nonexistent")).expect("moons need no file");
+        let id = JobId(format!("job-{}", self.next_job));
+        self.next_job += 1;
+        let record = JobRecord::new(id.clone(), spec, data.total_steps());
+        match self
+            .send(EventKind::JobSubmitted {
+                record: Box::new(record),
+                data: Arc::new(data),
+                start: None,
+            })
+            .reply()
+        {
+            Reply::Record(r) => assert_eq!(r.id, id),
+            other => panic!("{other:?}"),
+        }
+        id
+    }
+
+    fn register(&mut self, name: &str) -> WorkerId {
+        match self
+            .send(EventKind::WorkerRegistered {
+                name: name.into(),
+                device: "cpu".into(),
+                collective: format!("127.0.0.1:{}", 7000 + self.state.next_worker),
+            })
+            .reply()
+        {
+            Reply::Registered(id) => id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn poll(&mut self, w: &WorkerId) -> Option<pb::Assignment> {
+        match self
+            .send(EventKind::AssignmentPolled { worker: w.clone() })
+            .reply()
+        {
+            Reply::Assignment(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn open(&mut self, w: &WorkerId, job: &JobId, rank: u32, step: u64, gen_: u64) -> Outcome {
+        self.send(EventKind::RoundOpened {
+            worker: w.clone(),
+            job: job.clone(),
+            rank,
+            step,
+            generation: gen_,
+        })
+    }
+
+    fn job(&self, id: &JobId) -> &JobEntry {
+        self.state.jobs.get(id).expect("job")
+    }
+
+    /// Two workers, a job of `steps` steps running on them (ranks 0 and 1).
+    fn running_pair(&mut self, steps: u64, allreduce: &str) -> (JobId, WorkerId, WorkerId) {
+        let id = self.submit((2, 2), steps, allreduce);
+        let a = self.register("alpha");
+        let b = self.register("beta");
+        assert_eq!(self.job(&id).record.state, JobState::Running);
+        let (ra, rb) = (
+            self.poll(&a).expect("a assigned"),
+            self.poll(&b).expect("b assigned"),
+        );
+        assert_eq!((ra.rank, rb.rank, ra.generation), (0, 1, 1));
+        (id, a, b)
+    }
+
+    /// Both ranks deposit a zero gradient of step `step`; the round completes.
+    fn star_step(&mut self, id: &JobId, a: &WorkerId, b: &WorkerId, step: u64) {
+        let tickets: Vec<RoundTicket> = [(a, 0), (b, 1)]
+            .into_iter()
+            .map(|(w, r)| match self.open(w, id, r, step, 1).reply() {
+                Reply::Round(t) => t,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let mut reduced = None;
+        for t in &tickets {
+            let part = StepStats {
+                samples: t.expected_samples,
+                ..StepStats::default()
+            };
+            reduced = t
+                .round
+                .deposit(t.rank, vec![0.0; t.round.len], part)
+                .expect("deposit");
+        }
+        let reduced = reduced.expect("complete after both ranks");
+        self.send(EventKind::RoundCompleted {
+            job: id.clone(),
+            step,
+            stats: reduced.stats,
+        })
+        .reply();
+    }
+
+    fn fingerprint(&mut self, w: &WorkerId, id: &JobId, step: u64, fp: &str) -> Outcome {
+        self.send(EventKind::FingerprintReported {
+            worker: w.clone(),
+            job: id.clone(),
+            step,
+            generation: 1,
+            fingerprint: fp.into(),
+        })
+    }
+}
+
+#[test]
+fn a_job_starts_at_once_with_max_workers_and_after_the_window_with_min() {
+    let mut s = Script::new();
+    let quick = s.submit((2, 2), 5, "star");
+    let a = s.register("a");
+    assert_eq!(s.job(&quick).record.state, JobState::Pending);
+    let b = s.register("b");
+    assert_eq!(s.job(&quick).record.state, JobState::Running);
+    assert!(s.poll(&a).is_some() && s.poll(&b).is_some());
+    assert!(s.poll(&a).is_none(), "an assignment is taken once");
+
+    let slow = s.submit((1, 3), 5, "star");
+    let c = s.register("c");
+    assert_eq!(s.job(&slow).record.state, JobState::Pending);
+    s.advance(WINDOW_MS - 1);
+    assert!(!s.send(EventKind::Tick).assigned());
+    s.advance(2);
+    assert!(s.send(EventKind::Tick).assigned());
+    let job = s.job(&slow);
+    assert_eq!(job.record.state, JobState::Running);
+    assert_eq!(job.run.as_ref().map(|r| r.members.clone()), Some(vec![c]));
+}
+
+#[test]
+fn a_silent_worker_fails_its_job_at_the_heartbeat_timeout_naming_it() {
+    let mut s = Script::new();
+    let (id, a, b) = s.running_pair(10, "star");
+    // Rank 0 waits in step 0's round when rank 1 goes silent.
+    let Reply::Round(t) = s.open(&a, &id, 0, 0, 1).reply() else {
+        panic!("a round")
+    };
+    s.advance(HEARTBEAT_MS);
+    s.send(EventKind::Heartbeat {
+        worker: a.clone(),
+        job: id.0.clone(),
+    });
+    assert_eq!(s.job(&id).record.state, JobState::Running, "not yet over");
+    s.advance(1);
+    let out = s.send(EventKind::Tick);
+    let job = s.job(&id);
+    assert_eq!(job.record.state, JobState::Failed);
+    assert!(
+        job.record.reason.contains(&b.0) && job.record.reason.contains("beta"),
+        "{}",
+        job.record.reason
+    );
+    assert!(
+        job.record.reason.contains("rank 1"),
+        "{}",
+        job.record.reason
+    );
+    assert_eq!(out.failed_rounds(), 1, "the waiting rank is released");
+    assert!(out.finished_published());
+    assert_eq!(
+        out.persisted().last().map(|r| r.state),
+        Some(JobState::Failed)
+    );
+    assert!(
+        !s.state.workers.contains_key(&b),
+        "the silent worker is gone"
+    );
+    assert_eq!(
+        s.state.workers.get(&a).and_then(|w| w.job.clone()),
+        None,
+        "a is free"
+    );
+    // The action names the round rank 0 waits on, and why it ends.
+    let failed = out.actions.iter().find_map(|a| match a {
+        Action::FailRound { round, reason } => Some((round.clone(), reason.clone())),
+        _ => None,
+    });
+    let (round, reason) = failed.expect("a failed round");
+    assert!(Arc::ptr_eq(&round, &t.round));
+    assert!(reason.contains("stopped sending heartbeats"), "{reason}");
+    round.fail(&reason);
+    assert!(matches!(&*t.round.subscribe().borrow(), RoundStatus::Failed(r) if *r == reason));
+    // A silent worker must register again.
+    match s
+        .send(EventKind::Heartbeat {
+            worker: b,
+            job: String::new(),
+        })
+        .reply()
+    {
+        Reply::Heartbeat(None) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn only_members_of_the_current_generation_reduce_and_only_the_current_step() {
+    let mut s = Script::new();
+    let (id, a, _b) = s.running_pair(10, "star");
+    let stranger = s.register("stranger");
+    let e = s.open(&stranger, &id, 0, 0, 1).refusal();
+    assert!(e.to_string().contains("not in the group"), "{e}");
+    let e = s.open(&a, &id, 0, 0, 2).refusal();
+    assert!(e.to_string().contains("generation 2 is stale"), "{e}");
+    let e = s.open(&a, &id, 1, 0, 1).refusal();
+    assert!(e.to_string().contains("is rank 0, not 1"), "{e}");
+    let e = s.open(&a, &id, 0, 3, 1).refusal();
+    assert!(e.to_string().contains("not the job's current step"), "{e}");
+    let e = s.open(&a, &id, 0, 99, 1).refusal();
+    assert!(e.to_string().contains("is not in job"), "{e}");
+    assert_eq!(
+        s.job(&id).record.state,
+        JobState::Running,
+        "refusals change nothing"
+    );
+    let e = s.fingerprint(&stranger, &id, 1, "x").refusal();
+    assert!(e.to_string().contains("not in the group"), "{e}");
+}
+
+#[test]
+fn diverged_replicas_fail_the_job_and_completion_waits_for_the_final_check() {
+    let mut s = Script::new();
+    let (id, a, b) = s.running_pair(2, "star");
+    s.star_step(&id, &a, &b, 0);
+    assert_eq!(s.job(&id).record.step, 1);
+    s.fingerprint(&a, &id, 1, "same").reply();
+    s.fingerprint(&b, &id, 1, "same").reply();
+    assert_eq!(s.job(&id).run.as_ref().map(|r| r.verified), Some(1));
+    s.star_step(&id, &a, &b, 1);
+    // The final state is saved before the final fingerprints agree: the job waits for them.
+    s.send(EventKind::FinalStateSaved { job: id.clone() })
+        .reply();
+    assert_eq!(s.job(&id).record.state, JobState::Running);
+    s.fingerprint(&a, &id, 2, "same").reply();
+    let out = s.fingerprint(&b, &id, 2, "same");
+    assert_eq!(s.job(&id).record.state, JobState::Completed);
+    assert!(out.finished_published());
+
+    let mut s = Script::new();
+    let (id, a, b) = s.running_pair(2, "star");
+    s.star_step(&id, &a, &b, 0);
+    s.fingerprint(&a, &id, 1, "aaaa").reply();
+    s.fingerprint(&b, &id, 1, "bbbb").reply();
+    let job = s.job(&id);
+    assert_eq!(job.record.state, JobState::Failed);
+    assert!(
+        job.record.reason.contains("replicas diverged at step 1")
+            && job.record.reason.contains("rank 1: bbbb"),
+        "{}",
+        job.record.reason
+    );
+}
+
+#[test]
+fn missing_final_fingerprints_fail_the_job_after_the_step_timeout() {
+    let mut s = Script::new();
+    let (id, a, b) = s.running_pair(1, "star");
+    s.star_step(&id, &a, &b, 0);
+    s.send(EventKind::FinalStateSaved { job: id.clone() })
+        .reply();
+    s.fingerprint(&a, &id, 1, "f").reply();
+    // Heartbeats keep both workers alive while rank 1's fingerprint never comes.
+    for _ in 0..7 {
+        s.advance(STEP_TIMEOUT_MS / 6);
+        for w in [&a, &b] {
+            s.send(EventKind::Heartbeat {
+                worker: w.clone(),
+                job: id.0.clone(),
+            });
+        }
+        s.send(EventKind::Tick);
+    }
+    let job = s.job(&id);
+    assert_eq!(job.record.state, JobState::Failed);
+    assert!(
+        job.record.reason.contains("rank(s) 1 never reported"),
+        "{}",
+        job.record.reason
+    );
+}
+
+#[test]
+fn a_worker_that_leaves_fails_the_job_with_its_reason_and_frees_the_group() {
+    let mut s = Script::new();
+    let (id, a, b) = s.running_pair(10, "star");
+    let e = s
+        .send(EventKind::WorkerLeft {
+            worker: WorkerId::from("w-nobody"),
+            job: id.clone(),
+            reason: "x".into(),
+        })
+        .refusal();
+    assert!(e.to_string().contains("not in the group"), "{e}");
+    assert_eq!(s.job(&id).record.state, JobState::Running);
+    s.send(EventKind::WorkerLeft {
+        worker: b.clone(),
+        job: id.clone(),
+        reason: "SIGTERM".into(),
+    })
+    .reply();
+    let job = s.job(&id);
+    assert_eq!(job.record.state, JobState::Failed);
+    assert!(
+        job.record.reason.contains("rank 1") && job.record.reason.contains("SIGTERM"),
+        "{}",
+        job.record.reason
+    );
+    match s
+        .send(EventKind::Heartbeat {
+            worker: a.clone(),
+            job: id.0.clone(),
+        })
+        .reply()
+    {
+        Reply::Heartbeat(Some(abandon)) => assert_eq!(abandon, vec![id.0.clone()]),
+        other => panic!("{other:?}"),
+    }
+    // Both are free for the next job.
+    let next = s.submit((2, 2), 5, "star");
+    assert_eq!(s.poll(&a).map(|x| x.job_id), Some(next.0));
+}
+
+#[test]
+fn a_ring_report_that_does_not_fit_the_batch_fails_the_job() {
+    let mut s = Script::new();
+    let (id, a, b) = s.running_pair(10, "ring");
+    let report =
+        |worker: &WorkerId, rank: u32, step: u64, samples: u64| EventKind::RingStepReported {
+            worker: worker.clone(),
+            job: id.clone(),
+            rank,
+            step,
+            generation: 1,
+            stats: StepStats {
+                loss_sum: 1.0,
+                samples,
+                correct: 0,
+            },
+            times: None,
+        };
+    let batch = s.job(&id).record.spec.training.global_batch_size as u64;
+    let e = s.send(report(&b, 1, 0, batch)).refusal();
+    assert!(e.to_string().contains("only rank 0"), "{e}");
+    match s.send(report(&a, 0, 0, batch)).reply() {
+        Reply::StopAt(0) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.job(&id).record.step, 1);
+    let e = s.send(report(&a, 0, 5, batch)).refusal();
+    assert!(e.to_string().contains("is at step 1"), "{e}");
+    assert_eq!(s.job(&id).record.state, JobState::Running);
+    let e = s.send(report(&a, 0, 1, batch + 1)).refusal();
+    assert!(e.to_string().contains("the step's batch has"), "{e}");
+    assert_eq!(s.job(&id).record.state, JobState::Failed);
+}
+
+#[test]
+fn cancelling_fails_the_open_rounds_and_a_second_cancel_is_a_conflict() {
+    let mut s = Script::new();
+    let (id, a, _b) = s.running_pair(10, "star");
+    s.open(&a, &id, 0, 0, 1).reply();
+    let out = s.send(EventKind::CancelRequested { job: id.clone() });
+    assert_eq!(out.failed_rounds(), 1);
+    assert!(out.finished_published());
+    match out.answer {
+        Ok(Reply::Record(r)) => assert_eq!(r.state, JobState::Cancelled),
+        other => panic!("{other:?}"),
+    }
+    let e = s
+        .send(EventKind::CancelRequested { job: id.clone() })
+        .refusal();
+    assert!(e.to_string().contains("already ended (CANCELLED)"), "{e}");
+    let e = s
+        .send(EventKind::CancelRequested {
+            job: JobId::from("job-404"),
+        })
+        .refusal();
+    assert!(matches!(e, CoordinatorError::UnknownJob(_)), "{e}");
+    let e = s.open(&a, &id, 0, 0, 1).refusal();
+    assert!(matches!(e, CoordinatorError::JobStopped { .. }), "{e}");
+}
+
+#[test]
+fn a_drain_stops_scheduling_refuses_later_steps_and_a_leaver_does_not_fail_the_job() {
+    let mut s = Script::new();
+    let (id, a, b) = s.running_pair(10, "star");
+    s.star_step(&id, &a, &b, 0);
+    match s.send(EventKind::DrainBegan).reply() {
+        Reply::Draining(w) => assert_eq!(w, vec![(id.clone(), 2)]),
+        other => panic!("{other:?}"),
+    }
+    // Step 1 still runs; step 2 is refused as the coordinator goes down.
+    s.star_step(&id, &a, &b, 1);
+    let e = s.open(&a, &id, 0, 2, 1).refusal();
+    assert!(matches!(e, CoordinatorError::ShuttingDown(_)), "{e}");
+    // No job starts while draining.
+    let later = s.submit((1, 1), 5, "star");
+    s.register("c");
+    s.advance(WINDOW_MS * 2);
+    s.send(EventKind::Tick);
+    assert_eq!(s.job(&later).record.state, JobState::Pending);
+    // A member leaving now does not fail the job: it resumes after the restart.
+    s.send(EventKind::WorkerLeft {
+        worker: b,
+        job: id.clone(),
+        reason: "SIGTERM".into(),
+    })
+    .reply();
+    assert_eq!(s.job(&id).record.state, JobState::Running);
+    assert!(queries::still_draining(&s.state, &[(id.clone(), 2)]).is_empty());
+}
+
+#[test]
+fn progress_reports_the_steps_loss_and_rate_from_the_events_times() {
+    let mut s = Script::new();
+    let (id, a, b) = s.running_pair(10, "star");
+    s.advance(250);
+    s.star_step(&id, &a, &b, 0);
+    let run = s.job(&id).run.as_ref().expect("running");
+    let batch = s.job(&id).record.spec.training.global_batch_size as f64;
+    assert!(
+        (run.samples_per_s - batch / 0.25).abs() < 1e-6,
+        "{} samples/s for {batch} samples in 250 ms",
+        run.samples_per_s
+    );
+    assert_eq!(s.job(&id).history.train.len(), 1);
+}

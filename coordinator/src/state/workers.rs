@@ -1,0 +1,235 @@
+//! Workers: registration, heartbeats, assignments, lost workers, and the scheduler that
+//! forms groups.
+
+use std::collections::BTreeMap;
+
+use graft_common::wire::{class_vectors_to_pb, spec_to_pb, stage_to_pb};
+use graft_common::{JobId, WorkerId};
+use graft_proto::v1 as pb;
+
+use super::{Action, Now, Reply, Run, State, WorkerEntry, jobs};
+use crate::error::CoordinatorError;
+use crate::job::JobState;
+
+pub(super) fn register(
+    state: &mut State,
+    now: Now,
+    name: String,
+    device: String,
+    collective: String,
+    out: &mut Vec<Action>,
+) -> Result<Reply, CoordinatorError> {
+    let id = WorkerId(format!("w-{:x}-{}", state.boot, state.next_worker));
+    state.next_worker += 1;
+    tracing::info!(worker = %id, %name, %device, %collective, "worker registered");
+    state.workers.insert(
+        id.clone(),
+        WorkerEntry {
+            name,
+            device,
+            collective,
+            last_seen_ms: now.mono_ms,
+            job: None,
+            assignment: None,
+        },
+    );
+    schedule(state, now, out);
+    Ok(Reply::Registered(id))
+}
+
+pub(super) fn heartbeat(
+    state: &mut State,
+    now: Now,
+    worker: &WorkerId,
+    job: &str,
+) -> Result<Reply, CoordinatorError> {
+    let Some(w) = state.workers.get_mut(worker) else {
+        return Ok(Reply::Heartbeat(None));
+    };
+    w.last_seen_ms = now.mono_ms;
+    if job.is_empty() || w.job.as_ref().is_some_and(|c| c.0 == job) {
+        return Ok(Reply::Heartbeat(Some(Vec::new())));
+    }
+    // The worker works on a job the coordinator no longer gives it.
+    Ok(Reply::Heartbeat(Some(vec![job.to_string()])))
+}
+
+pub(super) fn poll(
+    state: &mut State,
+    now: Now,
+    worker: &WorkerId,
+) -> Result<Reply, CoordinatorError> {
+    let w = state
+        .workers
+        .get_mut(worker)
+        .ok_or_else(|| CoordinatorError::UnknownWorker(worker.to_string()))?;
+    w.last_seen_ms = now.mono_ms;
+    Ok(Reply::Assignment(w.assignment.take()))
+}
+
+/// Fails jobs whose final fingerprints are overdue, removes workers whose heartbeats
+/// stopped (failing their jobs), and starts jobs that can start.
+pub(super) fn tick(state: &mut State, now: Now, out: &mut Vec<Action>) {
+    let step_timeout = state.limits.step_timeout_ms;
+    let overdue: Vec<(JobId, String)> = state
+        .jobs
+        .iter()
+        .filter_map(|(id, j)| {
+            let run = j.run.as_ref()?;
+            let since = run.finishing_ms?;
+            if now.mono_ms.saturating_sub(since) <= step_timeout {
+                return None;
+            }
+            let reported = run.fingerprints.get(&j.record.total_steps);
+            let missing: Vec<String> = (0..run.members.len())
+                .filter(|&r| reported.is_none_or(|slots| slots.get(r).is_none_or(Option::is_none)))
+                .map(|r| r.to_string())
+                .collect();
+            Some((
+                id.clone(),
+                format!(
+                    "rank(s) {} never reported their final fingerprint",
+                    missing.join(", ")
+                ),
+            ))
+        })
+        .collect();
+    for (id, reason) in overdue {
+        jobs::end_job(state, now, &id, JobState::Failed, reason, out);
+    }
+    let timeout = state.limits.heartbeat_timeout_ms;
+    let dead: Vec<WorkerId> = state
+        .workers
+        .iter()
+        .filter(|(_, w)| now.mono_ms.saturating_sub(w.last_seen_ms) > timeout)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in dead {
+        let Some(w) = state.workers.remove(&id) else {
+            continue;
+        };
+        tracing::warn!(worker = %id, name = %w.name, device = %w.device, "worker timed out");
+        if let Some(job) = w.job {
+            let rank = state
+                .jobs
+                .get(&job)
+                .and_then(|j| j.run.as_ref())
+                .and_then(|r| r.members.iter().position(|m| *m == id));
+            let reason = format!(
+                "worker {id} ({}, rank {}) stopped sending heartbeats for {:.1}s",
+                w.name,
+                rank.map_or("?".to_string(), |r| r.to_string()),
+                timeout as f64 / 1e3
+            );
+            jobs::end_job(state, now, &job, JobState::Failed, reason, out);
+        }
+    }
+    schedule(state, now, out);
+}
+
+/// Starts every pending job that has enough free workers: at once when `workers.max` are
+/// free, after the gather window when at least `workers.min` are.
+pub(super) fn schedule(state: &mut State, now: Now, out: &mut Vec<Action>) {
+    if state.draining {
+        // A job started now could not be checkpointed before the coordinator exits.
+        return;
+    }
+    let window = state.limits.gather_window_ms;
+    let pending: Vec<JobId> = state
+        .jobs
+        .iter()
+        .filter(|(_, j)| j.record.state == JobState::Pending)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let mut any = false;
+    for id in pending {
+        let free: Vec<WorkerId> = state
+            .workers
+            .iter()
+            .filter(|(_, w)| w.job.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let Some(job) = state.jobs.get_mut(&id) else {
+            continue;
+        };
+        let (min, max) = (
+            job.record.spec.workers.min as usize,
+            job.record.spec.workers.max as usize,
+        );
+        let waited = now.mono_ms.saturating_sub(job.pending_since_ms);
+        if free.len() < min || (free.len() < max && waited < window) {
+            continue;
+        }
+        let Some(data) = job.data.clone() else {
+            continue;
+        };
+        let members: Vec<WorkerId> = free.into_iter().take(max).collect();
+        let generation = job.run.as_ref().map_or(1, |r| r.generation + 1);
+        let start_step = job.start.as_ref().map_or(0, |s| s.step);
+        let peers: Vec<String> = members
+            .iter()
+            .map(|m| {
+                state
+                    .workers
+                    .get(m)
+                    .map(|w| w.collective.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let assignment = |rank: usize| pb::Assignment {
+            job_id: id.0.clone(),
+            spec: Some(spec_to_pb(&job.record.spec)),
+            rank: rank as u32,
+            world_size: members.len() as u32,
+            generation,
+            stages: data.stages.iter().map(stage_to_pb).collect(),
+            input_shape: data.arch.input_shape.iter().map(|&d| d as u32).collect(),
+            num_classes: data.arch.num_classes as u32,
+            start_step,
+            has_initial_state: job.start.is_some(),
+            class_vectors: data
+                .method_data
+                .class_vectors
+                .as_ref()
+                .map(class_vectors_to_pb),
+            peers: peers.clone(),
+        };
+        let assignments: Vec<pb::Assignment> = (0..members.len()).map(assignment).collect();
+        job.run = Some(Run {
+            generation,
+            members: members.clone(),
+            rounds: BTreeMap::new(),
+            fingerprints: BTreeMap::new(),
+            last_round_ms: now.mono_ms,
+            verified: 0,
+            samples_per_s: 0.0,
+            finishing_ms: None,
+            drain: None,
+            last_times: None,
+        });
+        job.record.state = JobState::Running;
+        job.record.reason.clear();
+        job.record.workers = members.len() as u32;
+        if job.record.started_unix_ms == 0 {
+            job.record.started_unix_ms = now.unix_ms;
+        }
+        out.push(Action::Publish(
+            id.clone(),
+            pb::JobEvent {
+                event: Some(pb::job_event::Event::Snapshot(job.record.to_pb())),
+            },
+        ));
+        out.push(Action::Persist(job.record.clone()));
+        tracing::info!(job = %id, workers = members.len(), generation, start_step, "job started");
+        for (w, a) in members.iter().zip(assignments) {
+            if let Some(worker) = state.workers.get_mut(w) {
+                worker.job = Some(id.clone());
+                worker.assignment = Some(a);
+            }
+        }
+        any = true;
+    }
+    if any {
+        out.push(Action::Assigned);
+    }
+}
