@@ -208,7 +208,7 @@ async fn serve_assignments(
             collective_timeout: peer.timeout,
         };
         let abort = shared.abort.clone();
-        let mut task = tokio::task::spawn_blocking(move || run_job(ctx));
+        let mut task = tokio::task::spawn_blocking(move || run_job(ctx, None).result);
         let result = tokio::select! {
             r = &mut task => r,
             _ = shutdown.cancelled() => {

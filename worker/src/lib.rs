@@ -3,7 +3,11 @@
 //!
 //! - [`config`]: configuration (file, `GRAFT_WORKER_*`, flags).
 //! - [`agent`]: registration, heartbeats, the assignment loop.
-//! - [`trainer`]: one job's step loop and the [`Reducer`](trainer::Reducer) interface.
+//! - [`replica`]: a job's parameters, optimizer state and progress on this worker; it
+//!   outlives the group it trains in.
+//! - [`group`]: one generation of the group — rank, world, reducer, shards.
+//! - [`reducer`]: the [`Reducer`](reducer::Reducer) interface, star and ring.
+//! - [`trainer`]: one job's step loop.
 //! - [`rpc`]: chunked calls to the coordinator (shards, gradients, state).
 //! - [`server`]: the worker's own gRPC server (health, the ring's collective service).
 //! - [`ring`]: the ring all-reduce between workers.
@@ -14,6 +18,9 @@ pub mod agent;
 pub mod bench_peer;
 pub mod config;
 pub mod error;
+pub mod group;
+pub mod reducer;
+pub mod replica;
 pub mod ring;
 pub mod rpc;
 pub mod server;
