@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use graft_client::local::{LocalCluster, LocalOptions, run_dir};
-use graft_client::watch::{Outcome, follow};
+use graft_client::watch::{Outcome, follow, run_seconds};
 use graft_client::{Client, jobfile, summary};
 use graft_common::logging::{self, LogFormat};
 use graft_common::wire::state_name;
@@ -378,16 +378,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let mut c = connect(&cli).await?;
             let job = c.get(id).await?;
             // Running time so far, or start to end for a finished job.
-            let end = if job.finished_unix_ms > 0 {
-                job.finished_unix_ms
-            } else {
-                graft_common::clock::now_ms()
-            };
-            let seconds = if job.started_unix_ms > 0 {
-                end.saturating_sub(job.started_unix_ms) as f64 / 1000.0
-            } else {
-                0.0
-            };
+            let seconds = run_seconds(&job, graft_common::clock::now_ms());
             let o = Outcome {
                 job,
                 last_evaluation: None,

@@ -63,9 +63,14 @@ pub fn human(o: &Outcome) -> String {
     let j = &o.job;
     let state = state_name(pb::JobState::try_from(j.state).unwrap_or_default());
     let mut s = format!(
-        "job {} ({}) {state} after {} of {} steps on {} worker(s) in {:.1}s\n",
-        j.id, j.method, j.step, j.total_steps, j.workers, o.seconds
+        "job {} ({}) {state} after {} of {} steps on {} worker(s)",
+        j.id, j.method, j.step, j.total_steps, j.workers
     );
+    // A job that never started has no run time to show.
+    if o.seconds > 0.0 {
+        s.push_str(&format!(" in {:.1}s", o.seconds));
+    }
+    s.push('\n');
     if !j.reason.is_empty() {
         s.push_str(&format!("  reason: {}\n", j.reason));
     }
@@ -112,6 +117,39 @@ pub fn human(o: &Outcome) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_finished_job_reports_its_recorded_run_time() {
+        // Watched after it ended: the watch itself took no time, the job 11.7 s.
+        let job = pb::Job {
+            id: "job-1".into(),
+            state: pb::JobState::Completed as i32,
+            started_unix_ms: 1_000,
+            finished_unix_ms: 12_700,
+            ..Default::default()
+        };
+        let o = Outcome {
+            seconds: crate::watch::run_seconds(&job, 99_000),
+            job,
+            last_evaluation: None,
+        };
+        let text = human(&o);
+        assert!(
+            text.contains("COMPLETED") && text.contains(" in 11.7s\n"),
+            "{text}"
+        );
+        assert!(json_line(&o.job, o.seconds).contains("\"seconds\":11.7"));
+        // One that never started says nothing of time rather than "in 0.0s".
+        let never = Outcome {
+            job: pb::Job {
+                state: pb::JobState::Cancelled as i32,
+                ..Default::default()
+            },
+            last_evaluation: None,
+            seconds: 0.0,
+        };
+        assert!(!human(&never).contains(" in "), "{}", human(&never));
+    }
 
     #[test]
     fn dotted_metric_names_nest() {
