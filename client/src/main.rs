@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use graft_client::local::{LocalCluster, LocalOptions, run_dir};
 use graft_client::watch::{Outcome, follow, run_seconds};
 use graft_client::{Client, jobfile, summary};
@@ -27,7 +28,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "graft: distributed data-parallel transfer learning"
 )]
 struct Cli {
-    /// The coordinator's URL.
+    /// The coordinator's URL. `local`, `demo` and `bench` start their own coordinator and
+    /// refuse `--coordinator`, `--token` and `--tls-ca` (they ignore GRAFT_URL,
+    /// GRAFT_API_TOKEN and GRAFT_TLS_CA).
     #[arg(
         long,
         global = true,
@@ -205,6 +208,58 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The subcommands that start their own coordinator and workers.
+const OWN_CLUSTER: [&str; 3] = ["local", "demo", "bench"];
+
+/// The global flags that say which coordinator to talk to, by argument id, with the flag and
+/// the environment variable they are also read from.
+const REMOTE_FLAGS: [(&str, &str, &str); 3] = [
+    ("coordinator", "--coordinator", "GRAFT_URL"),
+    ("token", "--token", "GRAFT_API_TOKEN"),
+    ("tls_ca", "--tls-ca", "GRAFT_TLS_CA"),
+];
+
+/// Parses the command line; a subcommand that starts its own cluster refuses the flags that
+/// name another coordinator, which it would silently ignore. Only flags given on the command
+/// line are refused: the environment variables are there for the other subcommands and are
+/// ignored.
+fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let mut cmd = Cli::command();
+    let matches = cmd.try_get_matches_from_mut(args)?;
+    if let Some(msg) = refused_flag(&matches) {
+        return Err(cmd.error(clap::error::ErrorKind::ArgumentConflict, msg));
+    }
+    Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
+}
+
+/// Why the command line is refused, if it gives `local`, `demo` or `bench` a remote flag.
+fn refused_flag(matches: &ArgMatches) -> Option<String> {
+    let (sub, _) = matches.subcommand()?;
+    if !OWN_CLUSTER.contains(&sub) {
+        return None;
+    }
+    // A global flag may stand before the subcommand or after it (or after `bench train`):
+    // each level's matches are looked at.
+    let mut levels = vec![matches];
+    while let Some((_, m)) = levels.last().and_then(|m| m.subcommand()) {
+        levels.push(m);
+    }
+    REMOTE_FLAGS.iter().find_map(|(id, flag, env)| {
+        levels
+            .iter()
+            .any(|m| m.value_source(id) == Some(ValueSource::CommandLine))
+            .then(|| {
+                format!(
+                    "graft {sub} starts its own coordinator and workers and talks to no other: {flag} does not apply to it (nor does {env}, which it ignores)"
+                )
+            })
+    })
 }
 
 fn state_of(job: &pb::Job) -> pb::JobState {
@@ -560,7 +615,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
     logging::init(cli.log_format, "warn");
     let code: u8 = match run(cli).await {
         Ok(true) => 0,
@@ -572,4 +627,57 @@ async fn main() -> ExitCode {
         }
     };
     ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(args: &[&str]) -> Option<String> {
+        match parse(args) {
+            Ok(_) => None,
+            Err(e) => {
+                assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{e}");
+                Some(e.to_string())
+            }
+        }
+    }
+
+    #[test]
+    fn own_cluster_subcommands_refuse_the_remote_flags_by_name() {
+        let cases: [(&[&str], &str); 5] = [
+            (
+                &["graft", "local", "j.toml", "--coordinator", "http://h:7070"],
+                "--coordinator",
+            ),
+            (&["graft", "--token", "t", "demo"], "--token"),
+            (
+                &["graft", "local", "j.toml", "--tls-ca", "ca.pem"],
+                "--tls-ca",
+            ),
+            (
+                &["graft", "bench", "train", "--coordinator", "http://h:7070"],
+                "--coordinator",
+            ),
+            (
+                &["graft", "--tls-ca", "ca.pem", "bench", "methods"],
+                "--tls-ca",
+            ),
+        ];
+        for (args, flag) in cases {
+            let msg = refusal(args).unwrap_or_else(|| panic!("{args:?} was accepted"));
+            assert!(
+                msg.contains(flag) && msg.contains("its own coordinator"),
+                "{msg}"
+            );
+        }
+        // Without them, and for the subcommands that talk to a coordinator, all is well.
+        assert_eq!(refusal(&["graft", "local", "j.toml"]), None);
+        assert_eq!(refusal(&["graft", "demo", "--workers", "3"]), None);
+        assert_eq!(
+            refusal(&["graft", "status", "job-1", "--coordinator", "http://h:7070"]),
+            None
+        );
+        assert_eq!(refusal(&["graft", "--token", "t", "list"]), None);
+    }
 }
