@@ -398,8 +398,8 @@ pub async fn train(
                 }
             }
             Some(pb::job_event::Event::Finished(j)) => {
-                if pb::JobState::try_from(j.state) != Ok(pb::JobState::Completed) {
-                    bail!("the bench job ended {}: {}", j.state, j.reason);
+                if let Some(e) = ended_badly(&j) {
+                    bail!("{e}");
                 }
                 break;
             }
@@ -431,9 +431,41 @@ pub async fn train(
     })
 }
 
+/// Why a bench job that ended did not complete, with its state spelt as graft spells it;
+/// `None` when it completed.
+fn ended_badly(j: &pb::Job) -> Option<String> {
+    let state = pb::JobState::try_from(j.state).unwrap_or_default();
+    (state != pb::JobState::Completed).then(|| {
+        format!(
+            "the bench job ended {}: {}",
+            graft_common::wire::state_name(state),
+            j.reason
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_bench_job_names_its_state() {
+        let j = pb::Job {
+            state: pb::JobState::Failed as i32,
+            reason: "a worker left".into(),
+            ..Default::default()
+        };
+        // It printed the enum's number: "the bench job ended 5: a worker left".
+        assert_eq!(
+            ended_badly(&j).as_deref(),
+            Some("the bench job ended FAILED: a worker left")
+        );
+        let done = pb::Job {
+            state: pb::JobState::Completed as i32,
+            ..Default::default()
+        };
+        assert_eq!(ended_badly(&done), None);
+    }
 
     #[test]
     fn sizes_parse_and_bad_ones_are_named() {
