@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use graft_common::logging::LogFormat;
 
 /// A coordinator and its workers, killed when dropped.
 pub struct LocalCluster {
@@ -28,6 +29,8 @@ pub struct LocalOptions<'a> {
     pub state_dir: &'a Path,
     /// Heartbeat timeout of the coordinator.
     pub heartbeat_timeout_ms: u64,
+    /// The processes' log format (`graft --log-format`).
+    pub log_format: LogFormat,
 }
 
 fn log_file(dir: &Path, name: &str) -> anyhow::Result<File> {
@@ -146,6 +149,7 @@ impl LocalCluster {
             .arg("--ready-file")
             .arg(&ready)
             .args(["--eval-device", opts.device])
+            .args(["--log-format", opts.log_format.as_str()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file(&logs, "coordinator")?)
@@ -194,6 +198,8 @@ impl LocalCluster {
                     // Many workers on one host: each serves its health on a free port.
                     "--listen",
                     "127.0.0.1:0",
+                    "--log-format",
+                    opts.log_format.as_str(),
                 ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

@@ -318,8 +318,9 @@ async fn run_local(
     device: &str,
     state_dir: PathBuf,
     json: bool,
+    log_format: LogFormat,
 ) -> anyhow::Result<bool> {
-    run_local_jobs(specs, workers, device, state_dir, json)
+    run_local_jobs(specs, workers, device, state_dir, json, log_format)
         .await
         .map(|(ok, _)| ok)
 }
@@ -332,6 +333,7 @@ async fn run_local_jobs(
     device: &str,
     state_dir: PathBuf,
     json: bool,
+    log_format: LogFormat,
 ) -> anyhow::Result<(bool, Vec<(String, std::collections::HashMap<String, f64>)>)> {
     let mut results = Vec::new();
     // Before the processes start, so that no signal can end this process without them.
@@ -341,6 +343,7 @@ async fn run_local_jobs(
         device,
         state_dir: &state_dir,
         heartbeat_timeout_ms: 5_000,
+        log_format,
     })?;
     let mut client = Client::connect(&cluster.url, None).await?;
     let mut all_ok = true;
@@ -495,7 +498,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         } => {
             let spec = jobfile::read(file)?;
             let dir = state_dir.clone().unwrap_or_else(|| run_dir("local"));
-            run_local(vec![spec], *workers, device, dir, *json).await
+            run_local(vec![spec], *workers, device, dir, *json, cli.log_format).await
         }
         Cmd::Bench(BenchCmd::Methods {
             only,
@@ -604,7 +607,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         } => {
             let specs = graft_client::demo::jobs().map_err(anyhow::Error::msg)?;
             let dir = state_dir.clone().unwrap_or_else(|| run_dir("demo"));
-            let (ok, results) = run_local_jobs(specs, *workers, "cpu", dir, *json).await?;
+            let (ok, results) =
+                run_local_jobs(specs, *workers, "cpu", dir, *json, cli.log_format).await?;
             if !json {
                 eprintln!("{}", graft_client::demo::side_by_side(&results));
             }

@@ -121,6 +121,8 @@ pub async fn allreduce_once(
             device: "cpu",
             state_dir: &state,
             heartbeat_timeout_ms: 600_000,
+            // In a temporary directory, read by no one.
+            log_format: graft_common::logging::LogFormat::Plain,
         })?;
         let mut client = crate::Client::connect(&c.url, None).await?;
         client.submit(&spec).await?;
@@ -365,6 +367,8 @@ pub async fn train(
         device,
         state_dir: dir.path(),
         heartbeat_timeout_ms: 30_000,
+        // In a temporary directory, read by no one.
+        log_format: graft_common::logging::LogFormat::Plain,
     })?;
     let mut client = crate::Client::connect(&cluster.url, None).await?;
     let job = client.submit(&spec).await?;

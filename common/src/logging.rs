@@ -14,6 +14,16 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// The name the binaries' `--log-format` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Plain => "plain",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 /// Installs the global subscriber (once; later calls are ignored).
 pub fn init(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -29,4 +39,17 @@ pub fn init(format: LogFormat, default_level: &str) {
         LogFormat::Plain => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogFormat;
+    use clap::ValueEnum;
+
+    #[test]
+    fn names_are_the_flags_values() {
+        for f in LogFormat::value_variants() {
+            assert_eq!(LogFormat::from_str(f.as_str(), false), Ok(*f));
+        }
+    }
 }

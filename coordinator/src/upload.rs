@@ -83,7 +83,13 @@ fn run(coord: &Coordinator, h: &JobHandle, u: Upload) -> Result<(), CoordinatorE
                 num_classes: r.confusion.len() as u32,
             })
             .collect();
-        tracing::info!(job = %h.record.id, step = u.step, ?metrics, "evaluated");
+        // One line per metric, each value a field of its own: `?metrics` made the map one
+        // string, which `--log-format json` wrote as `"metrics":"{\"target_accuracy\": …}"`.
+        // tracing's field names are fixed at compile time, so the metric's name is a field's
+        // value, not a field's name.
+        for (name, value) in &metrics {
+            tracing::info!(job = %h.record.id, step = u.step, metric = %name, value = *value, "evaluated");
+        }
         // Evaluations at the end of an earlier stage are kept under the stage's name too.
         let stage_prefix = data
             .stages
