@@ -51,6 +51,11 @@ pub struct JobGauges {
     pub workers: u32,
     /// Smoothed training throughput.
     pub samples_per_s: f64,
+    /// Mean training loss of the latest step the curves kept (every step, or every
+    /// `stride`-th of a long job); `None` before the first.
+    pub train_loss: Option<f64>,
+    /// Training accuracy of that step.
+    pub train_accuracy: Option<f64>,
     /// Latest evaluation metrics.
     pub metrics: BTreeMap<String, f64>,
 }
@@ -120,7 +125,7 @@ pub fn render(c: &Counters, s: &Snapshot) -> String {
     metric(
         "graft_allreduce_bytes_total",
         "counter",
-        "Gradient bytes received and sent by the star all-reduce.",
+        "Gradient bytes moved by the all-reduce, all jobs: the ring's as the ranks send them to their neighbours, the star's as the coordinator receives and sends them.",
         vec![(String::new(), get(&c.allreduce_bytes))],
     );
     let running: Vec<&JobGauges> = s.jobs.iter().filter(|j| j.state == "RUNNING").collect();
@@ -153,6 +158,24 @@ pub fn render(c: &Counters, s: &Snapshot) -> String {
         "gauge",
         "Training throughput of a running job.",
         per_job(&|j| j.samples_per_s),
+    );
+    let latest = |f: fn(&JobGauges) -> Option<f64>| {
+        s.jobs
+            .iter()
+            .filter_map(|j| f(j).map(|v| (format!("{{job=\"{}\"}}", label(&j.id)), v)))
+            .collect()
+    };
+    metric(
+        "graft_job_train_loss",
+        "gauge",
+        "Mean training loss of a job's latest step.",
+        latest(|j| j.train_loss),
+    );
+    metric(
+        "graft_job_train_accuracy",
+        "gauge",
+        "Training accuracy of a job's latest step.",
+        latest(|j| j.train_accuracy),
     );
     let evals = s
         .jobs
@@ -256,6 +279,8 @@ mod tests {
                     total_steps: 100,
                     workers: 2,
                     samples_per_s: 900.0,
+                    train_loss: Some(0.25),
+                    train_accuracy: Some(0.875),
                     metrics: BTreeMap::from([("target_accuracy".into(), 0.9)]),
                 },
                 JobGauges {
@@ -265,6 +290,19 @@ mod tests {
                     total_steps: 5,
                     workers: 1,
                     samples_per_s: 0.0,
+                    train_loss: Some(0.5),
+                    train_accuracy: Some(0.75),
+                    metrics: BTreeMap::new(),
+                },
+                JobGauges {
+                    id: "job-3".into(),
+                    state: "PENDING",
+                    step: 0,
+                    total_steps: 5,
+                    workers: 0,
+                    samples_per_s: 0.0,
+                    train_loss: None,
+                    train_accuracy: None,
                     metrics: BTreeMap::new(),
                 },
             ],
@@ -285,5 +323,23 @@ mod tests {
             text.contains("graft_job_evaluation{job=\"job-1\",metric=\"target_accuracy\"} 0.9\n")
         );
         assert!(text.contains("# TYPE graft_steps_total counter"));
+        // The latest step's training figures, for every job that has one.
+        assert!(
+            text.contains("# TYPE graft_job_train_loss gauge\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("graft_job_train_loss{job=\"job-1\"} 0.25\n"),
+            "{text}"
+        );
+        assert!(text.contains("graft_job_train_accuracy{job=\"job-1\"} 0.875\n"));
+        assert!(text.contains("graft_job_train_loss{job=\"job-2\"} 0.5\n"));
+        assert!(!text.contains("graft_job_train_loss{job=\"job-3\"}"));
+        // The ring's bytes count as much as the star's.
+        let help = text
+            .lines()
+            .find(|l| l.starts_with("# HELP graft_allreduce_bytes_total "))
+            .expect("help line");
+        assert!(help.contains("ring") && help.contains("star"), "{help}");
     }
 }

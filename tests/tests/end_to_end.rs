@@ -529,6 +529,16 @@ fn metrics_endpoint_reports_training() {
         body.contains("graft_job_evaluation{job=\"job-1\",metric=\"target_accuracy\"}"),
         "{body}"
     );
+    // The last step's training figures, as numbers.
+    for name in ["graft_job_train_loss", "graft_job_train_accuracy"] {
+        let prefix = format!("{name}{{job=\"job-1\"}} ");
+        let value = body
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {prefix}: {body}"));
+        assert!(value.is_finite() && value >= 0.0, "{name} {value}");
+    }
 }
 
 /// With a certificate the coordinator serves TLS: a worker and the CLI that trust its CA

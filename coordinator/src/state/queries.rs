@@ -145,6 +145,8 @@ pub fn metrics(state: &State) -> crate::metrics::Snapshot {
                 total_steps: j.record.total_steps,
                 workers: j.record.workers,
                 samples_per_s: j.run.as_ref().map_or(0.0, |r| r.samples_per_s),
+                train_loss: j.history.train.last().map(|&(_, loss, _)| loss),
+                train_accuracy: j.history.train.last().map(|&(_, _, acc)| acc),
                 metrics: j.record.metrics.clone(),
             })
             .collect(),
