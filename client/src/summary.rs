@@ -21,6 +21,22 @@ pub fn json_line(job: &pb::Job, seconds: f64) -> String {
         "checkpoint": job.checkpoint,
         "seconds": (seconds * 1000.0).round() / 1000.0,
         "reason": job.reason,
+        "generation": job.generation,
+        "membership_changes": job.membership_changes.iter().map(|c| json!({
+            "generation": c.generation,
+            "step": c.step,
+            "cause": c.cause,
+            "workers": c.workers,
+            "detail": c.detail,
+            "unix_ms": c.unix_ms,
+        })).collect::<Vec<_>>(),
+        "epochs": job.epochs.iter().map(|e| json!({
+            "stage": e.stage,
+            "epoch": e.epoch,
+            "samples": e.samples,
+            "used": e.used,
+            "index_hash": e.index_hash.to_string(),
+        })).collect::<Vec<_>>(),
     })
     .to_string()
 }

@@ -22,8 +22,11 @@ pub struct CoordinatorConfig {
     pub state_dir: PathBuf,
     /// Where the datasets are (overridden by `GRAFT_DATA_DIR`).
     pub data_dir: PathBuf,
-    /// A worker silent this long is dead and fails its job.
+    /// A worker silent this long is lost: its group re-forms without it.
     pub heartbeat_timeout_ms: u64,
+    /// How long a job whose group fell below `workers.min` waits in RECONFIGURING for
+    /// workers before it fails.
+    pub regroup_timeout_ms: u64,
     /// How often workers send heartbeats.
     pub heartbeat_interval_ms: u64,
     /// How long a job that could start with fewer than `workers.max` waits for more.
@@ -57,6 +60,7 @@ impl Default for CoordinatorConfig {
             state_dir: PathBuf::from("graft-state"),
             data_dir: PathBuf::from("../shared/data"),
             heartbeat_timeout_ms: 5_000,
+            regroup_timeout_ms: 600_000,
             heartbeat_interval_ms: 500,
             gather_window_ms: 1_000,
             step_timeout_ms: 300_000,
@@ -93,6 +97,9 @@ pub struct CoordinatorArgs {
     /// Heartbeat timeout in milliseconds.
     #[arg(long)]
     pub heartbeat_timeout_ms: Option<u64>,
+    /// How long a group below `workers.min` waits for workers, in milliseconds.
+    #[arg(long)]
+    pub regroup_timeout_ms: Option<u64>,
     /// Serve TLS with this certificate chain (PEM).
     #[arg(long)]
     pub tls_cert: Option<PathBuf>,
@@ -134,6 +141,9 @@ impl CoordinatorConfig {
         }
         if let Some(v) = args.heartbeat_timeout_ms {
             c.heartbeat_timeout_ms = v;
+        }
+        if let Some(v) = args.regroup_timeout_ms {
+            c.regroup_timeout_ms = v;
         }
         if let Some(v) = &args.tls_cert {
             c.tls_cert = Some(v.clone());

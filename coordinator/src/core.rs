@@ -27,7 +27,7 @@ use crate::job::{CheckpointRecord, JobRecord, now_ms};
 use crate::jobdata::JobData;
 use crate::state::queries::{self, Membership};
 use crate::state::{
-    Action, Event, EventKind, Limits, Now, Reply, RoundTicket, StartState, State, apply,
+    Action, Event, EventKind, Held, Limits, Now, Reply, RoundTicket, StartState, State, apply,
 };
 use crate::store::Store;
 
@@ -275,15 +275,23 @@ impl Coordinator {
         let _ = self.dispatch(EventKind::FinalStateSaved { job: id.clone() });
     }
 
-    /// A member worker gave up on its job: the job fails with its reason.
+    /// A member worker gave up on its job: the job fails with its reason, or, for a graceful
+    /// leave, its group re-forms without the worker.
     ///
     /// # Errors
     /// When the worker is not a member of the job's group.
-    pub fn leave(&self, worker: &str, job: &str, reason: &str) -> Result<(), CoordinatorError> {
+    pub fn leave(
+        &self,
+        worker: &str,
+        job: &str,
+        reason: &str,
+        graceful: bool,
+    ) -> Result<(), CoordinatorError> {
         self.dispatch(EventKind::WorkerLeft {
             worker: WorkerId::from(worker),
             job: JobId::from(job),
             reason: reason.to_string(),
+            graceful,
         })
         .map(|_| ())
     }
@@ -325,39 +333,61 @@ impl Coordinator {
         &self,
         worker: &str,
         job: &str,
+        generation: u64,
     ) -> Result<Option<Vec<String>>, CoordinatorError> {
         match self.dispatch(EventKind::Heartbeat {
             worker: WorkerId::from(worker),
             job: job.to_string(),
+            generation,
         })? {
             Reply::Heartbeat(h) => Ok(h),
             other => Err(unexpected(&other)),
         }
     }
 
-    /// Waits up to `wait` for an assignment for `worker`.
+    /// Waits up to `wait` for an assignment for `worker`, which holds the replica `held`
+    /// (job, generation, step and fingerprint) if its group fell apart. The answer's flag
+    /// says to drop the held replica.
     ///
     /// # Errors
     /// [`CoordinatorError::UnknownWorker`].
     pub async fn next_assignment(
         &self,
         worker: &str,
+        held: Option<pb::HeldReplica>,
         wait: Duration,
-    ) -> Result<Option<pb::Assignment>, CoordinatorError> {
+    ) -> Result<(Option<pb::Assignment>, bool), CoordinatorError> {
         let deadline = tokio::time::Instant::now() + wait;
+        let held = held.filter(|h| !h.job_id.is_empty()).map(|h| {
+            (
+                JobId(h.job_id),
+                h.generation,
+                Held {
+                    step: h.step,
+                    fingerprint: h.fingerprint,
+                },
+            )
+        });
         loop {
             let notified = self.assigned.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             match self.dispatch(EventKind::AssignmentPolled {
                 worker: WorkerId::from(worker),
+                held: held.clone(),
             })? {
-                Reply::Assignment(Some(a)) => return Ok(Some(a)),
-                Reply::Assignment(None) => {}
+                Reply::Assignment {
+                    assignment: Some(a),
+                    ..
+                } => return Ok((Some(a), false)),
+                Reply::Assignment {
+                    drop_held: true, ..
+                } => return Ok((None, true)),
+                Reply::Assignment { .. } => {}
                 other => return Err(unexpected(&other)),
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Ok(None);
+                return Ok((None, false));
             }
         }
     }
@@ -598,6 +628,7 @@ impl Limits {
             heartbeat_timeout_ms: config.heartbeat_timeout_ms,
             gather_window_ms: config.gather_window_ms,
             step_timeout_ms: config.step_timeout_ms,
+            regroup_timeout_ms: config.regroup_timeout_ms,
         }
     }
 }

@@ -108,6 +108,86 @@ pub struct JobRecord {
     pub started_unix_ms: u64,
     /// End.
     pub finished_unix_ms: u64,
+    /// The group's generation (0 before it first ran).
+    #[serde(default)]
+    pub generation: u64,
+    /// Every membership change, oldest first.
+    #[serde(default)]
+    pub changes: Vec<MembershipChange>,
+    /// What the completed steps used of each epoch, for the exactly-once check.
+    #[serde(default)]
+    pub epochs: Vec<EpochUse>,
+    /// Steps the ledger in `epochs` has counted.
+    #[serde(default)]
+    pub ledger_step: u64,
+}
+
+/// Why and when a job's group changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipChange {
+    /// The generation the change produced (0 while the group re-forms).
+    pub generation: u64,
+    /// Steps done when it happened.
+    pub step: u64,
+    /// `lost`, `left`, `group-failed`, `joined`, `formed`, `waiting`.
+    pub cause: String,
+    /// The workers concerned, as `id (name)`.
+    pub workers: Vec<String>,
+    /// Anything more.
+    pub detail: String,
+    /// When.
+    pub unix_ms: u64,
+}
+
+impl MembershipChange {
+    /// The wire form.
+    pub fn to_pb(&self) -> pb::MembershipChange {
+        pb::MembershipChange {
+            generation: self.generation,
+            step: self.step,
+            cause: self.cause.clone(),
+            workers: self.workers.clone(),
+            detail: self.detail.clone(),
+            unix_ms: self.unix_ms,
+        }
+    }
+}
+
+/// The samples the completed steps of one epoch used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochUse {
+    /// The stage.
+    pub stage: u32,
+    /// The epoch of the stage's first stream.
+    pub epoch: u64,
+    /// Samples in the epoch's training set.
+    pub samples: u64,
+    /// Samples used.
+    pub used: u64,
+    /// Wrapping sum of a 64-bit mix of every used index: independent of the order.
+    pub index_hash: u64,
+}
+
+impl EpochUse {
+    /// The wire form.
+    pub fn to_pb(&self) -> pb::EpochUse {
+        pb::EpochUse {
+            stage: self.stage,
+            epoch: self.epoch,
+            samples: self.samples,
+            used: self.used,
+            index_hash: self.index_hash,
+        }
+    }
+}
+
+/// A 64-bit mix of a sample index (splitmix64's finaliser), summed for [`EpochUse`]: a
+/// set of indices has one sum whatever the order, and a repeated or missing index changes it.
+pub fn index_mix(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 impl JobRecord {
@@ -126,6 +206,10 @@ impl JobRecord {
             created_unix_ms: now_ms(),
             started_unix_ms: 0,
             finished_unix_ms: 0,
+            generation: 0,
+            changes: Vec::new(),
+            epochs: Vec::new(),
+            ledger_step: 0,
         }
     }
 
@@ -149,6 +233,9 @@ impl JobRecord {
             started_unix_ms: self.started_unix_ms,
             finished_unix_ms: self.finished_unix_ms,
             method: self.spec.method.name().to_string(),
+            generation: self.generation,
+            membership_changes: self.changes.iter().map(MembershipChange::to_pb).collect(),
+            epochs: self.epochs.iter().map(EpochUse::to_pb).collect(),
         }
     }
 }

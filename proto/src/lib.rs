@@ -14,7 +14,7 @@ pub mod v1 {
 }
 
 /// Bumped whenever a message changes meaning; checked at registration and in heartbeats.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Default tensor chunk size in bytes (docs/design.md: 1 MiB).
 pub const CHUNK_BYTES: usize = 1 << 20;

@@ -14,9 +14,24 @@ use tonic::transport::Channel;
 
 use crate::config::WorkerConfig;
 use crate::error::WorkerError;
+use crate::handover::Snapshot;
+use crate::replica::Replica;
 use crate::rpc::{Cluster, cluster};
 use crate::server::Readiness;
-use crate::trainer::{JobContext, run_job};
+use crate::trainer::{JobContext, JobEnd, run_job};
+
+/// Whether a job's thread ended because its group fell apart (a neighbour died, the
+/// coordinator stopped the generation or re-forms the group) rather than because of this
+/// worker: then the replica is kept for the next generation instead of failing the job.
+fn group_failed(e: &WorkerError) -> bool {
+    match e {
+        WorkerError::Ring(_) | WorkerError::Aborted(_) => true,
+        WorkerError::Rpc { code, .. } => {
+            matches!(code, tonic::Code::Aborted | tonic::Code::FailedPrecondition)
+        }
+        _ => false,
+    }
+}
 
 /// This worker as a ring peer.
 #[derive(Clone)]
@@ -30,6 +45,8 @@ pub struct Peer {
     pub bearer: Bearer,
     /// A silent neighbour fails the step after this long.
     pub timeout: Duration,
+    /// The replica snapshot the CollectiveService serves to the next generation.
+    pub handover: crate::handover::Handover,
 }
 
 /// What the heartbeat task shares with the job loop.
@@ -39,6 +56,8 @@ struct Shared {
     job: Mutex<String>,
     /// Steps done in it.
     progress: Arc<AtomicU64>,
+    /// The generation of the group it trains in.
+    generation: AtomicU64,
     /// Set when the coordinator says to stop the current job.
     abort: Arc<AtomicBool>,
     /// Set when the coordinator no longer knows this worker.
@@ -163,6 +182,8 @@ async fn serve_assignments(
     grace: Duration,
     peer: &Peer,
 ) -> Result<(), WorkerError> {
+    // The replica kept when a group fell apart, and the generation it trained in.
+    let mut kept: Option<(Replica, u64)> = None;
     loop {
         if shared.reregister.load(Ordering::Relaxed) {
             return Err(WorkerError::Setup(
@@ -171,13 +192,22 @@ async fn serve_assignments(
         }
         let req = pb::NextAssignmentRequest {
             worker_id: worker.to_string(),
+            held: kept.as_ref().map(|(r, generation)| pb::HeldReplica {
+                job_id: r.job.clone(),
+                generation: *generation,
+                step: r.step,
+                fingerprint: r.fingerprint(),
+            }),
         };
         let resp = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             r = client.next_assignment(req) => r,
         };
-        let assignment = match resp {
-            Ok(r) => r.into_inner().assignment,
+        let (assignment, drop_held) = match resp {
+            Ok(r) => {
+                let r = r.into_inner();
+                (r.assignment, r.drop_held)
+            }
             Err(s) if s.code() == tonic::Code::Unauthenticated => {
                 return Err(WorkerError::rpc("NextAssignment", s));
             }
@@ -187,14 +217,29 @@ async fn serve_assignments(
                 continue;
             }
         };
+        if drop_held && let Some((r, _)) = kept.take() {
+            tracing::info!(job = %r.job, step = r.step, "dropping the replica: its job ended or went on without this worker");
+            peer.handover.clear();
+        }
         let Some(a) = assignment else { continue };
         let job = a.job_id.clone();
-        tracing::info!(%job, rank = a.rank, world = a.world_size, generation = a.generation, "assigned");
+        tracing::info!(%job, rank = a.rank, world = a.world_size, generation = a.generation, start_step = a.start_step, state_from = %a.state_from, "assigned");
+        let carried = match kept.take() {
+            Some((r, _)) if r.job == job => Some(r),
+            Some(_) => {
+                // Another job: the old one is over.
+                peer.handover.clear();
+                None
+            }
+            None => None,
+        };
         if let Ok(mut j) = shared.job.lock() {
             j.clone_from(&job);
         }
         shared.abort.store(false, Ordering::Relaxed);
         shared.progress.store(a.start_step, Ordering::Relaxed);
+        shared.generation.store(a.generation, Ordering::Relaxed);
+        let generation = a.generation;
         let ctx = JobContext {
             rt: tokio::runtime::Handle::current(),
             cluster: client.clone(),
@@ -208,13 +253,14 @@ async fn serve_assignments(
             collective_timeout: peer.timeout,
         };
         let abort = shared.abort.clone();
-        let mut task = tokio::task::spawn_blocking(move || run_job(ctx, None).result);
+        let mut task = tokio::task::spawn_blocking(move || run_job(ctx, carried));
         let result = tokio::select! {
             r = &mut task => r,
             _ = shutdown.cancelled() => {
                 abort.store(true, Ordering::Relaxed);
-                // Tell the coordinator now rather than let it wait for the heartbeat timeout.
-                let req = pb::LeaveJobRequest { worker_id: worker.to_string(), job_id: job.clone(), reason: "the worker is shutting down".into() };
+                // Tell the coordinator now rather than let it wait for the heartbeat timeout:
+                // the group re-forms without this worker.
+                let req = pb::LeaveJobRequest { worker_id: worker.to_string(), job_id: job.clone(), reason: "the worker is shutting down".into(), graceful: true };
                 let _ = tokio::time::timeout(Duration::from_secs(2), client.leave_job(req)).await;
                 // The training thread stops at its next check of `abort` (after the step in
                 // flight) or when its call to the coordinator fails; exit once it has, or
@@ -227,29 +273,42 @@ async fn serve_assignments(
             }
         };
         let failure = match result {
-            Ok(Ok(())) => {
+            Ok(JobEnd { result: Ok(()), .. }) => {
                 tracing::info!(%job, "finished my part of the job");
+                peer.handover.clear();
                 None
             }
-            Ok(Err(WorkerError::Drained(_))) => {
+            Ok(JobEnd {
+                result: Err(WorkerError::Drained(_)),
+                ..
+            }) => {
                 tracing::info!(%job, "stopped with the group for the coordinator's shutdown");
-                None
-            }
-            Ok(Err(WorkerError::Aborted(_))) => {
-                tracing::info!(%job, "the coordinator stopped the job");
                 None
             }
             // The coordinator is going away (it checkpointed the job first, and resumes it
             // when it is back): there is no one to tell, and the job must not be failed.
-            Ok(Err(WorkerError::Rpc {
-                code: tonic::Code::Unavailable,
-                ref status,
-                call,
-            })) => {
+            Ok(JobEnd {
+                result:
+                    Err(WorkerError::Rpc {
+                        code: tonic::Code::Unavailable,
+                        ref status,
+                        call,
+                    }),
+                ..
+            }) => {
                 tracing::warn!(%job, %call, %status, "the coordinator is unavailable; dropping the job");
                 None
             }
-            Ok(Err(e)) => Some(e.to_string()),
+            Ok(JobEnd {
+                replica: Some(replica),
+                result: Err(e),
+            }) if group_failed(&e) => {
+                tracing::info!(%job, step = replica.step, generation, reason = %e, "the group fell apart; keeping the replica for the next generation");
+                peer.handover.offer(Snapshot::of(&replica));
+                kept = Some((replica, generation));
+                None
+            }
+            Ok(JobEnd { result: Err(e), .. }) => Some(e.to_string()),
             Err(e) => Some(format!("training thread panicked: {e}")),
         };
         if let Some(reason) = failure {
@@ -258,6 +317,7 @@ async fn serve_assignments(
                 worker_id: worker.to_string(),
                 job_id: job.clone(),
                 reason,
+                graceful: false,
             };
             // The job may already have ended (a peer died first); nothing more to do then.
             if let Err(s) = client.leave_job(req).await {
@@ -267,6 +327,7 @@ async fn serve_assignments(
         if let Ok(mut j) = shared.job.lock() {
             j.clear();
         }
+        shared.generation.store(0, Ordering::Relaxed);
     }
 }
 
@@ -290,6 +351,7 @@ async fn heartbeat(
             protocol_version: PROTOCOL_VERSION,
             job_id: job.clone(),
             step: shared.progress.load(Ordering::Relaxed),
+            generation: shared.generation.load(Ordering::Relaxed),
         };
         match client.heartbeat(req).await {
             Ok(r) => {

@@ -238,6 +238,7 @@ async fn star_peer(a: &PeerArgs, grad: &[f32]) -> anyhow::Result<Vec<f64>> {
         let r = c
             .next_assignment(pb::NextAssignmentRequest {
                 worker_id: worker.clone(),
+                held: None,
             })
             .await?
             .into_inner();

@@ -6,6 +6,7 @@
 //! - [`replica`]: a job's parameters, optimizer state and progress on this worker; it
 //!   outlives the group it trains in.
 //! - [`group`]: one generation of the group — rank, world, reducer, shards.
+//! - [`handover`]: a survivor's replica served to the workers of the next generation.
 //! - [`reducer`]: the [`Reducer`](reducer::Reducer) interface, star and ring.
 //! - [`trainer`]: one job's step loop.
 //! - [`rpc`]: chunked calls to the coordinator (shards, gradients, state).
@@ -19,6 +20,7 @@ pub mod bench_peer;
 pub mod config;
 pub mod error;
 pub mod group;
+pub mod handover;
 pub mod reducer;
 pub mod replica;
 pub mod ring;
@@ -57,6 +59,7 @@ pub async fn main_with(args: WorkerArgs) -> anyhow::Result<()> {
     let serve_stop = tokio_util::sync::CancellationToken::new();
     let timeout = std::time::Duration::from_millis(config.collective_timeout_ms);
     let inbox = std::sync::Arc::new(ring::Inbox::default());
+    let handover = handover::Handover::default();
     let peer = agent::Peer {
         addr: config.advertise.clone().unwrap_or_else(|| {
             if server.addr.ip().is_unspecified() {
@@ -69,8 +72,9 @@ pub async fn main_with(args: WorkerArgs) -> anyhow::Result<()> {
         bearer: graft_common::auth::Bearer::new(config.cluster_token.as_deref())
             .map_err(|e| anyhow::anyhow!("cluster_token: {e}"))?,
         timeout,
+        handover: handover.clone(),
     };
-    let collective = ring::CollectiveApi::new(inbox.clone(), timeout);
+    let collective = ring::CollectiveApi::new(inbox.clone(), timeout).with_handover(handover);
     let (ready, serving) = server
         .start(
             serve_stop.clone(),

@@ -121,9 +121,9 @@ impl Replica {
     }
 
     /// Whether this replica can carry on in the group `a` forms: the same job, at the step
-    /// the group starts from.
+    /// the group starts from, and not told to fetch the state from a peer.
     pub fn continues(&self, a: &pb::Assignment) -> bool {
-        self.job == a.job_id && self.step == a.start_step
+        self.job == a.job_id && self.step == a.start_step && a.state_from.is_empty()
     }
 
     /// The optimizer for `stage`, made when the stage starts (after the stage's copies and

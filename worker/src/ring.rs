@@ -109,8 +109,10 @@ struct Mailbox {
 #[derive(Default)]
 pub struct Inbox {
     slot: Mutex<Option<Mailbox>>,
-    /// The last job whose mailbox closed: its late streams are refused at once.
-    closed: Mutex<Option<String>>,
+    /// The last job whose mailbox closed, and its generation: late streams of that
+    /// generation or an earlier one are refused at once; a later generation's wait for the
+    /// re-formed group to open its mailbox.
+    closed: Mutex<Option<(String, u64)>>,
     changed: Notify,
     /// Cancelled when the worker shuts down: waiting streams are refused.
     stopping: tokio_util::sync::CancellationToken,
@@ -135,13 +137,15 @@ impl Inbox {
 
     /// Closes the mailbox of `job` (later streams for it are refused).
     pub fn close(&self, job: &str) {
+        let mut generation = u64::MAX;
         if let Ok(mut s) = self.slot.lock()
             && s.as_ref().is_some_and(|m| m.job == job)
         {
+            generation = s.as_ref().map_or(u64::MAX, |m| m.generation);
             *s = None;
         }
         if let Ok(mut c) = self.closed.lock() {
-            *c = Some(job.to_string());
+            *c = Some((job.to_string(), generation));
         }
         self.changed.notify_waiters();
     }
@@ -171,13 +175,24 @@ impl Inbox {
                     .map_err(|_| Status::internal("ring inbox lock poisoned"))?;
                 if let Some(m) = slot.as_ref()
                     && m.job == job
-                    && m.generation == generation
                 {
-                    return Ok(m.tx.clone());
+                    if m.generation == generation {
+                        return Ok(m.tx.clone());
+                    }
+                    if generation < m.generation {
+                        return Err(Status::failed_precondition(format!(
+                            "generation {generation} of job {job} is over; this worker is at generation {}",
+                            m.generation
+                        )));
+                    }
                 }
-                if slot.is_none() && self.closed.lock().is_ok_and(|c| c.as_deref() == Some(job)) {
+                let left = self.closed.lock().is_ok_and(|c| {
+                    c.as_ref()
+                        .is_some_and(|(j, g)| j == job && generation <= *g)
+                });
+                if slot.is_none() && left {
                     return Err(Status::failed_precondition(format!(
-                        "this worker has left job {job}"
+                        "this worker has left generation {generation} of job {job}"
                     )));
                 }
             }
@@ -199,18 +214,43 @@ impl Inbox {
 pub struct CollectiveApi {
     inbox: Arc<Inbox>,
     wait: Duration,
+    handover: crate::handover::Handover,
 }
 
 impl CollectiveApi {
     /// A service handing streams to `inbox`; a stream for a job this worker has not opened
     /// yet waits up to `wait`.
     pub fn new(inbox: Arc<Inbox>, wait: Duration) -> Self {
-        Self { inbox, wait }
+        Self {
+            inbox,
+            wait,
+            handover: crate::handover::Handover::default(),
+        }
+    }
+
+    /// Serves the replica snapshots of `handover` (`FetchReplica`).
+    #[must_use]
+    pub fn with_handover(mut self, handover: crate::handover::Handover) -> Self {
+        self.handover = handover;
+        self
     }
 }
 
 #[tonic::async_trait]
 impl CollectiveService for CollectiveApi {
+    type FetchReplicaStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::StateChunk, Status>> + Send>>;
+
+    async fn fetch_replica(
+        &self,
+        req: Request<pb::FetchReplicaRequest>,
+    ) -> Result<Response<Self::FetchReplicaStream>, Status> {
+        let msgs = self.handover.stream(&req.into_inner())?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            msgs.into_iter().map(Ok),
+        ))))
+    }
+
     async fn ring(
         &self,
         req: Request<Streaming<pb::RingMessage>>,

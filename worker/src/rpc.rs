@@ -173,11 +173,11 @@ pub async fn reduce(
     })
 }
 
-/// Sends the replica's state (rank 0) for evaluation and checkpoints.
-#[allow(clippy::too_many_arguments)]
+/// Uploads rank 0's state after `step` for an evaluation or a checkpoint.
 ///
 /// # Errors
 /// [`WorkerError`] when the call fails.
+#[allow(clippy::too_many_arguments)]
 pub async fn upload_state(
     c: &mut Cluster,
     worker: &str,
@@ -188,36 +188,53 @@ pub async fn upload_state(
     optimizer: &[f32],
     optimizer_steps: u64,
 ) -> Result<(), WorkerError> {
-    let mut msgs = Vec::new();
-    for chunk in split(params, step, generation, CHUNK_BYTES) {
-        msgs.push(pb::StateChunk {
-            worker_id: worker.into(),
-            job_id: job.into(),
-            step,
-            kind: pb::StateKind::Params as i32,
-            chunk: Some(chunk),
-            optimizer_steps,
-            r#final: false,
-        });
-    }
-    for chunk in split(optimizer, step, generation, CHUNK_BYTES) {
-        msgs.push(pb::StateChunk {
-            worker_id: worker.into(),
-            job_id: job.into(),
-            step,
-            kind: pb::StateKind::Optimizer as i32,
-            chunk: Some(chunk),
-            optimizer_steps,
-            r#final: false,
-        });
-    }
-    if let Some(last) = msgs.last_mut() {
-        last.r#final = true;
-    }
+    let msgs = state_chunks(
+        worker,
+        job,
+        step,
+        generation,
+        params,
+        optimizer,
+        optimizer_steps,
+    );
     c.upload_state(tokio_stream::iter(msgs))
         .await
         .map_err(|e| WorkerError::rpc("UploadState", e))?;
     Ok(())
+}
+
+/// A replica's state as the messages that carry it: the parameters, then the optimizer
+/// state, in checked chunks; the last one marked final.
+pub fn state_chunks(
+    worker: &str,
+    job: &str,
+    step: u64,
+    generation: u64,
+    params: &[f32],
+    optimizer: &[f32],
+    optimizer_steps: u64,
+) -> Vec<pb::StateChunk> {
+    let mut msgs = Vec::new();
+    for (kind, values) in [
+        (pb::StateKind::Params, params),
+        (pb::StateKind::Optimizer, optimizer),
+    ] {
+        for chunk in split(values, step, generation, CHUNK_BYTES) {
+            msgs.push(pb::StateChunk {
+                worker_id: worker.into(),
+                job_id: job.into(),
+                step,
+                kind: kind as i32,
+                chunk: Some(chunk),
+                optimizer_steps,
+                r#final: false,
+            });
+        }
+    }
+    if let Some(last) = msgs.last_mut() {
+        last.r#final = true;
+    }
+    msgs
 }
 
 /// The state a job starts from: all parameters, the optimizer state (maybe empty) and the
@@ -240,14 +257,23 @@ pub async fn fetch_state(
         .await
         .map_err(|e| WorkerError::rpc("FetchState", e))?
         .into_inner();
+    read_state(&mut s, "FetchState", n_params).await
+}
+
+/// Reads a replica's state off a stream of [`pb::StateChunk`]s: all parameters (exactly
+/// `n_params`), the optimizer state (maybe empty) and the optimizer's update count.
+///
+/// # Errors
+/// [`WorkerError`] when the stream fails or the state is damaged or does not fit.
+pub async fn read_state(
+    s: &mut tonic::Streaming<pb::StateChunk>,
+    call: &'static str,
+    n_params: usize,
+) -> Result<(Vec<f32>, Vec<f32>, u64), WorkerError> {
     let mut params: Option<Assembler> = None;
     let mut opt: Option<Assembler> = None;
     let mut opt_steps = 0;
-    while let Some(m) = s
-        .message()
-        .await
-        .map_err(|e| WorkerError::rpc("FetchState", e))?
-    {
+    while let Some(m) = s.message().await.map_err(|e| WorkerError::rpc(call, e))? {
         let chunk = m
             .chunk
             .ok_or_else(|| WorkerError::Protocol("state chunk missing".into()))?;

@@ -98,10 +98,25 @@ pub fn run_job(mut ctx: JobContext, kept: Option<Replica>) -> JobEnd {
     }
 }
 
-/// The job's replica at the assignment's start: its starting state from the coordinator
-/// when it has one, else initialised from the seed.
+/// The job's replica at the assignment's start: from a survivor of the previous
+/// generation (`state_from`), or the job's starting state from the coordinator when it has
+/// one, else initialised from the seed.
 fn fresh_replica(ctx: &mut JobContext, a: &pb::Assignment) -> Result<Replica, WorkerError> {
-    let state = if a.has_initial_state {
+    let state = if !a.state_from.is_empty() {
+        let n = Replica::new(a, None)?.arch.num_params();
+        let started = std::time::Instant::now();
+        let s = ctx.rt.block_on(crate::handover::fetch_replica(
+            &a.state_from,
+            ctx.bearer.clone(),
+            ctx.collective_timeout,
+            &a.job_id,
+            a.start_step,
+            a.generation,
+            n,
+        ))?;
+        tracing::info!(job = %a.job_id, step = a.start_step, from = %a.state_from, ms = started.elapsed().as_millis() as u64, "received the replica from a survivor");
+        Some(s)
+    } else if a.has_initial_state {
         let n = Replica::new(a, None)?.arch.num_params();
         Some(ctx.rt.block_on(rpc::fetch_state(
             &mut ctx.cluster,
@@ -133,6 +148,23 @@ fn train(
     let mut stop_at = 0u64;
     let mut last_times: Option<pb::StepTimes> = None;
     tracing::info!(%job, rank, world = group.world, generation, start_step = replica.step, total, params = replica.arch.num_params(), "training");
+    if generation > 1 && replica.step > 0 && replica.step < total {
+        // A re-formed group: every member's replica, kept or received, is checked against
+        // the others' before the first step of the new generation counts.
+        let req = pb::ReportStepRequest {
+            worker_id: ctx.worker.clone(),
+            job_id: job.clone(),
+            rank,
+            step: replica.step,
+            fingerprint: replica.fingerprint(),
+            generation,
+            stats: None,
+            times: None,
+        };
+        ctx.rt
+            .block_on(ctx.cluster.report_step(req))
+            .map_err(|e| WorkerError::rpc("ReportStep", e))?;
+    }
 
     for si in 0..replica.stages.len() {
         let (first, steps) = (replica.stages[si].first_step, replica.stages[si].steps);

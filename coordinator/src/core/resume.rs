@@ -34,9 +34,9 @@ impl Coordinator {
             if was_open {
                 store.put(&record)?;
             }
-            state
-                .jobs
-                .insert(record.id.clone(), JobEntry::new(record, data, start, at));
+            let mut entry = JobEntry::new(record, data, start, at);
+            crate::state::ledger::rebuild(&mut entry);
+            state.jobs.insert(entry.record.id.clone(), entry);
         }
         Ok(Self {
             shared: Mutex::new(Shared {

@@ -41,9 +41,10 @@ fn tmp_data() -> &'static std::path::Path {
 }
 
 async fn assignment(c: &Coordinator, w: &str) -> Option<pb::Assignment> {
-    c.next_assignment(w, Duration::from_millis(10))
+    c.next_assignment(w, None, Duration::from_millis(10))
         .await
         .expect("known worker")
+        .0
 }
 
 /// Ranks `a` (0) and `b` (1) each send five samples' gradient for step 0, which completes.
@@ -191,7 +192,7 @@ async fn a_worker_that_leaves_fails_the_job_with_its_reason_and_frees_the_group(
     let b = c.register("b".into(), "cpu".into()).expect("registers").0;
     assignment(&c, &a).await.expect("assigned");
     assignment(&c, &b).await.expect("assigned");
-    c.leave(&b, &id.0, "out of memory").expect("member");
+    c.leave(&b, &id.0, "out of memory", false).expect("member");
     let job = c.get(&id.0).expect("job");
     assert_eq!(job.state, JobState::Failed);
     assert!(
@@ -200,7 +201,7 @@ async fn a_worker_that_leaves_fails_the_job_with_its_reason_and_frees_the_group(
         job.reason
     );
     assert_eq!(
-        c.heartbeat(&a, &id.0).expect("ok"),
+        c.heartbeat(&a, &id.0, 0).expect("ok"),
         Some(vec![id.0.clone()]),
         "the survivor is told to stop"
     );

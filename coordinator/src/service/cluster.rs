@@ -95,7 +95,10 @@ impl ClusterService for ClusterApi {
         let r = req.into_inner();
         check_version(r.protocol_version)?;
         Ok(Response::new(
-            match self.coord.heartbeat(&r.worker_id, &r.job_id)? {
+            match self
+                .coord
+                .heartbeat(&r.worker_id, &r.job_id, r.generation)?
+            {
                 Some(abort_jobs) => pb::HeartbeatResponse {
                     abort_jobs,
                     reregister: false,
@@ -117,11 +120,14 @@ impl ClusterService for ClusterApi {
         req: Request<pb::NextAssignmentRequest>,
     ) -> Result<Response<pb::NextAssignmentResponse>, Status> {
         let r = req.into_inner();
-        let assignment = self
+        let (assignment, drop_held) = self
             .coord
-            .next_assignment(&r.worker_id, ASSIGNMENT_POLL)
+            .next_assignment(&r.worker_id, r.held, ASSIGNMENT_POLL)
             .await?;
-        Ok(Response::new(pb::NextAssignmentResponse { assignment }))
+        Ok(Response::new(pb::NextAssignmentResponse {
+            assignment,
+            drop_held,
+        }))
     }
 
     type FetchShardStream = BoxStream<pb::ShardChunk>;
@@ -346,7 +352,8 @@ impl ClusterService for ClusterApi {
     ) -> Result<Response<pb::LeaveJobResponse>, Status> {
         let r = req.into_inner();
         let reason: String = r.reason.chars().take(1000).collect();
-        self.coord.leave(&r.worker_id, &r.job_id, &reason)?;
+        self.coord
+            .leave(&r.worker_id, &r.job_id, &reason, r.graceful)?;
         Ok(Response::new(pb::LeaveJobResponse {}))
     }
 

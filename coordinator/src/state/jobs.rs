@@ -5,7 +5,7 @@ use std::sync::Arc;
 use graft_common::{JobId, WorkerId};
 use graft_proto::v1 as pb;
 
-use super::{Action, JobEntry, Now, Reply, StartState, State, state_word, steps, workers};
+use super::{Action, JobEntry, Now, Reply, StartState, State, regroup, state_word, steps, workers};
 use crate::error::CoordinatorError;
 use crate::job::{CheckpointRecord, JobRecord, JobState};
 use crate::jobdata::JobData;
@@ -138,16 +138,35 @@ pub(super) fn complete(
 }
 
 /// A member worker gave up on its job: the job fails with its reason (during a shutdown it
-/// resumes from its checkpoint after the restart instead).
+/// resumes from its checkpoint after the restart instead). A graceful leave (the worker is
+/// going away) re-forms the group without it.
 pub(super) fn leave(
     state: &mut State,
     now: Now,
     worker: &WorkerId,
     id: &JobId,
     reason: &str,
+    graceful: bool,
     out: &mut Vec<Action>,
 ) -> Result<Reply, CoordinatorError> {
-    let rank = steps::member_rank(state, worker, id, None)?;
+    let rank = steps::member_of(state, worker, id, None)?;
+    if graceful {
+        let name = state
+            .workers
+            .get(worker)
+            .map_or("?".to_string(), |w| w.name.clone());
+        let detail = format!("worker {worker} ({name}, rank {rank}) left: {reason}");
+        regroup::begin(
+            state,
+            now,
+            id,
+            "left",
+            std::slice::from_ref(worker),
+            detail,
+            out,
+        );
+        return Ok(Reply::Done);
+    }
     if let Some(d) = state
         .jobs
         .get_mut(id)

@@ -25,7 +25,9 @@ use crate::reduce::Round;
 
 mod drain;
 mod jobs;
+pub mod ledger;
 pub mod queries;
+mod regroup;
 mod steps;
 mod workers;
 
@@ -33,6 +35,7 @@ mod workers;
 mod tests;
 
 pub use drain::Drain;
+pub use regroup::{Held, Regroup};
 
 /// The time an event happened, as values: the transition never reads a clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,6 +55,8 @@ pub struct Limits {
     pub gather_window_ms: u64,
     /// A finishing job waits this long for its final fingerprints.
     pub step_timeout_ms: u64,
+    /// A group below `workers.min` waits this long for workers before its job fails.
+    pub regroup_timeout_ms: u64,
 }
 
 /// State handed to the workers when a job starts (a checkpoint, or weights from a file).
@@ -117,6 +122,9 @@ pub struct Run {
     pub drain: Option<Drain>,
     /// Rank 0's latest step times (the star sends them with its next gradient).
     pub last_times: Option<pb::StepTimes>,
+    /// Set while the group re-forms (the job is RECONFIGURING): the old generation's
+    /// members that hold their replicas and those that are gone.
+    pub regroup: Option<Regroup>,
 }
 
 /// A job as the state holds it.
@@ -134,6 +142,8 @@ pub struct JobEntry {
     pub start: Option<Arc<StartState>>,
     /// Loss and accuracy per step and the evaluations, for the curves.
     pub history: History,
+    /// The permutation of the epoch the ledger is counting, by (stage, epoch).
+    pub ledger_perm: Option<((usize, u64), Vec<usize>)>,
 }
 
 impl JobEntry {
@@ -151,6 +161,7 @@ impl JobEntry {
             run: None,
             start,
             history: History::default(),
+            ledger_perm: None,
         }
     }
 }
@@ -244,19 +255,24 @@ pub enum EventKind {
         /// Its CollectiveService address.
         collective: String,
     },
-    /// A worker's heartbeat, naming the job it works on (empty: none).
+    /// A worker's heartbeat, naming the job it works on (empty: none) and the generation it
+    /// trains in (0: unknown).
     Heartbeat {
         /// The worker.
         worker: WorkerId,
         /// Its job.
         job: String,
+        /// Its generation.
+        generation: u64,
     },
-    /// A worker asks for its assignment.
+    /// A worker asks for its assignment, saying which replica it holds, if any.
     AssignmentPolled {
         /// The worker.
         worker: WorkerId,
+        /// The replica it kept when its group fell apart.
+        held: Option<(JobId, u64, Held)>,
     },
-    /// A member gives up on its job.
+    /// A member gives up on its job, or (graceful) goes away and lets the group go on.
     WorkerLeft {
         /// The worker.
         worker: WorkerId,
@@ -264,6 +280,8 @@ pub enum EventKind {
         job: JobId,
         /// Why.
         reason: String,
+        /// A graceful leave: the group re-forms without the worker.
+        graceful: bool,
     },
     /// A rank opens (or joins) the star round of a step.
     RoundOpened {
@@ -357,8 +375,14 @@ pub enum Reply {
     Registered(WorkerId),
     /// The jobs a worker must abandon; `None` when the worker is unknown (register again).
     Heartbeat(Option<Vec<String>>),
-    /// A worker's assignment, if one waits.
-    Assignment(Option<pb::Assignment>),
+    /// A worker's assignment, if one waits; `drop_held` when the replica it holds is of no
+    /// use any more (its job ended, or the worker is not in its group).
+    Assignment {
+        /// The assignment.
+        assignment: Option<pb::Assignment>,
+        /// Drop the held replica.
+        drop_held: bool,
+    },
     /// A rank's place in a star round.
     Round(RoundTicket),
     /// The step count at which a ring group stops (0: none).
@@ -438,13 +462,20 @@ pub fn apply(state: &mut State, event: Event) -> Vec<Action> {
             device,
             collective,
         } => workers::register(state, now, name, device, collective, &mut out),
-        EventKind::Heartbeat { worker, job } => workers::heartbeat(state, now, &worker, &job),
-        EventKind::AssignmentPolled { worker } => workers::poll(state, now, &worker),
+        EventKind::Heartbeat {
+            worker,
+            job,
+            generation,
+        } => workers::heartbeat(state, now, &worker, &job, generation),
+        EventKind::AssignmentPolled { worker, held } => {
+            regroup::poll(state, now, &worker, held, &mut out)
+        }
         EventKind::WorkerLeft {
             worker,
             job,
             reason,
-        } => jobs::leave(state, now, &worker, &job, &reason, &mut out),
+            graceful,
+        } => jobs::leave(state, now, &worker, &job, &reason, graceful, &mut out),
         EventKind::RoundOpened {
             worker,
             job,

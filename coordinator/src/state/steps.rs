@@ -7,18 +7,46 @@ use graft_proto::v1 as pb;
 use graft_transfer::spec::AllReduce;
 use graft_transfer::{StepStats, shard};
 
-use super::{Action, JobEntry, Now, OpenRound, Reply, RoundTicket, State, jobs, state_word};
+use super::{
+    Action, JobEntry, Now, OpenRound, Reply, RoundTicket, State, jobs, ledger, state_word,
+};
 use crate::error::CoordinatorError;
 use crate::job::JobState;
 use crate::jobdata::JobData;
 use crate::reduce::Round;
 
 /// Checks that `worker` is a member of the running group of `job` (at `generation`, when
-/// given) and returns its rank.
+/// given) and returns its rank; a group that is re-forming takes no steps.
 ///
 /// # Errors
-/// An unknown or stopped job, a job that is not running, a stale generation, a non-member.
+/// An unknown or stopped job, a job that is not running or is re-forming, a stale
+/// generation, a non-member.
 pub(crate) fn member_rank(
+    state: &State,
+    worker: &WorkerId,
+    job: &JobId,
+    generation: Option<u64>,
+) -> Result<usize, CoordinatorError> {
+    let rank = member_of(state, worker, job, generation)?;
+    if state
+        .jobs
+        .get(job)
+        .and_then(|j| j.run.as_ref())
+        .is_some_and(|r| r.regroup.is_some())
+    {
+        return Err(CoordinatorError::Conflict(format!(
+            "the group of job {job} is re-forming; generation {} takes no more steps",
+            generation.map_or("?".to_string(), |g| g.to_string())
+        )));
+    }
+    Ok(rank)
+}
+
+/// [`member_rank`] that also answers while the group re-forms.
+///
+/// # Errors
+/// As [`member_rank`], but for the re-forming.
+pub(crate) fn member_of(
     state: &State,
     worker: &WorkerId,
     job: &JobId,
@@ -281,6 +309,7 @@ fn step_done(
     };
     let workers = run.members.len() as u32;
     entry.record.step = entry.record.step.max(step + 1);
+    ledger::count_step(entry, step);
     let Some(data) = entry.data.clone() else {
         return;
     };

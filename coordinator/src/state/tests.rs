@@ -15,6 +15,7 @@ use crate::reduce::RoundStatus;
 const HEARTBEAT_MS: u64 = 5_000;
 const WINDOW_MS: u64 = 1_000;
 const STEP_TIMEOUT_MS: u64 = 30_000;
+const REGROUP_TIMEOUT_MS: u64 = 60_000;
 
 /// A coordinator's state and a clock the test moves.
 struct Script {
@@ -88,6 +89,7 @@ impl Script {
                     heartbeat_timeout_ms: HEARTBEAT_MS,
                     gather_window_ms: WINDOW_MS,
                     step_timeout_ms: STEP_TIMEOUT_MS,
+                    regroup_timeout_ms: REGROUP_TIMEOUT_MS,
                 },
                 0xab,
             ),
@@ -165,10 +167,58 @@ impl Script {
 
     fn poll(&mut self, w: &WorkerId) -> Option<pb::Assignment> {
         match self
-            .send(EventKind::AssignmentPolled { worker: w.clone() })
+            .send(EventKind::AssignmentPolled {
+                worker: w.clone(),
+                held: None,
+            })
             .reply()
         {
-            Reply::Assignment(a) => a,
+            Reply::Assignment { assignment, .. } => assignment,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// `w` holds its replica of `job` (trained in `generation`) at `step`.
+    fn poll_held(
+        &mut self,
+        w: &WorkerId,
+        job: &JobId,
+        generation: u64,
+        step: u64,
+        fp: &str,
+    ) -> (Option<pb::Assignment>, bool) {
+        match self
+            .send(EventKind::AssignmentPolled {
+                worker: w.clone(),
+                held: Some((
+                    job.clone(),
+                    generation,
+                    Held {
+                        step,
+                        fingerprint: fp.into(),
+                    },
+                )),
+            })
+            .reply()
+        {
+            Reply::Assignment {
+                assignment,
+                drop_held,
+            } => (assignment, drop_held),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn heartbeat(&mut self, w: &WorkerId, job: &JobId, generation: u64) -> Vec<String> {
+        match self
+            .send(EventKind::Heartbeat {
+                worker: w.clone(),
+                job: job.0.clone(),
+                generation,
+            })
+            .reply()
+        {
+            Reply::Heartbeat(Some(abort)) => abort,
             other => panic!("{other:?}"),
         }
     }
@@ -265,7 +315,7 @@ fn a_job_starts_at_once_with_max_workers_and_after_the_window_with_min() {
 }
 
 #[test]
-fn a_silent_worker_fails_its_job_at_the_heartbeat_timeout_naming_it() {
+fn a_silent_worker_is_lost_at_the_heartbeat_timeout_and_below_min_the_job_waits_then_fails() {
     let mut s = Script::new();
     let (id, a, b) = s.running_pair(10, "star");
     // Rank 0 waits in step 0's round when rank 1 goes silent.
@@ -273,39 +323,26 @@ fn a_silent_worker_fails_its_job_at_the_heartbeat_timeout_naming_it() {
         panic!("a round")
     };
     s.advance(HEARTBEAT_MS);
-    s.send(EventKind::Heartbeat {
-        worker: a.clone(),
-        job: id.0.clone(),
-    });
-    assert_eq!(s.job(&id).record.state, JobState::Running, "not yet over");
+    s.heartbeat(&a, &id, 1);
+    assert_eq!(s.job(&id).record.state, JobState::Running, "not yet lost");
     s.advance(1);
     let out = s.send(EventKind::Tick);
     let job = s.job(&id);
-    assert_eq!(job.record.state, JobState::Failed);
+    assert_eq!(job.record.state, JobState::Reconfiguring);
     assert!(
-        job.record.reason.contains(&b.0) && job.record.reason.contains("beta"),
+        job.record.reason.contains(&b.0)
+            && job.record.reason.contains("beta")
+            && job.record.reason.contains("rank 1"),
         "{}",
         job.record.reason
     );
-    assert!(
-        job.record.reason.contains("rank 1"),
-        "{}",
-        job.record.reason
-    );
-    assert_eq!(out.failed_rounds(), 1, "the waiting rank is released");
-    assert!(out.finished_published());
     assert_eq!(
         out.persisted().last().map(|r| r.state),
-        Some(JobState::Failed)
+        Some(JobState::Reconfiguring)
     );
     assert!(
         !s.state.workers.contains_key(&b),
         "the silent worker is gone"
-    );
-    assert_eq!(
-        s.state.workers.get(&a).and_then(|w| w.job.clone()),
-        None,
-        "a is free"
     );
     // The action names the round rank 0 waits on, and why it ends.
     let failed = out.actions.iter().find_map(|a| match a {
@@ -314,20 +351,292 @@ fn a_silent_worker_fails_its_job_at_the_heartbeat_timeout_naming_it() {
     });
     let (round, reason) = failed.expect("a failed round");
     assert!(Arc::ptr_eq(&round, &t.round));
-    assert!(reason.contains("stopped sending heartbeats"), "{reason}");
+    assert!(
+        reason.contains("regrouping") && reason.contains("stopped sending heartbeats"),
+        "{reason}"
+    );
     round.fail(&reason);
     assert!(matches!(&*t.round.subscribe().borrow(), RoundStatus::Failed(r) if *r == reason));
+    // The survivor is told to stop, holds its replica at step 0, and waits: 1 < min = 2.
+    assert_eq!(s.heartbeat(&a, &id, 1), vec![id.0.clone()]);
+    let (none, drop) = s.poll_held(&a, &id, 1, 0, "f0");
+    assert!(none.is_none() && !drop);
+    let job = s.job(&id);
+    assert!(
+        job.record.reason.contains("1 of workers.min = 2"),
+        "{}",
+        job.record.reason
+    );
+    assert_eq!(
+        job.record.changes.last().map(|c| c.cause.as_str()),
+        Some("waiting")
+    );
+    s.advance(REGROUP_TIMEOUT_MS);
+    for _ in 0..2 {
+        s.heartbeat(&a, &id, 0);
+        s.send(EventKind::Tick);
+    }
+    assert_eq!(s.job(&id).record.state, JobState::Reconfiguring, "not yet");
+    s.advance(1);
+    s.heartbeat(&a, &id, 0);
+    let out = s.send(EventKind::Tick);
+    let job = s.job(&id);
+    assert_eq!(job.record.state, JobState::Failed);
+    assert!(
+        job.record.reason.contains("fewer than workers.min = 2"),
+        "{}",
+        job.record.reason
+    );
+    assert!(out.finished_published());
     // A silent worker must register again.
     match s
         .send(EventKind::Heartbeat {
             worker: b,
             job: String::new(),
+            generation: 0,
         })
         .reply()
     {
         Reply::Heartbeat(None) => {}
         other => panic!("{other:?}"),
     }
+}
+
+/// Three workers, min 2: a job of `steps` steps running on them (ranks 0, 1, 2).
+fn running_trio(s: &mut Script, steps: u64, allreduce: &str) -> (JobId, Vec<WorkerId>) {
+    let id = s.submit((2, 3), steps, allreduce);
+    let ws: Vec<WorkerId> = ["alpha", "beta", "gamma"]
+        .iter()
+        .map(|n| s.register(n))
+        .collect();
+    assert_eq!(s.job(&id).record.state, JobState::Running);
+    for (r, w) in ws.iter().enumerate() {
+        assert_eq!(s.poll(w).map(|a| a.rank), Some(r as u32));
+    }
+    (id, ws)
+}
+
+#[test]
+fn a_lost_worker_regroups_the_survivors_who_keep_their_replicas_and_old_messages_are_refused() {
+    let mut s = Script::new();
+    let (id, ws) = running_trio(&mut s, 10, "star");
+    let [a, b, c] = [&ws[0], &ws[1], &ws[2]];
+    // Step 0 completes on the three; in step 1 the second worker dies.
+    let tickets: Vec<RoundTicket> = [(a, 0), (b, 1), (c, 2)]
+        .into_iter()
+        .map(|(w, r)| match s.open(w, &id, r, 0, 1).reply() {
+            Reply::Round(t) => t,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let mut reduced = None;
+    for t in &tickets {
+        let st = StepStats {
+            samples: t.expected_samples,
+            ..StepStats::default()
+        };
+        reduced = t
+            .round
+            .deposit(t.rank, vec![0.0; t.round.len], st)
+            .expect("ok");
+    }
+    s.send(EventKind::RoundCompleted {
+        job: id.clone(),
+        step: 0,
+        stats: reduced.expect("complete").stats,
+    })
+    .reply();
+    s.open(a, &id, 0, 1, 1).reply();
+    s.advance(HEARTBEAT_MS / 2);
+    s.heartbeat(a, &id, 1);
+    s.heartbeat(c, &id, 1);
+    s.advance(HEARTBEAT_MS / 2 + 1);
+    let out = s.send(EventKind::Tick);
+    assert_eq!(out.failed_rounds(), 1, "step 1 is abandoned");
+    assert_eq!(s.job(&id).record.state, JobState::Reconfiguring);
+    // The survivors hold their replicas at step 1; once both have said so, generation 2
+    // forms with them as ranks 0 and 1, each continuing its own replica.
+    let (none, _) = s.poll_held(a, &id, 1, 1, "fp1");
+    assert!(none.is_none(), "the third survivor has not reported");
+    let (ga, _) = s.poll_held(c, &id, 1, 1, "fp1");
+    let gc = ga.expect("c's new assignment");
+    let ga = s.poll(a).expect("a's new assignment");
+    assert_eq!(
+        (ga.rank, gc.rank, ga.world_size, ga.generation),
+        (0, 1, 2, 2)
+    );
+    assert_eq!((ga.start_step, gc.start_step), (1, 1));
+    assert!(
+        ga.state_from.is_empty() && gc.state_from.is_empty(),
+        "replicas continue"
+    );
+    assert!(!ga.has_initial_state);
+    let job = s.job(&id);
+    assert_eq!(job.record.state, JobState::Running);
+    assert_eq!(
+        (job.record.generation, job.record.step, job.record.workers),
+        (2, 1, 2)
+    );
+    let causes: Vec<&str> = job
+        .record
+        .changes
+        .iter()
+        .map(|c| c.cause.as_str())
+        .collect();
+    assert_eq!(causes, vec!["lost", "formed"]);
+    // A message of generation 1 is refused, whoever sends it; generation 2 goes on.
+    let e = s.open(a, &id, 0, 1, 1).refusal();
+    assert!(e.to_string().contains("generation 1 is stale"), "{e}");
+    let e = s.fingerprint(c, &id, 1, "fp1").refusal();
+    assert!(e.to_string().contains("stale"), "{e}");
+    assert_eq!(
+        s.heartbeat(c, &id, 1),
+        vec![id.0.clone()],
+        "an old trainer stops"
+    );
+    assert!(s.heartbeat(c, &id, 2).is_empty());
+    assert!(matches!(s.open(a, &id, 0, 1, 2).reply(), Reply::Round(_)));
+}
+
+#[test]
+fn a_member_whose_ring_failed_starts_the_regroup_and_the_one_behind_fetches_the_replica() {
+    let mut s = Script::new();
+    let (id, ws) = running_trio(&mut s, 10, "ring");
+    let [a, b, c] = [&ws[0], &ws[1], &ws[2]];
+    // The ring broke in step 4 when the third worker died: the first had completed it (its
+    // sum was in), the second had not. The coordinator has heard of step 2 only.
+    let batch = s.job(&id).record.spec.training.global_batch_size as u64;
+    for step in 0..3 {
+        let r = s.send(EventKind::RingStepReported {
+            worker: a.clone(),
+            job: id.clone(),
+            rank: 0,
+            step,
+            generation: 1,
+            stats: StepStats {
+                loss_sum: 1.0,
+                samples: batch,
+                correct: 0,
+            },
+            times: None,
+        });
+        assert!(matches!(r.reply(), Reply::StopAt(0)));
+    }
+    let (none, drop) = s.poll_held(b, &id, 1, 4, "behind");
+    assert!(none.is_none() && !drop);
+    let job = s.job(&id);
+    assert_eq!(job.record.state, JobState::Reconfiguring);
+    assert!(
+        job.record.reason.contains("lost its group after step 4"),
+        "{}",
+        job.record.reason
+    );
+    // Every member is told to stop; the first holds step 5; the dead one times out.
+    assert_eq!(s.heartbeat(a, &id, 1), vec![id.0.clone()]);
+    let (none, _) = s.poll_held(a, &id, 1, 5, "ahead");
+    assert!(
+        none.is_none(),
+        "the third member has neither reported nor gone"
+    );
+    s.advance(HEARTBEAT_MS / 2);
+    s.heartbeat(a, &id, 0);
+    s.heartbeat(b, &id, 0);
+    s.advance(HEARTBEAT_MS / 2 + 1);
+    s.send(EventKind::Tick);
+    assert!(!s.state.workers.contains_key(c));
+    let ga = s.poll(a).expect("a's assignment");
+    let gb = s.poll(b).expect("b's assignment");
+    assert_eq!((ga.generation, ga.start_step, gb.start_step), (2, 5, 5));
+    assert!(ga.state_from.is_empty(), "a's replica is at step 5");
+    assert_eq!(gb.state_from, ga.peers[0], "b fetches step 5 from a");
+    let job = s.job(&id);
+    assert_eq!(job.record.step, 5);
+    // The ledger counts the steps the survivors completed that rank 0 never reported.
+    let used: u64 = job.record.epochs.iter().map(|e| e.used).sum();
+    assert_eq!(used, 5 * batch);
+}
+
+#[test]
+fn replicas_that_disagree_at_the_regroup_fail_the_job() {
+    let mut s = Script::new();
+    let (id, ws) = running_trio(&mut s, 10, "star");
+    s.send(EventKind::WorkerLeft {
+        worker: ws[2].clone(),
+        job: id.clone(),
+        reason: "SIGTERM".into(),
+        graceful: true,
+    })
+    .reply();
+    assert_eq!(s.job(&id).record.state, JobState::Reconfiguring);
+    assert_eq!(
+        s.state.workers.get(&ws[2]).and_then(|w| w.job.clone()),
+        None,
+        "it is free"
+    );
+    s.poll_held(&ws[0], &id, 1, 0, "one");
+    s.poll_held(&ws[1], &id, 1, 0, "two");
+    let job = s.job(&id);
+    assert_eq!(job.record.state, JobState::Failed);
+    assert!(
+        job.record.reason.contains("replicas diverged at step 0"),
+        "{}",
+        job.record.reason
+    );
+}
+
+#[test]
+fn a_free_worker_joins_a_group_below_max_and_fetches_the_replica_from_a_survivor() {
+    let mut s = Script::new();
+    let id = s.submit((2, 3), 10, "star");
+    let a = s.register("alpha");
+    let b = s.register("beta");
+    s.advance(WINDOW_MS + 1);
+    s.send(EventKind::Tick);
+    assert_eq!(s.job(&id).run.as_ref().map(|r| r.members.len()), Some(2));
+    s.poll(&a).expect("a");
+    s.poll(&b).expect("b");
+    s.star_step(&id, &a, &b, 0);
+    s.star_step(&id, &a, &b, 1);
+    // A third worker registers: the group re-forms at the next step boundary to take it.
+    let c = s.register("gamma");
+    let job = s.job(&id);
+    assert_eq!(job.record.state, JobState::Reconfiguring);
+    assert!(
+        job.record.reason.contains("gamma") && job.record.reason.contains("can join"),
+        "{}",
+        job.record.reason
+    );
+    let e = s.open(&a, &id, 0, 2, 1).refusal();
+    assert!(e.to_string().contains("re-forming"), "{e}");
+    s.poll_held(&a, &id, 1, 2, "fp2");
+    s.poll_held(&b, &id, 1, 2, "fp2");
+    let gc = s.poll(&c).expect("the joiner's assignment");
+    let ga = s.poll(&a).expect("a");
+    assert_eq!(
+        (gc.rank, gc.world_size, gc.generation, gc.start_step),
+        (2, 3, 2, 2)
+    );
+    assert_eq!(gc.state_from, ga.peers[0], "from rank 0's replica");
+    assert!(ga.state_from.is_empty());
+    let causes: Vec<&str> = s
+        .job(&id)
+        .record
+        .changes
+        .iter()
+        .map(|c| c.cause.as_str())
+        .collect();
+    assert_eq!(causes, vec!["joining", "joined", "formed"]);
+}
+
+#[test]
+fn a_held_replica_of_an_ended_job_is_dropped() {
+    let mut s = Script::new();
+    let (id, a, _b) = s.running_pair(10, "star");
+    s.send(EventKind::CancelRequested { job: id.clone() });
+    let (none, drop) = s.poll_held(&a, &id, 1, 3, "x");
+    assert!(none.is_none() && drop);
+    let (none, drop) = s.poll_held(&a, &JobId::from("job-77"), 1, 3, "x");
+    assert!(none.is_none() && drop);
 }
 
 #[test]
@@ -400,10 +709,7 @@ fn missing_final_fingerprints_fail_the_job_after_the_step_timeout() {
     for _ in 0..7 {
         s.advance(STEP_TIMEOUT_MS / 6);
         for w in [&a, &b] {
-            s.send(EventKind::Heartbeat {
-                worker: w.clone(),
-                job: id.0.clone(),
-            });
+            s.heartbeat(w, &id, 1);
         }
         s.send(EventKind::Tick);
     }
@@ -425,6 +731,7 @@ fn a_worker_that_leaves_fails_the_job_with_its_reason_and_frees_the_group() {
             worker: WorkerId::from("w-nobody"),
             job: id.clone(),
             reason: "x".into(),
+            graceful: false,
         })
         .refusal();
     assert!(e.to_string().contains("not in the group"), "{e}");
@@ -433,6 +740,7 @@ fn a_worker_that_leaves_fails_the_job_with_its_reason_and_frees_the_group() {
         worker: b.clone(),
         job: id.clone(),
         reason: "SIGTERM".into(),
+        graceful: false,
     })
     .reply();
     let job = s.job(&id);
@@ -442,16 +750,7 @@ fn a_worker_that_leaves_fails_the_job_with_its_reason_and_frees_the_group() {
         "{}",
         job.record.reason
     );
-    match s
-        .send(EventKind::Heartbeat {
-            worker: a.clone(),
-            job: id.0.clone(),
-        })
-        .reply()
-    {
-        Reply::Heartbeat(Some(abandon)) => assert_eq!(abandon, vec![id.0.clone()]),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(s.heartbeat(&a, &id, 1), vec![id.0.clone()]);
     // Both are free for the next job.
     let next = s.submit((2, 2), 5, "star");
     assert_eq!(s.poll(&a).map(|x| x.job_id), Some(next.0));
@@ -541,6 +840,7 @@ fn a_drain_stops_scheduling_refuses_later_steps_and_a_leaver_does_not_fail_the_j
         worker: b,
         job: id.clone(),
         reason: "SIGTERM".into(),
+        graceful: false,
     })
     .reply();
     assert_eq!(s.job(&id).record.state, JobState::Running);

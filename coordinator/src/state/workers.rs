@@ -3,11 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use graft_common::wire::{class_vectors_to_pb, spec_to_pb, stage_to_pb};
 use graft_common::{JobId, WorkerId};
 use graft_proto::v1 as pb;
 
-use super::{Action, Now, Reply, Run, State, WorkerEntry, jobs};
+use super::{Action, Now, Reply, Run, State, WorkerEntry, jobs, regroup};
 use crate::error::CoordinatorError;
 use crate::job::JobState;
 
@@ -37,34 +36,36 @@ pub(super) fn register(
     Ok(Reply::Registered(id))
 }
 
+/// Records a heartbeat; the answer names the job the worker must stop training: one the
+/// coordinator no longer gives it, or one whose group is re-forming or has moved past the
+/// worker's generation.
 pub(super) fn heartbeat(
     state: &mut State,
     now: Now,
     worker: &WorkerId,
     job: &str,
+    generation: u64,
 ) -> Result<Reply, CoordinatorError> {
     let Some(w) = state.workers.get_mut(worker) else {
         return Ok(Reply::Heartbeat(None));
     };
     w.last_seen_ms = now.mono_ms;
-    if job.is_empty() || w.job.as_ref().is_some_and(|c| c.0 == job) {
+    if job.is_empty() {
         return Ok(Reply::Heartbeat(Some(Vec::new())));
     }
-    // The worker works on a job the coordinator no longer gives it.
+    let mine = w.job.as_ref().is_some_and(|c| c.0 == job);
+    let current = mine
+        && state
+            .jobs
+            .get(&JobId::from(job))
+            .and_then(|j| j.run.as_ref())
+            .is_some_and(|r| {
+                r.regroup.is_none() && (generation == 0 || generation == r.generation)
+            });
+    if current {
+        return Ok(Reply::Heartbeat(Some(Vec::new())));
+    }
     Ok(Reply::Heartbeat(Some(vec![job.to_string()])))
-}
-
-pub(super) fn poll(
-    state: &mut State,
-    now: Now,
-    worker: &WorkerId,
-) -> Result<Reply, CoordinatorError> {
-    let w = state
-        .workers
-        .get_mut(worker)
-        .ok_or_else(|| CoordinatorError::UnknownWorker(worker.to_string()))?;
-    w.last_seen_ms = now.mono_ms;
-    Ok(Reply::Assignment(w.assignment.take()))
 }
 
 /// Fails jobs whose final fingerprints are overdue, removes workers whose heartbeats
@@ -105,25 +106,36 @@ pub(super) fn tick(state: &mut State, now: Now, out: &mut Vec<Action>) {
         .map(|(id, _)| id.clone())
         .collect();
     for id in dead {
-        let Some(w) = state.workers.remove(&id) else {
+        let Some(w) = state.workers.get(&id) else {
             continue;
         };
         tracing::warn!(worker = %id, name = %w.name, device = %w.device, "worker timed out");
-        if let Some(job) = w.job {
+        if let Some(job) = w.job.clone() {
             let rank = state
                 .jobs
                 .get(&job)
                 .and_then(|j| j.run.as_ref())
                 .and_then(|r| r.members.iter().position(|m| *m == id));
-            let reason = format!(
+            let detail = format!(
                 "worker {id} ({}, rank {}) stopped sending heartbeats for {:.1}s",
                 w.name,
                 rank.map_or("?".to_string(), |r| r.to_string()),
                 timeout as f64 / 1e3
             );
-            jobs::end_job(state, now, &job, JobState::Failed, reason, out);
+            // Named while it is still registered, then forgotten.
+            regroup::begin(
+                state,
+                now,
+                &job,
+                "lost",
+                std::slice::from_ref(&id),
+                detail,
+                out,
+            );
         }
+        state.workers.remove(&id);
     }
+    regroup::tick(state, now, out);
     schedule(state, now, out);
 }
 
@@ -160,41 +172,34 @@ pub(super) fn schedule(state: &mut State, now: Now, out: &mut Vec<Action>) {
         if free.len() < min || (free.len() < max && waited < window) {
             continue;
         }
-        let Some(data) = job.data.clone() else {
+        if job.data.is_none() {
+            continue;
+        }
+        let members: Vec<WorkerId> = free.into_iter().take(max).collect();
+        // A job resumed after a restart continues its generations, so that a message of a
+        // group from before the restart is never taken for the new one's.
+        let generation = job.record.generation + 1;
+        let start_step = job.start.as_ref().map_or(0, |s| s.step);
+        let Some(job) = state.jobs.get(&id) else {
             continue;
         };
-        let members: Vec<WorkerId> = free.into_iter().take(max).collect();
-        let generation = job.run.as_ref().map_or(1, |r| r.generation + 1);
-        let start_step = job.start.as_ref().map_or(0, |s| s.step);
-        let peers: Vec<String> = members
-            .iter()
-            .map(|m| {
-                state
-                    .workers
-                    .get(m)
-                    .map(|w| w.collective.clone())
-                    .unwrap_or_default()
+        let assignments: Vec<Option<pb::Assignment>> = (0..members.len())
+            .map(|r| {
+                regroup::assignment(
+                    state,
+                    job,
+                    &members,
+                    generation,
+                    start_step,
+                    r,
+                    job.start.is_some(),
+                    String::new(),
+                )
             })
             .collect();
-        let assignment = |rank: usize| pb::Assignment {
-            job_id: id.0.clone(),
-            spec: Some(spec_to_pb(&job.record.spec)),
-            rank: rank as u32,
-            world_size: members.len() as u32,
-            generation,
-            stages: data.stages.iter().map(stage_to_pb).collect(),
-            input_shape: data.arch.input_shape.iter().map(|&d| d as u32).collect(),
-            num_classes: data.arch.num_classes as u32,
-            start_step,
-            has_initial_state: job.start.is_some(),
-            class_vectors: data
-                .method_data
-                .class_vectors
-                .as_ref()
-                .map(class_vectors_to_pb),
-            peers: peers.clone(),
+        let Some(job) = state.jobs.get_mut(&id) else {
+            continue;
         };
-        let assignments: Vec<pb::Assignment> = (0..members.len()).map(assignment).collect();
         job.run = Some(Run {
             generation,
             members: members.clone(),
@@ -206,10 +211,12 @@ pub(super) fn schedule(state: &mut State, now: Now, out: &mut Vec<Action>) {
             finishing_ms: None,
             drain: None,
             last_times: None,
+            regroup: None,
         });
         job.record.state = JobState::Running;
         job.record.reason.clear();
         job.record.workers = members.len() as u32;
+        job.record.generation = generation;
         if job.record.started_unix_ms == 0 {
             job.record.started_unix_ms = now.unix_ms;
         }
@@ -224,7 +231,7 @@ pub(super) fn schedule(state: &mut State, now: Now, out: &mut Vec<Action>) {
         for (w, a) in members.iter().zip(assignments) {
             if let Some(worker) = state.workers.get_mut(w) {
                 worker.job = Some(id.clone());
-                worker.assignment = Some(a);
+                worker.assignment = a;
             }
         }
         any = true;
@@ -232,4 +239,5 @@ pub(super) fn schedule(state: &mut State, now: Now, out: &mut Vec<Action>) {
     if any {
         out.push(Action::Assigned);
     }
+    regroup::admit_joiners(state, now, out);
 }

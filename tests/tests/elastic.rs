@@ -1,0 +1,233 @@
+//! Elastic training with real processes: a worker killed with SIGKILL, stopped with
+//! SIGTERM, or started mid-job; the group re-forms with the next generation and the job
+//! ends where an uninterrupted run ends. Run in release, one test at a time, as `.ci/run`
+//! does.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use graft_tests::{Cluster, last_json, max_relative_diff, show, small_mnist_job, wait_for};
+use graft_transfer::weights;
+
+/// [`small_mnist_job`] with `workers.min = min`, `workers.max = max` and `steps` steps.
+fn elastic_job(name: &str, min: u32, max: u32, steps: u64, allreduce: &str) -> String {
+    small_mnist_job(name, max, steps, allreduce).replace(
+        &format!("min = {max}\nmax = {max}"),
+        &format!("min = {min}\nmax = {max}"),
+    )
+}
+
+fn export(c: &Cluster, job: &str) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let path = c.tmp.path().join(format!("{job}.safetensors"));
+    let out = c.graft(&["export", job, "--out", path.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "export: {}", show(&out));
+    weights::read_all(&std::fs::read(&path).expect("exported")).expect("safetensors")
+}
+
+fn submit(c: &Cluster, file: &str, job: &str) -> String {
+    let path = c.job_file(file, job);
+    let out = c.graft(&["submit", path.to_str().expect("utf-8"), "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    last_json(&out)["job"].as_str().expect("id").to_string()
+}
+
+fn wait_for_step(c: &Cluster, id: &str, step: u64) {
+    wait_for(Duration::from_secs(60), || {
+        (c.status(id)["steps"].as_u64().unwrap_or(0) >= step).then_some(())
+    })
+    .unwrap_or_else(|| panic!("job never reached step {step}: {}", c.status(id)));
+}
+
+fn wait_for_end(c: &Cluster, id: &str, within: Duration) -> serde_json::Value {
+    wait_for(within, || {
+        let s = c.status(id);
+        matches!(
+            s["state"].as_str(),
+            Some("COMPLETED" | "FAILED" | "CANCELLED")
+        )
+        .then_some(s)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "job did not end: {}\n{}",
+            c.status(id),
+            c.log("coordinator")
+        )
+    })
+}
+
+/// The uninterrupted run of `job` on `workers` workers: its final parameters.
+fn uninterrupted(job: &str, workers: usize) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let c = Cluster::start(workers, 5_000);
+    let r = c.complete("calm.toml", job);
+    export(&c, r["job"].as_str().expect("id"))
+}
+
+fn assert_same_parameters(
+    a: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    b: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    what: &str,
+) {
+    assert_eq!(a.len(), b.len());
+    for (name, (_, x)) in a {
+        let (_, y) = &b[name];
+        let d = max_relative_diff(x, y);
+        assert!(d <= 1e-4, "{what}: {name} differs by {d:e} relative");
+    }
+}
+
+/// splitmix64's finaliser, as the coordinator's ledger mixes each index.
+fn mix(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Every whole epoch of the job used each of its `n` training samples exactly once.
+fn assert_exactly_once(status: &serde_json::Value, n: u64, epochs: u64) {
+    let want = (0..n).fold(0u64, |h, i| h.wrapping_add(mix(i)));
+    let list = status["epochs"]
+        .as_array()
+        .expect("epochs in status --json");
+    assert_eq!(list.len() as u64, epochs, "{status}");
+    for e in list {
+        assert_eq!(e["samples"].as_u64(), Some(n), "{e}");
+        assert_eq!(e["used"].as_u64(), Some(n), "epoch {}: {e}", e["epoch"]);
+        let hash: u64 = e["index_hash"]
+            .as_str()
+            .expect("hash")
+            .parse()
+            .expect("u64");
+        assert_eq!(
+            hash, want,
+            "epoch {}: the indices used are not 0..{n} once each",
+            e["epoch"]
+        );
+    }
+}
+
+fn causes(status: &serde_json::Value) -> Vec<String> {
+    status["membership_changes"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|c| c["cause"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Test 1 (loss ≡ no loss) and test 2 (exactly once): three workers on the ring, one killed
+/// with SIGKILL at a random step; the survivors re-form, the job completes with the
+/// parameters of an uninterrupted run, and every epoch — the one the kill cut through
+/// included — used every sample exactly once.
+#[test]
+fn a_worker_killed_mid_run_costs_no_progress_and_the_result_equals_an_uninterrupted_run() {
+    // 3,000 samples in batches of 60: 50 steps an epoch, four epochs.
+    let job = elastic_job("elastic", 2, 3, 200, "ring");
+    let calm = uninterrupted(&job, 3);
+    let mut c = Cluster::start(3, 2_000);
+    let id = submit(&c, "elastic.toml", &job);
+    let at = 20
+        + u64::from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+                % 100,
+        );
+    wait_for_step(&c, &id, at);
+    eprintln!("killing worker 1 at step {}", c.status(&id)["steps"]);
+    c.kill_worker(1);
+    let s = wait_for_end(&c, &id, Duration::from_secs(120));
+    assert_eq!(s["state"], "COMPLETED", "{s}\n{}", c.log("coordinator"));
+    assert_eq!(s["steps"], 200);
+    assert!(s["generation"].as_u64() >= Some(2), "{s}");
+    let cs = causes(&s);
+    assert!(cs.iter().any(|c| c == "formed"), "{cs:?}");
+    assert_eq!(s["workers"], 2, "the survivors finish the job: {s}");
+    assert_exactly_once(&s, 3000, 4);
+    assert_same_parameters(&calm, &export(&c, &id), "after a SIGKILL");
+    // The survivors kept their replicas: none fetched state.
+    for w in [0, 2] {
+        let log = c.log(&format!("worker-{w}"));
+        assert!(log.contains("keeping the replica"), "worker {w}: {log}");
+    }
+}
+
+/// Test 3 (join): two workers, a third started mid-job joins at a step boundary, receives
+/// the replica from a peer (not from the coordinator or the disk), the fingerprints agree,
+/// and the result is that of the uninterrupted run.
+#[test]
+fn a_worker_started_mid_job_joins_with_a_peers_replica_and_changes_nothing() {
+    let job = elastic_job("join", 2, 3, 150, "ring");
+    let calm = uninterrupted(&job, 2);
+    let mut c = Cluster::start(2, 2_000);
+    let id = submit(&c, "join.toml", &job);
+    wait_for_step(&c, &id, 30);
+    let joiner = c.add_worker();
+    let s = wait_for_end(&c, &id, Duration::from_secs(120));
+    assert_eq!(s["state"], "COMPLETED", "{s}\n{}", c.log("coordinator"));
+    assert_eq!(s["workers"], 3, "{s}");
+    let cs = causes(&s);
+    assert!(cs.iter().any(|c| c == "joined"), "{cs:?}");
+    let log = c.log(&format!("worker-{joiner}"));
+    assert!(
+        log.contains("received the replica from a survivor"),
+        "{log}"
+    );
+    assert_exactly_once(&s, 3000, 3);
+    assert_same_parameters(&calm, &export(&c, &id), "after a join");
+}
+
+/// Test 7 (below min, then back), with the star and a graceful leave: workers.min = 2, one
+/// of two is killed; the job waits in RECONFIGURING naming why, and completes when a new
+/// worker comes. Then one of two leaves on SIGTERM and none comes: the job fails after
+/// regroup_timeout_ms, saying so.
+#[test]
+fn below_min_a_job_waits_for_workers_and_fails_only_after_the_regroup_timeout() {
+    let mut c = Cluster::start_with_args(2, 2_000, &["--regroup-timeout-ms", "4000"]);
+    let job = elastic_job("below", 2, 2, 150, "star");
+    let id = submit(&c, "below.toml", &job);
+    wait_for_step(&c, &id, 20);
+    c.kill_worker(0);
+    let waiting = wait_for(Duration::from_secs(30), || {
+        let s = c.status(&id);
+        (s["state"] == "RECONFIGURING"
+            && s["reason"].as_str().unwrap_or("").contains("workers.min"))
+        .then_some(s)
+    })
+    .unwrap_or_else(|| panic!("not waiting: {}", c.status(&id)));
+    assert!(
+        waiting["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("1 of workers.min = 2"),
+        "{waiting}"
+    );
+    c.add_worker();
+    let s = wait_for_end(&c, &id, Duration::from_secs(120));
+    assert_eq!(s["state"], "COMPLETED", "{s}\n{}", c.log("coordinator"));
+    assert_exactly_once(&s, 3000, 3);
+
+    let id = submit(
+        &c,
+        "below-again.toml",
+        &job.replace("\"below\"", "\"below-again\""),
+    );
+    wait_for_step(&c, &id, 20);
+    let status = c.terminate_worker(1, Duration::from_secs(15));
+    assert!(status.success(), "SIGTERM exit: {status}");
+    let s = wait_for_end(&c, &id, Duration::from_secs(60));
+    assert_eq!(s["state"], "FAILED", "{s}");
+    let reason = s["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("fewer than workers.min = 2") && reason.contains("regroup_timeout_ms"),
+        "{reason}"
+    );
+    let cs = causes(&s);
+    assert!(
+        cs.iter().any(|c| c == "left") && cs.iter().any(|c| c == "waiting"),
+        "{cs:?}"
+    );
+}
