@@ -1,13 +1,18 @@
 //! `graft local` and `graft demo`: a coordinator and N workers as child processes of this
 //! binary, on free loopback ports, with their logs in the run's directory.
 
+use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use graft_common::logging::LogFormat;
+
+/// How many times `graft local` starts a worker again by default, over the whole run (as
+/// torchrun's `--max-restarts`, whose default is 0 but which elastic launches set to 3).
+pub const DEFAULT_MAX_RESTARTS: u32 = 3;
 
 /// A coordinator and its workers, killed when dropped.
 pub struct LocalCluster {
@@ -15,7 +20,83 @@ pub struct LocalCluster {
     pub url: String,
     /// Where the store, checkpoints and logs live.
     pub state_dir: PathBuf,
-    children: Vec<(String, Child)>,
+    /// The coordinator first, then the workers in the order of their names.
+    children: Vec<Proc>,
+    /// How a worker is started, for the restarts.
+    worker: WorkerLaunch,
+    /// Restarts allowed over the whole run, and used.
+    max_restarts: u32,
+    restarts: u32,
+}
+
+/// One child process.
+struct Proc {
+    name: String,
+    child: Child,
+    /// Its exit status, once [`LocalCluster::supervise`] has dealt with its exit.
+    ended: Option<ExitStatus>,
+}
+
+/// What a worker is started with.
+struct WorkerLaunch {
+    exe: PathBuf,
+    device: String,
+    log_format: LogFormat,
+    threads: Vec<(&'static str, String)>,
+}
+
+/// A change [`LocalCluster::supervise`] saw in the processes.
+#[derive(Debug)]
+pub enum Supervision {
+    /// A worker exited and was started again (a fresh process under the same name, which
+    /// registers as a new worker and joins the job when its group re-forms).
+    Restarted {
+        /// The worker's name.
+        name: String,
+        /// How the old process ended.
+        status: ExitStatus,
+        /// Restarts used so far, this one included.
+        restart: u32,
+        /// Restarts allowed.
+        max: u32,
+        /// The new process's id.
+        pid: u32,
+    },
+    /// A worker exited and no restart is left: its job goes on as the coordinator's rules
+    /// say (below `workers.min` it waits up to the regroup timeout, then fails).
+    NotRestarted {
+        /// The worker's name.
+        name: String,
+        /// How it ended.
+        status: ExitStatus,
+        /// Restarts allowed (all used).
+        max: u32,
+    },
+    /// The run cannot go on: the coordinator exited, every worker did with no restart
+    /// left, or a restart could not start. With the log tails.
+    Fatal(String),
+}
+
+impl fmt::Display for Supervision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Supervision::Restarted {
+                name,
+                status,
+                restart,
+                max,
+                pid,
+            } => write!(
+                f,
+                "{name} exited ({status}); restarting it, restart {restart} of {max} (pid {pid}); it rejoins the job when the group re-forms"
+            ),
+            Supervision::NotRestarted { name, status, max } => write!(
+                f,
+                "{name} exited ({status}); not restarting it: no restart left (--max-restarts {max}); below workers.min the job waits for a worker up to the regroup timeout (--regroup-timeout-ms), then fails"
+            ),
+            Supervision::Fatal(msg) => f.write_str(msg),
+        }
+    }
 }
 
 /// Options for a local cluster.
@@ -31,11 +112,27 @@ pub struct LocalOptions<'a> {
     pub heartbeat_timeout_ms: u64,
     /// The processes' log format (`graft --log-format`).
     pub log_format: LogFormat,
+    /// The coordinator's `regroup_timeout_ms` (none: its default).
+    pub regroup_timeout_ms: Option<u64>,
+    /// How many times, over the whole run, [`LocalCluster::supervise`] starts a worker
+    /// that exited again.
+    pub max_restarts: u32,
 }
 
 fn log_file(dir: &Path, name: &str) -> anyhow::Result<File> {
     let p = dir.join(format!("{name}.log"));
     File::create(&p).with_context(|| format!("creating {}", p.display()))
+}
+
+/// The log of a restarted process: the same file, appended to, so that one file holds
+/// every run of a worker (and `tail -f` goes on following it).
+fn append_log(dir: &Path, name: &str) -> anyhow::Result<File> {
+    let p = dir.join(format!("{name}.log"));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&p)
+        .with_context(|| format!("opening {}", p.display()))
 }
 
 fn tail(path: &Path) -> String {
@@ -150,6 +247,12 @@ impl LocalCluster {
             .arg(&ready)
             .args(["--eval-device", opts.device])
             .args(["--log-format", opts.log_format.as_str()])
+            .args(
+                opts.regroup_timeout_ms
+                    .map(|ms| ["--regroup-timeout-ms".to_string(), ms.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file(&logs, "coordinator")?)
@@ -158,7 +261,19 @@ impl LocalCluster {
         let mut cluster = LocalCluster {
             url: String::new(),
             state_dir: opts.state_dir.to_path_buf(),
-            children: vec![("coordinator".into(), coordinator)],
+            children: vec![Proc {
+                name: "coordinator".into(),
+                child: coordinator,
+                ended: None,
+            }],
+            worker: WorkerLaunch {
+                exe: worker_exe,
+                device: opts.device.to_string(),
+                log_format: opts.log_format,
+                threads,
+            },
+            max_restarts: opts.max_restarts,
+            restarts: 0,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         let addr = loop {
@@ -167,8 +282,8 @@ impl LocalCluster {
             {
                 break a;
             }
-            if let Some((_, c)) = cluster.children.first_mut()
-                && let Ok(Some(status)) = c.try_wait()
+            if let Some(p) = cluster.children.first_mut()
+                && let Ok(Some(status)) = p.child.try_wait()
             {
                 bail!(
                     "the coordinator exited ({status}) before serving:\n{}",
@@ -186,29 +301,133 @@ impl LocalCluster {
         cluster.url = format!("http://{addr}");
         for i in 0..opts.workers {
             let name = format!("worker-{i}");
-            let child = die_with_parent(&mut Command::new(&worker_exe))
-                .envs(omp())
-                .args([
-                    "--coordinator",
-                    &cluster.url,
-                    "--name",
-                    &name,
-                    "--device",
-                    opts.device,
-                    // Many workers on one host: each serves its health on a free port.
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--log-format",
-                    opts.log_format.as_str(),
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log_file(&logs, &name)?)
-                .spawn()
-                .with_context(|| format!("starting {name}"))?;
-            cluster.children.push((name, child));
+            let child = cluster.spawn_worker(&name, log_file(&logs, &name)?)?;
+            cluster.children.push(Proc {
+                name,
+                child,
+                ended: None,
+            });
         }
         Ok(cluster)
+    }
+
+    /// Starts the worker `name` writing its log to `log`. On Linux it gets SIGTERM when the
+    /// thread that starts it ends ([`die_with_parent`]): start workers, restarts included,
+    /// from the thread that started the cluster.
+    fn spawn_worker(&self, name: &str, log: File) -> anyhow::Result<Child> {
+        let w = &self.worker;
+        die_with_parent(&mut Command::new(&w.exe))
+            .envs(w.threads.iter().map(|(var, n)| (*var, n.as_str())))
+            .args([
+                "--coordinator",
+                &self.url,
+                "--name",
+                name,
+                "--device",
+                &w.device,
+                // Many workers on one host: each serves its health on a free port.
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                w.log_format.as_str(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {name}"))
+    }
+
+    /// Looks at the processes, as torchrun's agent does: a worker that exited is started
+    /// again (a fresh process with the same name and log, appended to) while restarts are
+    /// left, counted over the whole run; past `max_restarts` it stays down. Each exit is
+    /// reported once. The coordinator exiting, or every worker with no restart left, is
+    /// [`Supervision::Fatal`]: nothing could finish the job any more.
+    ///
+    /// Call it from the thread that started the cluster (see [`Self::spawn_worker`]). It
+    /// does not block: `try_wait` and, for a restart, one fork and exec.
+    pub fn supervise(&mut self) -> Vec<Supervision> {
+        let logs = self.state_dir.join("logs");
+        let mut out = Vec::new();
+        for i in 0..self.children.len() {
+            let p = &mut self.children[i];
+            if p.ended.is_some() {
+                continue;
+            }
+            let status = match p.child.try_wait() {
+                Ok(Some(status)) => status,
+                _ => continue,
+            };
+            p.ended = Some(status);
+            let name = p.name.clone();
+            let log = logs.join(format!("{name}.log"));
+            if i == 0 {
+                out.push(Supervision::Fatal(format!(
+                    "a local process stopped:\n{name} exited ({status}):\n{}",
+                    tail(&log)
+                )));
+                return out;
+            }
+            if self.restarts >= self.max_restarts {
+                out.push(Supervision::NotRestarted {
+                    name,
+                    status,
+                    max: self.max_restarts,
+                });
+                continue;
+            }
+            let started = append_log(&logs, &name).and_then(|log| self.spawn_worker(&name, log));
+            match started {
+                Ok(child) => {
+                    self.restarts += 1;
+                    let pid = child.id();
+                    self.children[i] = Proc {
+                        name: name.clone(),
+                        child,
+                        ended: None,
+                    };
+                    out.push(Supervision::Restarted {
+                        name,
+                        status,
+                        restart: self.restarts,
+                        max: self.max_restarts,
+                        pid,
+                    });
+                }
+                Err(e) => {
+                    out.push(Supervision::Fatal(format!(
+                        "{name} exited ({status}) and could not be restarted: {e:#}\n{}",
+                        tail(&log)
+                    )));
+                    return out;
+                }
+            }
+        }
+        let workers = &self.children[1..];
+        if !workers.is_empty() && workers.iter().all(|p| p.ended.is_some()) {
+            let tails: Vec<String> = workers
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} exited ({}):\n{}",
+                        p.name,
+                        p.ended.map_or_else(String::new, |s| s.to_string()),
+                        tail(&logs.join(format!("{}.log", p.name)))
+                    )
+                })
+                .collect();
+            out.push(Supervision::Fatal(format!(
+                "every worker stopped and no restart is left (--max-restarts {}):\n{}",
+                self.max_restarts,
+                tails.join("\n")
+            )));
+        }
+        out
+    }
+
+    /// Restarts used so far.
+    pub fn restarts(&self) -> u32 {
+        self.restarts
     }
 
     /// Names of processes that have exited (a worker that failed to start, say), with their
@@ -217,10 +436,11 @@ impl LocalCluster {
         let logs = self.state_dir.join("logs");
         self.children
             .iter_mut()
-            .filter_map(|(name, c)| match c.try_wait() {
+            .filter_map(|p| match p.child.try_wait() {
                 Ok(Some(status)) => Some(format!(
-                    "{name} exited ({status}):\n{}",
-                    tail(&logs.join(format!("{name}.log")))
+                    "{} exited ({status}):\n{}",
+                    p.name,
+                    tail(&logs.join(format!("{}.log", p.name)))
                 )),
                 _ => None,
             })
@@ -231,10 +451,15 @@ impl LocalCluster {
     /// job, the coordinator tries to checkpoint its running jobs) and waits up to `grace` for them;
     /// whatever is left is killed when the cluster is dropped.
     pub fn terminate(&mut self, grace: Duration) {
-        for (_, c) in &self.children {
-            if let Ok(pid) = libc::pid_t::try_from(c.id()) {
+        for p in &mut self.children {
+            // One already reaped is skipped: its pid may belong to another process by now.
+            if !matches!(p.child.try_wait(), Ok(None)) {
+                continue;
+            }
+            if let Ok(pid) = libc::pid_t::try_from(p.child.id()) {
                 // SAFETY: kill(2) on a child of this process that has not been reaped (the
-                // `Child` is still held), so the pid cannot belong to another process.
+                // `Child` is still held and `try_wait` just found it running), so the pid
+                // cannot belong to another process.
                 unsafe { libc::kill(pid, libc::SIGTERM) };
             }
         }
@@ -243,7 +468,7 @@ impl LocalCluster {
             && self
                 .children
                 .iter_mut()
-                .any(|(_, c)| matches!(c.try_wait(), Ok(None)))
+                .any(|p| matches!(p.child.try_wait(), Ok(None)))
         {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -253,9 +478,9 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         // Workers first, so none reports the coordinator gone.
-        for (_, c) in self.children.iter_mut().rev() {
-            let _ = c.kill();
-            let _ = c.wait();
+        for p in self.children.iter_mut().rev() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
         }
     }
 }

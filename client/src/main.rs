@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
-use graft_client::local::{LocalCluster, LocalOptions, run_dir};
-use graft_client::watch::{Outcome, follow, run_seconds};
+use graft_client::local::{DEFAULT_MAX_RESTARTS, LocalCluster, LocalOptions, Supervision, run_dir};
+use graft_client::watch::{Outcome, follow, follow_with_notices, run_seconds};
 use graft_client::{Client, jobfile, summary};
 use graft_common::logging::{self, LogFormat};
 use graft_common::wire::state_name;
@@ -189,6 +189,15 @@ enum Cmd {
         /// Directory for the store, checkpoints and logs (default: graft-runs/local-<time>).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// How many times, over the whole run, a worker that exits is started again (a
+        /// fresh process under the same name, which rejoins the job when its group
+        /// re-forms), as torchrun's --max-restarts. Past it, a worker that exits stays down.
+        #[arg(long, default_value_t = DEFAULT_MAX_RESTARTS)]
+        max_restarts: u32,
+        /// How long the job waits for workers when its group is below workers.min (the
+        /// coordinator's regroup_timeout_ms; default its 600000) before it fails.
+        #[arg(long)]
+        regroup_timeout_ms: Option<u64>,
         /// Print one JSON object as the last line.
         #[arg(long)]
         json: bool,
@@ -311,30 +320,33 @@ impl Stop {
     }
 }
 
-/// Submits `spec` to a fresh local cluster and follows it.
-async fn run_local(
-    specs: Vec<JobSpec>,
+/// How `local` and `demo` run their cluster.
+struct LocalRun<'a> {
     workers: u32,
-    device: &str,
+    device: &'a str,
     state_dir: PathBuf,
     json: bool,
     log_format: LogFormat,
-) -> anyhow::Result<bool> {
-    run_local_jobs(specs, workers, device, state_dir, json, log_format)
-        .await
-        .map(|(ok, _)| ok)
+    max_restarts: u32,
+    regroup_timeout_ms: Option<u64>,
 }
 
 /// Runs `specs` one after the other on a local cluster; whether all completed, and each
-/// job's final metrics.
+/// job's final metrics. A worker that exits is started again while `max_restarts` allow;
+/// the coordinator exiting ends the run.
 async fn run_local_jobs(
     specs: Vec<JobSpec>,
-    workers: u32,
-    device: &str,
-    state_dir: PathBuf,
-    json: bool,
-    log_format: LogFormat,
+    run: LocalRun<'_>,
 ) -> anyhow::Result<(bool, Vec<(String, std::collections::HashMap<String, f64>)>)> {
+    let LocalRun {
+        workers,
+        device,
+        state_dir,
+        json,
+        log_format,
+        max_restarts,
+        regroup_timeout_ms,
+    } = run;
     let mut results = Vec::new();
     // Before the processes start, so that no signal can end this process without them.
     let mut stop = Stop::new()?;
@@ -344,10 +356,14 @@ async fn run_local_jobs(
         state_dir: &state_dir,
         heartbeat_timeout_ms: 5_000,
         log_format,
+        regroup_timeout_ms,
+        max_restarts,
     })?;
     let mut client = Client::connect(&cluster.url, None).await?;
     let mut all_ok = true;
     for mut spec in specs {
+        // workers.min too: a worker that is lost and restarted makes the job wait in
+        // RECONFIGURING for it and re-form once, whole, as torchrun's fixed-size groups do.
         spec.workers.min = workers;
         spec.workers.max = workers;
         let job = client.submit(&spec).await?;
@@ -360,7 +376,9 @@ async fn run_local_jobs(
                 cluster.state_dir.join("logs").display()
             );
         }
-        let watcher = follow(&mut client, &job.id, !json);
+        // Restart lines go to the watcher, which prints them above its progress bar.
+        let (notices, notices_rx) = tokio::sync::mpsc::unbounded_channel();
+        let watcher = follow_with_notices(&mut client, &job.id, !json, Some(notices_rx));
         tokio::pin!(watcher);
         let outcome = loop {
             tokio::select! {
@@ -372,10 +390,14 @@ async fn run_local_jobs(
                     cluster.terminate(std::time::Duration::from_secs(5));
                     anyhow::bail!("stopped by {sig}; the local cluster was shut down");
                 }
+                // On this task, whose thread started the cluster: a restarted worker's
+                // parent-death signal is tied to the thread that starts it.
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
-                    let gone = cluster.exited();
-                    if !gone.is_empty() {
-                        anyhow::bail!("a local process stopped:\n{}", gone.join("\n"));
+                    for event in cluster.supervise() {
+                        if let Supervision::Fatal(msg) = event {
+                            anyhow::bail!("{msg}");
+                        }
+                        let _ = notices.send(format!("graft: {event}"));
                     }
                 }
             }
@@ -494,11 +516,21 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             workers,
             device,
             state_dir,
+            max_restarts,
+            regroup_timeout_ms,
             json,
         } => {
             let spec = jobfile::read(file)?;
-            let dir = state_dir.clone().unwrap_or_else(|| run_dir("local"));
-            run_local(vec![spec], *workers, device, dir, *json, cli.log_format).await
+            let run = LocalRun {
+                workers: *workers,
+                device,
+                state_dir: state_dir.clone().unwrap_or_else(|| run_dir("local")),
+                json: *json,
+                log_format: cli.log_format,
+                max_restarts: *max_restarts,
+                regroup_timeout_ms: *regroup_timeout_ms,
+            };
+            run_local_jobs(vec![spec], run).await.map(|(ok, _)| ok)
         }
         Cmd::Bench(BenchCmd::Methods {
             only,

@@ -123,6 +123,8 @@ pub async fn allreduce_once(
             heartbeat_timeout_ms: 600_000,
             // In a temporary directory, read by no one.
             log_format: graft_common::logging::LogFormat::Plain,
+            regroup_timeout_ms: None,
+            max_restarts: 0,
         })?;
         let mut client = crate::Client::connect(&c.url, None).await?;
         client.submit(&spec).await?;
@@ -369,6 +371,9 @@ pub async fn train(
         heartbeat_timeout_ms: 30_000,
         // In a temporary directory, read by no one.
         log_format: graft_common::logging::LogFormat::Plain,
+        regroup_timeout_ms: None,
+        // A bench reports a process that stopped (`exited`) rather than restart it.
+        max_restarts: 0,
     })?;
     let mut client = crate::Client::connect(&cluster.url, None).await?;
     let job = client.submit(&spec).await?;

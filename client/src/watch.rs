@@ -45,6 +45,20 @@ pub fn run_seconds(job: &pb::Job, now_ms: u64) -> f64 {
 /// # Errors
 /// [`ClientError`] when the stream breaks (the coordinator went away).
 pub async fn follow(client: &mut Client, id: &str, show: bool) -> Result<Outcome, ClientError> {
+    follow_with_notices(client, id, show, None).await
+}
+
+/// [`follow`], printing each line that arrives on `notices` on stderr above the progress
+/// bar (whether or not the bar is shown): `graft local` says so when it restarts a worker.
+///
+/// # Errors
+/// [`ClientError`] when the stream breaks (the coordinator went away).
+pub async fn follow_with_notices(
+    client: &mut Client,
+    id: &str,
+    show: bool,
+    mut notices: Option<tokio::sync::mpsc::UnboundedReceiver<String>>,
+) -> Result<Outcome, ClientError> {
     let origin = Instant::now();
     let mut stream = client.watch(id).await?;
     let bar = ProgressBar::with_draw_target(
@@ -65,7 +79,19 @@ pub async fn follow(client: &mut Client, id: &str, show: bool) -> Result<Outcome
     let mut loss = f64::NAN;
     let mut pace = Pace::default();
     let mut total = 0;
-    while let Some(ev) = stream.message().await? {
+    loop {
+        let ev = tokio::select! {
+            ev = stream.message() => ev?,
+            line = next_notice(&mut notices) => {
+                match line {
+                    // Above the bar, which is drawn again below it.
+                    Some(line) => bar.suspend(|| eprintln!("{line}")),
+                    None => notices = None,
+                }
+                continue;
+            }
+        };
+        let Some(ev) = ev else { break };
         match ev.event {
             Some(pb::job_event::Event::Snapshot(j)) => {
                 total = j.total_steps;
@@ -121,6 +147,16 @@ pub async fn follow(client: &mut Client, id: &str, show: bool) -> Result<Outcome
         "lost the event stream of job {id} while it was {}",
         state_name(pb::JobState::try_from(job.state).unwrap_or_default())
     )))
+}
+
+/// The next line on `notices`; never, without them.
+async fn next_notice(
+    notices: &mut Option<tokio::sync::mpsc::UnboundedReceiver<String>>,
+) -> Option<String> {
+    match notices {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Step and sample rates, elapsed time and ETA from a job's progress events.
