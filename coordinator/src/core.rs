@@ -314,10 +314,26 @@ impl Coordinator {
         device: String,
         collective: String,
     ) -> Result<WorkerId, CoordinatorError> {
+        self.register_holding(name, device, collective, None)
+    }
+
+    /// Registers a worker that still holds a replica (`held`: job, generation, step,
+    /// fingerprint), as after a coordinator restart.
+    ///
+    /// # Errors
+    /// Only an internal error.
+    pub fn register_holding(
+        &self,
+        name: String,
+        device: String,
+        collective: String,
+        held: Option<pb::HeldReplica>,
+    ) -> Result<WorkerId, CoordinatorError> {
         match self.dispatch(EventKind::WorkerRegistered {
             name,
             device,
             collective,
+            held: held_of(held),
         })? {
             Reply::Registered(id) => Ok(id),
             other => Err(unexpected(&other)),
@@ -358,16 +374,7 @@ impl Coordinator {
         wait: Duration,
     ) -> Result<(Option<pb::Assignment>, bool), CoordinatorError> {
         let deadline = tokio::time::Instant::now() + wait;
-        let held = held.filter(|h| !h.job_id.is_empty()).map(|h| {
-            (
-                JobId(h.job_id),
-                h.generation,
-                Held {
-                    step: h.step,
-                    fingerprint: h.fingerprint,
-                },
-            )
-        });
+        let held = held_of(held);
         loop {
             let notified = self.assigned.notified();
             tokio::pin!(notified);
@@ -614,6 +621,20 @@ impl Coordinator {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// A held replica off the wire (none for an empty job id).
+fn held_of(h: Option<pb::HeldReplica>) -> Option<(JobId, u64, Held)> {
+    h.filter(|h| !h.job_id.is_empty()).map(|h| {
+        (
+            JobId(h.job_id),
+            h.generation,
+            Held {
+                step: h.step,
+                fingerprint: h.fingerprint,
+            },
+        )
+    })
 }
 
 /// A reply the event does not give: a bug in the transition, reported rather than hidden.

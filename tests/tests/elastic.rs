@@ -231,3 +231,33 @@ fn below_min_a_job_waits_for_workers_and_fails_only_after_the_regroup_timeout() 
         "{cs:?}"
     );
 }
+
+/// Test 6: the coordinator is killed with SIGKILL mid-job while its workers live; restarted
+/// on its state directory, it takes the workers back as they register again and continues
+/// from their replicas — not from the newest checkpoint (there is none before the end) —
+/// so the crash costs at most the step in flight, and the result is the uninterrupted run's.
+#[test]
+fn a_coordinator_killed_mid_job_continues_from_the_live_replicas() {
+    let job = elastic_job("phoenix", 2, 3, 200, "ring");
+    let calm = uninterrupted(&job, 3);
+    let mut c = Cluster::start_on_fixed_port(3, 2_000);
+    let id = submit(&c, "phoenix.toml", &job);
+    wait_for_step(&c, &id, 60);
+    let before = c.status(&id)["steps"].as_u64().unwrap_or(0);
+    c.kill_coordinator();
+    c.start_coordinator();
+    let s = wait_for_end(&c, &id, Duration::from_secs(120));
+    assert_eq!(s["state"], "COMPLETED", "{s}\n{}", c.log("coordinator"));
+    let resumed = s["membership_changes"]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["cause"] == "resumed"))
+        .cloned()
+        .unwrap_or_else(|| panic!("not resumed from the replicas: {s}"));
+    let from = resumed["step"].as_u64().unwrap_or(0);
+    assert!(
+        from + 1 >= before,
+        "resumed at step {from}, the job had done {before} when the coordinator died: {resumed}"
+    );
+    assert_exactly_once(&s, 3000, 4);
+    assert_same_parameters(&calm, &export(&c, &id), "after a coordinator SIGKILL");
+}

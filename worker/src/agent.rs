@@ -26,9 +26,12 @@ use crate::trainer::{JobContext, JobEnd, run_job};
 fn group_failed(e: &WorkerError) -> bool {
     match e {
         WorkerError::Ring(_) | WorkerError::Aborted(_) => true,
-        WorkerError::Rpc { code, .. } => {
-            matches!(code, tonic::Code::Aborted | tonic::Code::FailedPrecondition)
-        }
+        // Unavailable: the coordinator went away; a restarted one continues from the
+        // replicas its workers still hold.
+        WorkerError::Rpc { code, .. } => matches!(
+            code,
+            tonic::Code::Aborted | tonic::Code::FailedPrecondition | tonic::Code::Unavailable
+        ),
         _ => false,
     }
 }
@@ -108,12 +111,21 @@ pub async fn run(
         .map_err(|e| WorkerError::Setup(format!("cluster_token: {e}")))?;
     let channel = connect(&cfg).await?;
     let mut client = cluster(channel, bearer);
+    // The replica kept when a group fell apart, and the generation it trained in; it
+    // outlives a registration, so that a restarted coordinator can continue from it.
+    let mut kept: Option<(Replica, u64)> = None;
     loop {
         let reg = pb::RegisterRequest {
             protocol_version: PROTOCOL_VERSION,
             name: cfg.name.clone(),
             device: device_name.to_string(),
             collective_addr: peer.addr.clone(),
+            held: kept.as_ref().map(|(r, generation)| pb::HeldReplica {
+                job_id: r.job.clone(),
+                generation: *generation,
+                step: r.step,
+                fingerprint: r.fingerprint(),
+            }),
         };
         let resp = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -160,6 +172,7 @@ pub async fn run(
             &shutdown,
             grace,
             &peer,
+            &mut kept,
         )
         .await;
         hb_stop.cancel();
@@ -173,6 +186,7 @@ pub async fn run(
 }
 
 /// Takes assignments until shutdown (`Ok`) or until the worker must register again (`Err`).
+#[allow(clippy::too_many_arguments)]
 async fn serve_assignments(
     client: &mut Cluster,
     worker: &str,
@@ -181,9 +195,8 @@ async fn serve_assignments(
     shutdown: &CancellationToken,
     grace: Duration,
     peer: &Peer,
+    kept: &mut Option<(Replica, u64)>,
 ) -> Result<(), WorkerError> {
-    // The replica kept when a group fell apart, and the generation it trained in.
-    let mut kept: Option<(Replica, u64)> = None;
     loop {
         if shared.reregister.load(Ordering::Relaxed) {
             return Err(WorkerError::Setup(
@@ -285,16 +298,15 @@ async fn serve_assignments(
                 tracing::info!(%job, "stopped with the group for the coordinator's shutdown");
                 None
             }
-            // The coordinator is going away (it checkpointed the job first, and resumes it
-            // when it is back): there is no one to tell, and the job must not be failed.
+            // The coordinator went away before the replica existed: nobody to tell.
             Ok(JobEnd {
+                replica: None,
                 result:
                     Err(WorkerError::Rpc {
                         code: tonic::Code::Unavailable,
                         ref status,
                         call,
                     }),
-                ..
             }) => {
                 tracing::warn!(%job, %call, %status, "the coordinator is unavailable; dropping the job");
                 None
@@ -305,7 +317,7 @@ async fn serve_assignments(
             }) if group_failed(&e) => {
                 tracing::info!(%job, step = replica.step, generation, reason = %e, "the group fell apart; keeping the replica for the next generation");
                 peer.handover.offer(Snapshot::of(&replica));
-                kept = Some((replica, generation));
+                *kept = Some((replica, generation));
                 None
             }
             Ok(JobEnd { result: Err(e), .. }) => Some(e.to_string()),

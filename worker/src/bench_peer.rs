@@ -230,6 +230,7 @@ async fn star_peer(a: &PeerArgs, grad: &[f32]) -> anyhow::Result<Vec<f64>> {
             name: format!("bench-{}", a.rank),
             device: "cpu".into(),
             collective_addr: String::new(),
+            held: None,
         })
         .await?
         .into_inner();

@@ -81,7 +81,9 @@ impl ClusterService for ClusterApi {
         let r = req.into_inner();
         check_version(r.protocol_version)?;
         let collective = collective_addr(&r.collective_addr, remote)?;
-        let id = self.coord.register_peer(r.name, r.device, collective)?;
+        let id = self
+            .coord
+            .register_holding(r.name, r.device, collective, r.held)?;
         Ok(Response::new(pb::RegisterResponse {
             worker_id: id.0,
             heartbeat_interval_ms: self.coord.config.heartbeat_interval_ms,

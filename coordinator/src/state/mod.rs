@@ -144,6 +144,9 @@ pub struct JobEntry {
     pub history: History,
     /// The permutation of the epoch the ledger is counting, by (stage, epoch).
     pub ledger_perm: Option<((usize, u64), Vec<usize>)>,
+    /// A job waiting to start again after a restart: the replicas free workers still hold
+    /// of its last generation.
+    pub offers: BTreeMap<WorkerId, Held>,
 }
 
 impl JobEntry {
@@ -162,6 +165,7 @@ impl JobEntry {
             start,
             history: History::default(),
             ledger_perm: None,
+            offers: BTreeMap::new(),
         }
     }
 }
@@ -254,6 +258,8 @@ pub enum EventKind {
         device: String,
         /// Its CollectiveService address.
         collective: String,
+        /// The replica it still holds (it registers again after a coordinator restart).
+        held: Option<(JobId, u64, Held)>,
     },
     /// A worker's heartbeat, naming the job it works on (empty: none) and the generation it
     /// trains in (0: unknown).
@@ -461,7 +467,8 @@ pub fn apply(state: &mut State, event: Event) -> Vec<Action> {
             name,
             device,
             collective,
-        } => workers::register(state, now, name, device, collective, &mut out),
+            held,
+        } => workers::register(state, now, name, device, collective, held, &mut out),
         EventKind::Heartbeat {
             worker,
             job,

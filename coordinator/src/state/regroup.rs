@@ -56,7 +56,7 @@ fn names(state: &State, who: &[WorkerId]) -> Vec<String> {
         .collect()
 }
 
-fn log_change(
+pub(super) fn log_change(
     job: &mut JobEntry,
     now: Now,
     generation: u64,
@@ -365,6 +365,9 @@ pub(super) fn poll(
             drop_held: false,
         });
     };
+    if let Some(offer) = offer_to_pending(state, now, worker, &id, generation, &h, out) {
+        return Ok(offer);
+    }
     let member = state.jobs.get(&id).and_then(|j| {
         let run = j.run.as_ref().filter(|_| !j.record.state.is_terminal())?;
         let gone = run
@@ -438,6 +441,93 @@ pub(super) fn poll(
         assignment,
         drop_held: false,
     })
+}
+
+/// A replica held for a job that waits to start again after a coordinator restart: kept as
+/// an offer for the scheduler, which starts the job from the live replicas rather than from
+/// its newest checkpoint when they are of the job's last generation and agree. `None` when
+/// the job is not such a job.
+fn offer_to_pending(
+    state: &mut State,
+    now: Now,
+    worker: &WorkerId,
+    id: &JobId,
+    generation: u64,
+    h: &Held,
+    out: &mut Vec<Action>,
+) -> Option<Reply> {
+    let job = state.jobs.get(id)?;
+    if job.record.state != JobState::Pending || job.data.is_none() {
+        return None;
+    }
+    if !offer(state, worker, id, generation, h) {
+        return Some(Reply::Assignment {
+            assignment: None,
+            drop_held: true,
+        });
+    }
+    super::workers::schedule(state, now, out);
+    let assignment = state
+        .workers
+        .get_mut(worker)
+        .and_then(|e| e.assignment.take());
+    Some(Reply::Assignment {
+        assignment,
+        drop_held: false,
+    })
+}
+
+/// Keeps `worker`'s replica as an offer for pending job `id` when it is of the job's last
+/// generation and not behind the job's checkpoint; whether it was kept.
+pub(super) fn offer(
+    state: &mut State,
+    worker: &WorkerId,
+    id: &JobId,
+    generation: u64,
+    h: &Held,
+) -> bool {
+    let Some(job) = state.jobs.get_mut(id) else {
+        return false;
+    };
+    let from = job.start.as_ref().map_or(0, |s| s.step);
+    let usable = job.record.state == JobState::Pending
+        && job.data.is_some()
+        && generation == job.record.generation
+        && generation > 0
+        && h.step >= from
+        && h.step < job.record.total_steps;
+    if usable {
+        job.offers.insert(worker.clone(), h.clone());
+    }
+    usable
+}
+
+/// Where a pending job starts from the replicas its free workers offer: the step, the
+/// workers holding it, and the collective address to fetch it from. `None` when no offer is
+/// usable (or the offers at the highest step disagree: then the checkpoint is safer).
+pub(super) fn start_from_offers(
+    state: &State,
+    job: &JobEntry,
+    free: &[WorkerId],
+) -> Option<(u64, BTreeSet<WorkerId>, String)> {
+    let offers: Vec<(&WorkerId, &Held)> = job
+        .offers
+        .iter()
+        .filter(|(w, _)| free.contains(w))
+        .collect();
+    let step = offers.iter().map(|(_, h)| h.step).max()?;
+    let top: Vec<&(&WorkerId, &Held)> = offers.iter().filter(|(_, h)| h.step == step).collect();
+    let first = &top.first()?.1.fingerprint;
+    if top.iter().any(|(_, h)| h.fingerprint != *first) {
+        tracing::warn!(job = %job.record.id, step, "the live replicas disagree; starting from the checkpoint");
+        return None;
+    }
+    let holders: BTreeSet<WorkerId> = top.iter().map(|(w, _)| (*w).clone()).collect();
+    let source = top
+        .first()
+        .and_then(|(w, _)| state.workers.get(*w))
+        .map(|e| e.collective.clone())?;
+    Some((step, holders, source))
 }
 
 /// The periodic part: jobs that waited below `workers.min` for too long fail; re-forming

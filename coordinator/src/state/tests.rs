@@ -157,6 +157,7 @@ impl Script {
                 name: name.into(),
                 device: "cpu".into(),
                 collective: format!("127.0.0.1:{}", 7000 + self.state.next_worker),
+                held: None,
             })
             .reply()
         {
@@ -861,4 +862,48 @@ fn progress_reports_the_steps_loss_and_rate_from_the_events_times() {
         run.samples_per_s
     );
     assert_eq!(s.job(&id).history.train.len(), 1);
+}
+
+#[test]
+fn after_a_restart_a_pending_job_starts_from_the_replicas_its_workers_still_hold() {
+    let mut s = Script::new();
+    let id = s.submit((2, 2), 50, "ring");
+    // As a restarted coordinator has it: pending, its last generation 3.
+    if let Some(j) = s.state.jobs.get_mut(&id) {
+        j.record.generation = 3;
+    }
+    let a = s.register("alpha");
+    let (none, drop) = s.poll_held(&a, &id, 2, 14, "old");
+    assert!(
+        none.is_none() && drop,
+        "a replica of an older generation is of no use"
+    );
+    let (none, drop) = s.poll_held(&a, &id, 3, 14, "fp14");
+    assert!(none.is_none() && !drop, "kept as an offer");
+    let b = s.register("beta");
+    let (gb, _) = s.poll_held(&b, &id, 3, 13, "fp13");
+    let gb = gb.expect("the job starts with both");
+    let ga = s.poll(&a).expect("a");
+    assert_eq!((ga.generation, ga.start_step, gb.start_step), (4, 14, 14));
+    assert_eq!(ga.rank, 0, "the holder of the newest replica goes first");
+    assert!(ga.state_from.is_empty());
+    assert_eq!(
+        gb.state_from, ga.peers[0],
+        "the one a step behind fetches step 14"
+    );
+    let job = s.job(&id);
+    assert_eq!((job.record.state, job.record.step), (JobState::Running, 14));
+    assert!(
+        job.record
+            .changes
+            .last()
+            .is_some_and(|c| c.cause == "resumed" && c.detail.contains("step 14")),
+        "{:?}",
+        job.record.changes
+    );
+    let batch = job.record.spec.training.global_batch_size as u64;
+    assert_eq!(
+        job.record.epochs.iter().map(|e| e.used).sum::<u64>(),
+        14 * batch
+    );
 }

@@ -16,6 +16,7 @@ pub(super) fn register(
     name: String,
     device: String,
     collective: String,
+    held: Option<(JobId, u64, regroup::Held)>,
     out: &mut Vec<Action>,
 ) -> Result<Reply, CoordinatorError> {
     let id = WorkerId(format!("w-{:x}-{}", state.boot, state.next_worker));
@@ -32,6 +33,11 @@ pub(super) fn register(
             assignment: None,
         },
     );
+    // Offered before the scheduler runs, so that a restarted coordinator does not start the
+    // job from its checkpoint when the workers that register hold newer replicas.
+    if let Some((job, generation, h)) = held {
+        regroup::offer(state, &id, &job, generation, &h);
+    }
     schedule(state, now, out);
     Ok(Reply::Registered(id))
 }
@@ -175,17 +181,40 @@ pub(super) fn schedule(state: &mut State, now: Now, out: &mut Vec<Action>) {
         if job.data.is_none() {
             continue;
         }
-        let members: Vec<WorkerId> = free.into_iter().take(max).collect();
         // A job resumed after a restart continues its generations, so that a message of a
         // group from before the restart is never taken for the new one's.
         let generation = job.record.generation + 1;
-        let start_step = job.start.as_ref().map_or(0, |s| s.step);
         let Some(job) = state.jobs.get(&id) else {
             continue;
         };
+        // After a coordinator restart, the live workers' replicas are newer than the newest
+        // checkpoint: their holders go first, the others fetch from one of them.
+        let offered = regroup::start_from_offers(state, job, &free);
+        let mut members: Vec<WorkerId> = match &offered {
+            Some((_, holders, _)) => holders
+                .iter()
+                .cloned()
+                .chain(free.iter().filter(|w| !holders.contains(w)).cloned())
+                .collect(),
+            None => free,
+        };
+        members.truncate(max);
+        let start_step = offered
+            .as_ref()
+            .map_or_else(|| job.start.as_ref().map_or(0, |s| s.step), |(s, _, _)| *s);
         let assignments: Vec<Option<pb::Assignment>> = (0..members.len())
-            .map(|r| {
-                regroup::assignment(
+            .map(|r| match &offered {
+                Some((_, holders, source)) => {
+                    let from = if holders.contains(&members[r]) {
+                        String::new()
+                    } else {
+                        source.clone()
+                    };
+                    regroup::assignment(
+                        state, job, &members, generation, start_step, r, false, from,
+                    )
+                }
+                None => regroup::assignment(
                     state,
                     job,
                     &members,
@@ -194,9 +223,10 @@ pub(super) fn schedule(state: &mut State, now: Now, out: &mut Vec<Action>) {
                     r,
                     job.start.is_some(),
                     String::new(),
-                )
+                ),
             })
             .collect();
+        let checkpoint_step = job.start.as_ref().map_or(0, |s| s.step);
         let Some(job) = state.jobs.get_mut(&id) else {
             continue;
         };
@@ -217,6 +247,23 @@ pub(super) fn schedule(state: &mut State, now: Now, out: &mut Vec<Action>) {
         job.record.reason.clear();
         job.record.workers = members.len() as u32;
         job.record.generation = generation;
+        job.offers.clear();
+        if let Some((step, holders, source)) = offered {
+            job.record.step = step;
+            super::ledger::count_through(job, step);
+            regroup::log_change(
+                job,
+                now,
+                generation,
+                "resumed",
+                Vec::new(),
+                format!(
+                    "from the live workers' replicas at step {step} (the newest checkpoint is at step {checkpoint_step}): {} hold it, {} fetch it from {source}",
+                    holders.len(),
+                    members.len() - holders.len().min(members.len())
+                ),
+            );
+        }
         if job.record.started_unix_ms == 0 {
             job.record.started_unix_ms = now.unix_ms;
         }
