@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod chaos;
 pub mod demo;
 pub mod jobfile;
 pub mod local;

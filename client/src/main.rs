@@ -114,6 +114,36 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Rounds of a real job (coordinator and 3 workers as processes) under random faults —
+    /// worker kill -9, SIGSTOP, SIGTERM, coordinator kill -9 — against an uninterrupted run:
+    /// each must complete, exactly once per epoch, at the same accuracy.
+    Chaos {
+        /// Rounds with faults.
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// Seed of the faults' kinds, steps and pauses.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Leave out killing the coordinator.
+        #[arg(long)]
+        no_coordinator_kills: bool,
+        /// One JSON object per round (and the uninterrupted run and the totals).
+        #[arg(long)]
+        json: bool,
+        /// Write the report to --out.
+        #[arg(long)]
+        write: bool,
+        /// The report --write writes.
+        #[arg(long, default_value = "docs/RELIABILITY.md")]
+        out: PathBuf,
+        /// Directory for the rounds' stores, checkpoints and logs (default:
+        /// graft-runs/chaos-<time>).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// The datasets' directory, for the coordinator (default: its own, or GRAFT_DATA_DIR).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -631,6 +661,30 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 );
             }
             Ok(true)
+        }
+        Cmd::Bench(BenchCmd::Chaos {
+            rounds,
+            seed,
+            no_coordinator_kills,
+            json,
+            write,
+            out,
+            state_dir,
+            data_dir,
+        }) => {
+            let opts = graft_client::chaos::Options {
+                rounds: *rounds,
+                seed: *seed,
+                coordinator_kills: !no_coordinator_kills,
+                json: *json,
+                write: write.then(|| out.clone()),
+                state_dir: state_dir.clone().unwrap_or_else(|| run_dir("chaos")),
+                data_dir: data_dir.clone(),
+            };
+            // On this task: the processes it starts die with the thread that started them.
+            Ok(graft_client::chaos::run(&opts)
+                .await
+                .context("graft bench chaos")?)
         }
         Cmd::Demo {
             workers,
