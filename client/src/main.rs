@@ -692,9 +692,16 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             json,
         } => {
             let specs = graft_client::demo::jobs().map_err(anyhow::Error::msg)?;
-            let dir = state_dir.clone().unwrap_or_else(|| run_dir("demo"));
-            let (ok, results) =
-                run_local_jobs(specs, *workers, "cpu", dir, *json, cli.log_format).await?;
+            let run = LocalRun {
+                workers: *workers,
+                device: "cpu",
+                state_dir: state_dir.clone().unwrap_or_else(|| run_dir("demo")),
+                json: *json,
+                log_format: cli.log_format,
+                max_restarts: DEFAULT_MAX_RESTARTS,
+                regroup_timeout_ms: None,
+            };
+            let (ok, results) = run_local_jobs(specs, run).await?;
             if !json {
                 eprintln!("{}", graft_client::demo::side_by_side(&results));
             }
