@@ -58,6 +58,11 @@ pub struct JobGauges {
     pub train_accuracy: Option<f64>,
     /// Latest evaluation metrics.
     pub metrics: BTreeMap<String, f64>,
+    /// The group's generation.
+    pub generation: u64,
+    /// How often the group began re-forming, by cause (`lost`, `left`, `group-failed`,
+    /// `joining`).
+    pub regroups: BTreeMap<String, u64>,
 }
 
 /// What a scrape reports besides the counters.
@@ -177,6 +182,31 @@ pub fn render(c: &Counters, s: &Snapshot) -> String {
         "Training accuracy of a job's latest step.",
         latest(|j| j.train_accuracy),
     );
+    metric(
+        "graft_job_generation",
+        "gauge",
+        "The generation of each job's group: bumped at every membership change.",
+        s.jobs
+            .iter()
+            .map(|j| (format!("{{job=\"{}\"}}", label(&j.id)), j.generation as f64))
+            .collect(),
+    );
+    metric(
+        "graft_job_regroups_total",
+        "counter",
+        "Membership changes that made each job's group re-form, by cause: lost (a worker without heartbeats), left (a graceful leave), group-failed (a member's collective failed), joining (free workers admitted).",
+        s.jobs
+            .iter()
+            .flat_map(|j| {
+                j.regroups.iter().map(move |(cause, n)| {
+                    (
+                        format!("{{job=\"{}\",cause=\"{}\"}}", label(&j.id), label(cause)),
+                        *n as f64,
+                    )
+                })
+            })
+            .collect(),
+    );
     let evals = s
         .jobs
         .iter()
@@ -282,6 +312,8 @@ mod tests {
                     train_loss: Some(0.25),
                     train_accuracy: Some(0.875),
                     metrics: BTreeMap::from([("target_accuracy".into(), 0.9)]),
+                    generation: 3,
+                    regroups: BTreeMap::from([("lost".into(), 1), ("joining".into(), 1)]),
                 },
                 JobGauges {
                     id: "job-2".into(),
@@ -293,6 +325,8 @@ mod tests {
                     train_loss: Some(0.5),
                     train_accuracy: Some(0.75),
                     metrics: BTreeMap::new(),
+                    generation: 0,
+                    regroups: BTreeMap::new(),
                 },
                 JobGauges {
                     id: "job-3".into(),
@@ -304,6 +338,8 @@ mod tests {
                     train_loss: None,
                     train_accuracy: None,
                     metrics: BTreeMap::new(),
+                    generation: 0,
+                    regroups: BTreeMap::new(),
                 },
             ],
         };
@@ -323,6 +359,13 @@ mod tests {
             text.contains("graft_job_evaluation{job=\"job-1\",metric=\"target_accuracy\"} 0.9\n")
         );
         assert!(text.contains("# TYPE graft_steps_total counter"));
+        assert!(
+            text.contains("graft_job_generation{job=\"job-1\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("graft_job_regroups_total{job=\"job-1\",cause=\"lost\"} 1\n"));
+        assert!(text.contains("graft_job_regroups_total{job=\"job-1\",cause=\"joining\"} 1\n"));
+        assert!(!text.contains("graft_job_regroups_total{job=\"job-2\""));
         // The latest step's training figures, for every job that has one.
         assert!(
             text.contains("# TYPE graft_job_train_loss gauge\n"),

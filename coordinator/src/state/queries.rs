@@ -148,6 +148,19 @@ pub fn metrics(state: &State) -> crate::metrics::Snapshot {
                 train_loss: j.history.train.last().map(|&(_, loss, _)| loss),
                 train_accuracy: j.history.train.last().map(|&(_, _, acc)| acc),
                 metrics: j.record.metrics.clone(),
+                generation: j.record.generation,
+                regroups: j.record.changes.iter().fold(
+                    std::collections::BTreeMap::new(),
+                    |mut m, c| {
+                        if matches!(
+                            c.cause.as_str(),
+                            "lost" | "left" | "group-failed" | "joining"
+                        ) {
+                            *m.entry(c.cause.clone()).or_insert(0) += 1;
+                        }
+                        m
+                    },
+                ),
             })
             .collect(),
     }
