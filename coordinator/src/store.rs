@@ -36,12 +36,37 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store at `path`.
+    /// Opens the store at `path`, creating it when there is no file. A file that is there
+    /// but empty or damaged is refused, never replaced by an empty store: the jobs it held,
+    /// and the ids they used, would be forgotten.
     ///
     /// # Errors
-    /// [`StoreError::Db`] when the file cannot be opened (another coordinator holds it, say).
+    /// [`StoreError::Db`] when the file cannot be opened (another coordinator holds it, say),
+    /// or is empty or damaged (the message says so and what to do).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(dberr)?;
+        let damaged = |why: String| {
+            StoreError::Db(format!(
+                "{} is {why}; the coordinator will not start over an empty store in its place (that would forget its jobs and reuse their ids): restore it from a backup, or move it aside to start afresh",
+                path.display()
+            ))
+        };
+        let db = match std::fs::metadata(path) {
+            Ok(m) if m.len() == 0 => return Err(damaged("empty (0 bytes)".into())),
+            Ok(_) => {
+                // redb asserts on some truncated files instead of returning an error: a
+                // panic while opening is a damaged file, reported as such.
+                let hook = std::panic::take_hook();
+                std::panic::set_hook(Box::new(|_| {}));
+                let opened = std::panic::catch_unwind(|| Database::open(path));
+                std::panic::set_hook(hook);
+                match opened {
+                    Ok(Ok(db)) => db,
+                    Ok(Err(e)) => return Err(damaged(format!("damaged ({e})"))),
+                    Err(_) => return Err(damaged("damaged (truncated?)".into())),
+                }
+            }
+            Err(_) => Database::create(path).map_err(dberr)?,
+        };
         let tx = db.begin_write().map_err(dberr)?;
         {
             tx.open_table(JOBS).map_err(dberr)?;
@@ -84,6 +109,22 @@ impl Store {
             out.push(rec);
         }
         Ok(out)
+    }
+
+    /// Makes sure job numbers up to `n` are never handed out (their directories exist).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub fn reserve_job_numbers(&self, n: u64) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut t = tx.open_table(META).map_err(dberr)?;
+            let next = t.get("next_job").map_err(dberr)?.map_or(1, |v| v.value());
+            if next <= n {
+                t.insert("next_job", n + 1).map_err(dberr)?;
+            }
+        }
+        tx.commit().map_err(dberr)
     }
 
     /// The next job number (persisted, so ids are never reused).
@@ -129,5 +170,34 @@ mod tests {
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].state, JobState::Running);
         assert_eq!(s.next_job_id().expect("id").0, "job-2");
+        s.reserve_job_numbers(7).expect("reserves");
+        assert_eq!(s.next_job_id().expect("id").0, "job-8");
+        s.reserve_job_numbers(3).expect("no-op");
+        assert_eq!(s.next_job_id().expect("id").0, "job-9");
+    }
+
+    #[test]
+    fn an_empty_or_truncated_store_is_refused_and_left_as_it_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("graft.redb");
+        {
+            let s = Store::open(&path).expect("opens");
+            for _ in 0..3 {
+                let id = s.next_job_id().expect("id");
+                s.put(&JobRecord::new(id, spec(), 3)).expect("writes");
+            }
+        }
+        let whole = std::fs::read(&path).expect("read");
+        for (cut, what) in [(whole.len() / 2, "damaged"), (0, "empty")] {
+            std::fs::write(&path, &whole[..cut]).expect("truncate");
+            let e = Store::open(&path).err().expect("refused");
+            let msg = e.to_string();
+            assert!(msg.contains(what) && msg.contains("move it aside"), "{msg}");
+            assert_eq!(
+                std::fs::metadata(&path).expect("still there").len(),
+                cut as u64,
+                "the damaged file is left as it was"
+            );
+        }
     }
 }

@@ -411,3 +411,44 @@ fn a_killed_bench_methods_takes_the_job_it_runs_down() {
     assert_gone(&[local], "graft bench methods was killed");
     assert_gone(&cluster, "graft bench methods was killed");
 }
+
+/// A truncated, damaged or emptied job store stops the coordinator with a message naming
+/// the file and what to do (exit 1, not a panic's 101), and is left as it was: it never
+/// becomes an empty store that would forget its jobs and reuse their ids.
+#[test]
+fn a_damaged_store_stops_the_coordinator_with_a_clear_message_and_is_kept() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let store = state.join("graft.redb");
+    // A real store first, with a job in it.
+    let mut c = Cluster::start(0, 5_000);
+    let real = c.state.join("graft.redb");
+    c.kill_coordinator();
+    let whole = std::fs::read(&real).expect("a store was written");
+    for (bytes, what) in [
+        (whole[..whole.len() / 2].to_vec(), "damaged"),
+        (Vec::new(), "empty"),
+        (vec![0x5a; 4096], "damaged"),
+    ] {
+        std::fs::write(&store, &bytes).expect("write the damaged store");
+        let out = Command::new(bin("graft-coordinator"))
+            .args(["--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(&state)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run graft-coordinator");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        assert!(
+            err.contains("graft.redb") && err.contains(what) && err.contains("move it aside"),
+            "{what}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(
+            std::fs::read(&store).expect("kept"),
+            bytes,
+            "{what}: the file changed"
+        );
+    }
+}

@@ -28,7 +28,9 @@ impl Coordinator {
             mono_ms: 0,
             unix_ms: now_ms(),
         };
-        for mut record in store.all()? {
+        let records = store.all()?;
+        reserve_orphan_ids(&config, &store, &records)?;
+        for mut record in records {
             let was_open = !record.state.is_terminal();
             let (data, start) = resume(&config, &mut record);
             if was_open {
@@ -51,6 +53,34 @@ impl Coordinator {
             started: Instant::now(),
         })
     }
+}
+
+/// Job directories the store does not know (a store lost or restored from an older backup)
+/// keep their ids: new jobs are numbered past them, so that no job ever writes into, or
+/// prunes, another's checkpoints.
+fn reserve_orphan_ids(
+    config: &CoordinatorConfig,
+    store: &Store,
+    records: &[JobRecord],
+) -> Result<(), CoordinatorError> {
+    let Ok(dir) = std::fs::read_dir(config.state_dir.join("jobs")) else {
+        return Ok(());
+    };
+    let mut orphans: Vec<(u64, String)> = dir
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = name.strip_prefix("job-")?.parse::<u64>().ok()?;
+            (!records.iter().any(|r| r.id.0 == name)).then_some((n, name))
+        })
+        .collect();
+    orphans.sort();
+    if let Some((max, _)) = orphans.last() {
+        let names: Vec<&str> = orphans.iter().map(|(_, n)| n.as_str()).collect();
+        tracing::warn!(dirs = ?names, "the job store does not know these job directories; their ids will not be reused");
+        store.reserve_job_numbers(*max)?;
+    }
+    Ok(())
 }
 
 /// Brings an unfinished job back: its data and the state it resumes from, or its end when

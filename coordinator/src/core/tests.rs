@@ -229,3 +229,15 @@ async fn jobs_survive_a_restart_and_unfinished_ones_are_pending_again() {
         job.reason
     );
 }
+
+#[tokio::test]
+async fn job_directories_the_store_does_not_know_keep_their_ids() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // A store lost while job-1..job-4 had written files.
+    std::fs::create_dir_all(tmp.path().join("jobs/job-4/checkpoints")).expect("dir");
+    std::fs::create_dir_all(tmp.path().join("jobs/job-2")).expect("dir");
+    std::fs::create_dir_all(tmp.path().join("jobs/not-a-job")).expect("dir");
+    let c = coordinator(&tmp, 60_000, 0);
+    let id = submit(&c, spec((1, 1), 5));
+    assert_eq!(id.0, "job-5");
+}
