@@ -702,7 +702,10 @@ impl Ring {
         })
     }
 
-    /// Waits for the right neighbour's answer to the step's stream.
+    /// Waits for the right neighbour's answer to the step's stream, giving up as soon as
+    /// the job is stopped: a neighbour that hangs or is cut off after this rank has sent
+    /// its last chunk never answers, and the group must not wait `collective_timeout_ms`
+    /// for it to re-form.
     async fn confirm(
         &self,
         step: u64,
@@ -710,7 +713,20 @@ impl Ring {
     ) -> Result<(), RingError> {
         let secs = self.timeout.as_secs_f64();
         let local = |e: &str| RingError::Local(e.to_string(), step);
-        match tokio::time::timeout(self.timeout, call).await {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let answer = loop {
+            tokio::select! {
+                r = &mut *call => break Ok(r),
+                () = tokio::time::sleep_until(deadline) => break Err(()),
+                _ = tick.tick() => {
+                    if self.abort.as_ref().is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed)) {
+                        return Err(local("the job was stopped"));
+                    }
+                }
+            }
+        };
+        match answer {
             Ok(Ok(Ok(_))) => {}
             Ok(Ok(Err(s))) => {
                 return Err(RingError::Send {
@@ -1186,6 +1202,100 @@ mod tests {
             let e = o.as_ref().expect_err("must fail").to_string();
             assert!(e.contains("step 0"), "rank {r}: {e}");
         }
+    }
+
+    /// A neighbour that takes the whole of a step but never answers it: a process stopped,
+    /// or cut off, just after the last chunk arrived.
+    struct NeverAnswers(CollectiveApi);
+
+    #[tonic::async_trait]
+    impl CollectiveService for NeverAnswers {
+        type FetchReplicaStream = <CollectiveApi as CollectiveService>::FetchReplicaStream;
+
+        async fn fetch_replica(
+            &self,
+            req: Request<pb::FetchReplicaRequest>,
+        ) -> Result<Response<Self::FetchReplicaStream>, Status> {
+            self.0.fetch_replica(req).await
+        }
+
+        async fn ring(
+            &self,
+            req: Request<Streaming<pb::RingMessage>>,
+        ) -> Result<Response<pb::RingAck>, Status> {
+            let _ = self.0.ring(req).await;
+            std::future::pending().await
+        }
+    }
+
+    /// A rank whose right neighbour never confirms the step gives up as soon as the job is
+    /// stopped (the coordinator re-forms the group without the neighbour), not after the
+    /// collective timeout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_stopped_job_does_not_wait_for_a_confirmation_that_never_comes() {
+        use graft_proto::v1::collective_service_server::CollectiveServiceServer;
+        let timeout = Duration::from_secs(20);
+        let mut addrs = Vec::new();
+        let mut inboxes = Vec::new();
+        for r in 0..2 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            addrs.push(listener.local_addr().expect("addr").to_string());
+            let inbox = Arc::new(Inbox::default());
+            let api = CollectiveApi::new(inbox.clone(), timeout);
+            let mut builder = tonic::transport::Server::builder();
+            // Rank 1's server never answers rank 0's stream.
+            let router = if r == 0 {
+                builder.add_service(CollectiveServiceServer::new(api))
+            } else {
+                builder.add_service(CollectiveServiceServer::new(NeverAnswers(api)))
+            };
+            tokio::spawn(router.serve_with_incoming(graft_common::net::nodelay_incoming(listener)));
+            inboxes.push(inbox);
+        }
+        let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut rs = Vec::new();
+        for (r, inbox) in inboxes.iter().enumerate() {
+            let right = 1 - r;
+            let client = connect(
+                &addrs[right],
+                Bearer::new(None).expect("bearer"),
+                timeout,
+                right,
+            )
+            .await
+            .expect("connect");
+            rs.push(
+                Ring::new(
+                    r,
+                    2,
+                    "job",
+                    1,
+                    Some(client),
+                    addrs[right].clone(),
+                    inbox.open("job", 1),
+                    timeout,
+                )
+                .with_abort(abort.clone()),
+            );
+        }
+        let grads: Vec<Vec<f32>> = (0..2).map(|r| grad(r, 100)).collect();
+        let a = abort.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            a.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let started = std::time::Instant::now();
+        let out = step(&mut rs, 0, &grads, &[100]).await;
+        assert!(out[1].is_ok(), "rank 1's neighbour answered: {:?}", out[1]);
+        let e = out[0].as_ref().expect_err("rank 0 gives up").to_string();
+        assert!(e.contains("the job was stopped"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     /// A stream of another step is refused, naming both steps.
