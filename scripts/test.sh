@@ -9,6 +9,13 @@ if [ ! -d "${GRAFT_DATA_DIR:-../shared/data}" ]; then
   exit 1
 fi
 
+# tests/tests/fencing.rs cuts a worker off in a network namespace with `ip` (iproute2), as
+# root; without them it skips, saying why.
+if ! command -v ip >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  { apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null; } ||
+    echo "iproute2 could not be installed: the partition test will be skipped" >&2
+fi
+
 if ! cargo fmt --version >/dev/null 2>&1; then rustup component add rustfmt; fi
 if ! cargo clippy --version >/dev/null 2>&1; then rustup component add clippy; fi
 

@@ -77,6 +77,17 @@ impl Cluster {
         Self::start_full("127.0.0.1:0", workers, heartbeat_timeout_ms, args)
     }
 
+    /// A coordinator listening on `listen` (an address other processes can reach, such as
+    /// a veth's, with port 0 for a free one) with extra flags, and `workers` workers.
+    pub fn start_listening(
+        listen: &str,
+        workers: usize,
+        heartbeat_timeout_ms: u64,
+        args: &[&str],
+    ) -> Self {
+        Self::start_full(listen, workers, heartbeat_timeout_ms, args)
+    }
+
     fn start_on(listen: &str, workers: usize, heartbeat_timeout_ms: u64) -> Self {
         Self::start_full(listen, workers, heartbeat_timeout_ms, &[])
     }
@@ -155,17 +166,33 @@ impl Cluster {
     /// Starts one more worker with extra flags (`--device libtorch-cpu`, say); returns its
     /// index.
     pub fn add_worker_with(&mut self, args: &[&str]) -> usize {
+        self.add_worker_via(&[], "127.0.0.1:0", args)
+    }
+
+    /// Starts one more worker whose server listens on `listen`, run through the command
+    /// `wrapper` when it is not empty (`ip netns exec NS`, which execs the worker, so that
+    /// the child is the worker itself); returns its index.
+    pub fn add_worker_via(&mut self, wrapper: &[&str], listen: &str, args: &[&str]) -> usize {
         let i = self.workers.len();
         let log = std::fs::File::create(self.tmp.path().join(format!("worker-{i}.log")))
             .expect("log file");
-        let child = Command::new(bin("graft-worker"))
+        let worker = bin("graft-worker");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&worker);
+                c
+            }
+            None => Command::new(&worker),
+        };
+        let child = cmd
             .args([
                 "--coordinator",
                 &self.url,
                 "--name",
                 &format!("test-worker-{i}"),
                 "--listen",
-                "127.0.0.1:0",
+                listen,
             ])
             .args(args)
             .stdout(Stdio::null())
@@ -182,6 +209,27 @@ impl Cluster {
             c.kill().expect("kill worker");
             c.wait().expect("reap worker");
         }
+    }
+
+    /// The process id of worker `i` (which must be running).
+    pub fn worker_pid(&self, i: usize) -> libc::pid_t {
+        let c = self.workers[i].as_ref().expect("worker running");
+        libc::pid_t::try_from(c.id()).expect("pid")
+    }
+
+    /// Sends `signal` (`libc::SIGSTOP`, `libc::SIGCONT`, …) to worker `i`.
+    pub fn signal_worker(&self, i: usize, signal: libc::c_int) {
+        let pid = self.worker_pid(i);
+        // SAFETY: kill(2) on a child this process started and has not reaped yet.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill -{signal} {pid}");
+    }
+
+    /// Whether worker `i` is still running (not exited, whatever signals it was sent).
+    pub fn worker_alive(&mut self, i: usize) -> bool {
+        self.workers[i]
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// Sends SIGTERM to the coordinator and waits up to `within` for it to exit.
@@ -433,4 +481,98 @@ pub fn http_get(addr: &str, path: &str) -> String {
     text.split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default()
+}
+
+/// A job's states as a thread polling `JobService.GetJob` every 20 ms saw them: each change
+/// of (state, generation), with the step, oldest first. A state held for less than a
+/// `graft status` round trip (RECONFIGURING usually lasts well under a second) is still
+/// seen.
+pub struct JobTrace {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<TraceEntry>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// One change a [`JobTrace`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceEntry {
+    /// The state's name without the prefix (`RUNNING`, `RECONFIGURING`, …).
+    pub state: String,
+    /// The group's generation.
+    pub generation: u64,
+    /// Steps done.
+    pub step: u64,
+}
+
+impl JobTrace {
+    /// Starts polling job `id` at the coordinator `url` (`http://host:port`, no token).
+    pub fn start(url: &str, id: &str) -> Self {
+        use graft_proto::v1 as pb;
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TraceEntry>::new()));
+        let (url, id) = (url.to_string(), id.to_string());
+        let (s, v) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let mut client = None;
+                while !s.load(Ordering::Relaxed) {
+                    if client.is_none() {
+                        client = pb::job_service_client::JobServiceClient::connect(url.clone())
+                            .await
+                            .ok();
+                    }
+                    if let Some(c) = client.as_mut() {
+                        let r = c.get_job(pb::GetJobRequest { job_id: id.clone() }).await;
+                        match r.map(|r| r.into_inner().job) {
+                            Ok(Some(j)) => {
+                                let state = pb::JobState::try_from(j.state)
+                                    .map_or("?", |s| s.as_str_name())
+                                    .trim_start_matches("JOB_STATE_")
+                                    .to_string();
+                                let e = TraceEntry {
+                                    state,
+                                    generation: j.generation,
+                                    step: j.step,
+                                };
+                                if let Ok(mut v) = v.lock()
+                                    && v.last().is_none_or(|l| {
+                                        (&l.state, l.generation) != (&e.state, e.generation)
+                                    })
+                                {
+                                    v.push(e);
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(_) => client = None,
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+        });
+        JobTrace {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    /// The changes seen so far.
+    pub fn seen(&self) -> Vec<TraceEntry> {
+        self.seen.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for JobTrace {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
