@@ -77,7 +77,12 @@ mod tests {
 #[derive(Debug, Clone)]
 pub struct Bearer {
     header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    /// A registered worker's secret, sent as `graft-worker-secret`.
+    secret: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
+
+/// The metadata key a registered worker's calls carry its secret in.
+pub const WORKER_SECRET: &str = "graft-worker-secret";
 
 impl Bearer {
     /// A bearer for `token` (none: no header).
@@ -92,7 +97,21 @@ impl Bearer {
                     .map_err(|_| CommonError::TokenNotAscii)
             })
             .transpose()?;
-        Ok(Self { header })
+        Ok(Self {
+            header,
+            secret: None,
+        })
+    }
+
+    /// The same bearer, also sending a registered worker's `secret` with every call.
+    ///
+    /// # Errors
+    /// [`CommonError::TokenNotAscii`] when the secret is not printable ASCII.
+    pub fn with_worker_secret(&self, secret: &str) -> Result<Self, CommonError> {
+        Ok(Self {
+            header: self.header.clone(),
+            secret: Some(secret.parse().map_err(|_| CommonError::TokenNotAscii)?),
+        })
     }
 }
 
@@ -100,6 +119,9 @@ impl Interceptor for Bearer {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         if let Some(h) = &self.header {
             req.metadata_mut().insert("authorization", h.clone());
+        }
+        if let Some(s) = &self.secret {
+            req.metadata_mut().insert(WORKER_SECRET, s.clone());
         }
         Ok(req)
     }

@@ -315,6 +315,7 @@ impl Coordinator {
         collective: String,
     ) -> Result<WorkerId, CoordinatorError> {
         self.register_holding(name, device, collective, None)
+            .map(|(id, _)| id)
     }
 
     /// Registers a worker that still holds a replica (`held`: job, generation, step,
@@ -328,16 +329,29 @@ impl Coordinator {
         device: String,
         collective: String,
         held: Option<pb::HeldReplica>,
-    ) -> Result<WorkerId, CoordinatorError> {
+    ) -> Result<(WorkerId, String), CoordinatorError> {
+        let id = WorkerId(format!("w-{}", random_hex(8)?));
+        let secret = random_hex(16)?;
         match self.dispatch(EventKind::WorkerRegistered {
+            id,
+            secret: secret.clone(),
             name,
             device,
             collective,
             held: held_of(held),
         })? {
-            Reply::Registered(id) => Ok(id),
+            Reply::Registered(id) => Ok((id, secret)),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Whether a call naming `worker` carries its secret (an unknown worker passes: the call
+    /// answers that it must register).
+    ///
+    /// # Errors
+    /// [`CoordinatorError::PermissionDenied`].
+    pub fn authorize(&self, worker: &str, secret: &str) -> Result<(), CoordinatorError> {
+        self.read(|s| queries::authorize(s, &WorkerId::from(worker), secret))?
     }
 
     /// Records a heartbeat; returns the jobs the worker must abandon, or `None` when the
@@ -621,6 +635,15 @@ impl Coordinator {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// `bytes` random bytes from the operating system, as hex: ids and secrets nobody can guess
+/// from the ones they have seen.
+fn random_hex(bytes: usize) -> Result<String, CoordinatorError> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf)
+        .map_err(|e| CoordinatorError::Internal(format!("no randomness: {e}")))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A held replica off the wire (none for an empty job id).

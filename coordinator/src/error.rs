@@ -34,6 +34,9 @@ pub enum CoordinatorError {
         /// Why.
         reason: String,
     },
+    /// A call that names a worker without carrying its secret.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A peer sent something malformed.
     #[error("{0}")]
     BadRequest(String),
@@ -70,6 +73,7 @@ impl From<CoordinatorError> for Status {
             }
             CoordinatorError::UnknownJob(_) => Status::not_found(msg),
             CoordinatorError::UnknownWorker(_) => Status::unauthenticated(msg),
+            CoordinatorError::PermissionDenied(_) => Status::permission_denied(msg),
             CoordinatorError::Conflict(_) => Status::failed_precondition(msg),
             CoordinatorError::JobStopped { .. } => Status::aborted(msg),
             CoordinatorError::ShuttingDown(_) => Status::unavailable(msg),

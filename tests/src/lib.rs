@@ -576,3 +576,14 @@ impl Drop for JobTrace {
         }
     }
 }
+
+/// The value of `key=` on the first line of `log` that contains `what` (a worker's id on
+/// its "registered" line, say).
+pub fn log_field(log: &str, what: &str, key: &str) -> String {
+    log.lines()
+        .find(|l| l.contains(what))
+        .and_then(|l| l.split(&format!("{key}=")).nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {key}= on a {what:?} line:\n{log}"))
+        .to_string()
+}

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use graft_tests::{
-    Cluster, JobTrace, last_json, max_relative_diff, show, small_mnist_job, wait_for,
+    Cluster, JobTrace, last_json, log_field, max_relative_diff, show, small_mnist_job, wait_for,
 };
 use graft_transfer::weights;
 
@@ -258,15 +258,6 @@ fn fate(log: &str) -> &'static str {
 }
 
 /// A field of a worker's log line (`key=value`), from its first line that has `what`.
-fn log_field(log: &str, what: &str, key: &str) -> String {
-    log.lines()
-        .find(|l| l.contains(what))
-        .and_then(|l| l.split(&format!("{key}=")).nth(1))
-        .and_then(|v| v.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no {key}= on a {what:?} line:\n{log}"))
-        .to_string()
-}
-
 /// Messages of generation `stale`, sent now that the group has moved on, are refused: a
 /// step report with a bogus fingerprint under a current member's id (to the coordinator)
 /// and under the stopped worker's forgotten id, and a ring stream to a current member's
@@ -312,6 +303,9 @@ fn assert_stale_messages_refused(
                 e.message()
             );
             if worker == member_id {
+                // Replayed without the member's secret: refused before anything is read.
+                assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+            } else {
                 assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
                 assert!(
                     e.message()

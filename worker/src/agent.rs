@@ -110,7 +110,7 @@ pub async fn run(
     let bearer = Bearer::new(cfg.cluster_token.as_deref())
         .map_err(|e| WorkerError::Setup(format!("cluster_token: {e}")))?;
     let channel = connect(&cfg).await?;
-    let mut client = cluster(channel, bearer);
+    let mut client = cluster(channel.clone(), bearer.clone());
     // The replica kept when a group fell apart, and the generation it trained in; it
     // outlives a registration, so that a restarted coordinator can continue from it.
     let mut kept: Option<(Replica, u64)> = None;
@@ -151,6 +151,13 @@ pub async fn run(
         };
         let worker = resp.worker_id;
         tracing::info!(%worker, name = %cfg.name, device = %device_name, "registered");
+        // Every later call proves it is this worker's.
+        let mut client = cluster(
+            channel.clone(),
+            bearer
+                .with_worker_secret(&resp.worker_secret)
+                .map_err(|e| WorkerError::Protocol(format!("worker secret: {e}")))?,
+        );
         ready.set(true).await;
         let shared = Arc::new(Shared::default());
         let beat = Duration::from_millis(resp.heartbeat_interval_ms.max(50));

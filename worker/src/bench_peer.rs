@@ -223,7 +223,8 @@ async fn star_peer(a: &PeerArgs, grad: &[f32]) -> anyhow::Result<Vec<f64>> {
         .tcp_nodelay(true)
         .connect()
         .await?;
-    let mut c = crate::rpc::cluster(channel, graft_common::auth::Bearer::new(None)?);
+    let bearer = graft_common::auth::Bearer::new(None)?;
+    let mut c = crate::rpc::cluster(channel.clone(), bearer.clone());
     let reg = c
         .register(pb::RegisterRequest {
             protocol_version: graft_proto::PROTOCOL_VERSION,
@@ -235,6 +236,7 @@ async fn star_peer(a: &PeerArgs, grad: &[f32]) -> anyhow::Result<Vec<f64>> {
         .await?
         .into_inner();
     let worker = reg.worker_id;
+    let mut c = crate::rpc::cluster(channel, bearer.with_worker_secret(&reg.worker_secret)?);
     let assignment = loop {
         let r = c
             .next_assignment(pb::NextAssignmentRequest {

@@ -71,6 +71,17 @@ fn chunk_status(what: &str, e: ChunkError) -> Status {
 
 type BoxStream<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
 
+use graft_common::auth::WORKER_SECRET;
+
+/// The secret a call carries (empty when none).
+fn worker_secret<T>(req: &Request<T>) -> String {
+    req.metadata()
+        .get(WORKER_SECRET)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
 #[tonic::async_trait]
 impl ClusterService for ClusterApi {
     async fn register(
@@ -81,12 +92,13 @@ impl ClusterService for ClusterApi {
         let r = req.into_inner();
         check_version(r.protocol_version)?;
         let collective = collective_addr(&r.collective_addr, remote)?;
-        let id = self
+        let (id, secret) = self
             .coord
             .register_holding(r.name, r.device, collective, r.held)?;
         Ok(Response::new(pb::RegisterResponse {
             worker_id: id.0,
             heartbeat_interval_ms: self.coord.config.heartbeat_interval_ms,
+            worker_secret: secret,
         }))
     }
 
@@ -94,7 +106,9 @@ impl ClusterService for ClusterApi {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let secret = worker_secret(&req);
         let r = req.into_inner();
+        self.coord.authorize(&r.worker_id, &secret)?;
         check_version(r.protocol_version)?;
         Ok(Response::new(
             match self
@@ -121,7 +135,9 @@ impl ClusterService for ClusterApi {
         &self,
         req: Request<pb::NextAssignmentRequest>,
     ) -> Result<Response<pb::NextAssignmentResponse>, Status> {
+        let secret = worker_secret(&req);
         let r = req.into_inner();
+        self.coord.authorize(&r.worker_id, &secret)?;
         let (assignment, drop_held) = self
             .coord
             .next_assignment(&r.worker_id, r.held, ASSIGNMENT_POLL)
@@ -138,7 +154,9 @@ impl ClusterService for ClusterApi {
         &self,
         req: Request<pb::FetchShardRequest>,
     ) -> Result<Response<Self::FetchShardStream>, Status> {
+        let secret = worker_secret(&req);
         let r = req.into_inner();
+        self.coord.authorize(&r.worker_id, &secret)?;
         let crate::state::queries::Membership {
             data,
             spec,
@@ -238,11 +256,13 @@ impl ClusterService for ClusterApi {
         &self,
         req: Request<Streaming<pb::ReduceGradientsRequest>>,
     ) -> Result<Response<Self::ReduceGradientsStream>, Status> {
+        let secret = worker_secret(&req);
         let mut inbound = req.into_inner();
         let first = inbound
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("empty gradient stream"))?;
+        self.coord.authorize(&first.worker_id, &secret)?;
         let chunk = first
             .chunk
             .as_ref()
@@ -352,7 +372,9 @@ impl ClusterService for ClusterApi {
         &self,
         req: Request<pb::LeaveJobRequest>,
     ) -> Result<Response<pb::LeaveJobResponse>, Status> {
+        let secret = worker_secret(&req);
         let r = req.into_inner();
+        self.coord.authorize(&r.worker_id, &secret)?;
         let reason: String = r.reason.chars().take(1000).collect();
         self.coord
             .leave(&r.worker_id, &r.job_id, &reason, r.graceful)?;
@@ -363,7 +385,9 @@ impl ClusterService for ClusterApi {
         &self,
         req: Request<pb::ReportStepRequest>,
     ) -> Result<Response<pb::ReportStepResponse>, Status> {
+        let secret = worker_secret(&req);
         let r = req.into_inner();
+        self.coord.authorize(&r.worker_id, &secret)?;
         let mut stop_at = 0;
         if let Some(st) = r.stats {
             if r.step == 0 {
@@ -393,11 +417,13 @@ impl ClusterService for ClusterApi {
         &self,
         req: Request<Streaming<pb::StateChunk>>,
     ) -> Result<Response<pb::UploadStateResponse>, Status> {
+        let secret = worker_secret(&req);
         let mut inbound = req.into_inner();
         let first = inbound
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("empty state stream"))?;
+        self.coord.authorize(&first.worker_id, &secret)?;
         let generation = first.chunk.as_ref().map_or(0, |c| c.generation);
         let handle =
             self.coord
@@ -481,7 +507,9 @@ impl ClusterService for ClusterApi {
         &self,
         req: Request<pb::FetchStateRequest>,
     ) -> Result<Response<Self::FetchStateStream>, Status> {
+        let secret = worker_secret(&req);
         let r = req.into_inner();
+        self.coord.authorize(&r.worker_id, &secret)?;
         let start = self.coord.membership(&r.worker_id, &r.job_id, None)?.start;
         let start = start.ok_or_else(|| {
             Status::failed_precondition(format!(

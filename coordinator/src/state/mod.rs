@@ -81,6 +81,11 @@ pub struct WorkerEntry {
     pub device: String,
     /// Where its CollectiveService listens (ring peers connect there).
     pub collective: String,
+    /// What its later calls must carry (`graft-worker-secret`).
+    pub secret: String,
+    /// Its place in the order of registration: free workers are taken, and ranked, in it
+    /// (ids are random).
+    pub seq: u64,
     /// When it was last heard of ([`Now::mono_ms`]).
     pub last_seen_ms: u64,
     /// The job it works on.
@@ -188,6 +193,18 @@ pub struct State {
 }
 
 impl State {
+    /// The free workers (no job) in the order they registered, except `but`.
+    pub fn free_workers(&self, but: &[WorkerId]) -> Vec<WorkerId> {
+        let mut free: Vec<(&WorkerId, u64)> = self
+            .workers
+            .iter()
+            .filter(|(w, e)| e.job.is_none() && !but.contains(w))
+            .map(|(w, e)| (w, e.seq))
+            .collect();
+        free.sort_by_key(|(_, seq)| *seq);
+        free.into_iter().map(|(w, _)| w.clone()).collect()
+    }
+
     /// An empty state.
     pub fn new(limits: Limits, boot: u64) -> Self {
         Self {
@@ -252,6 +269,10 @@ pub enum EventKind {
     },
     /// A worker registers.
     WorkerRegistered {
+        /// Its id and secret, random (drawn by the shell).
+        id: WorkerId,
+        /// What its later calls must carry.
+        secret: String,
         /// Its name.
         name: String,
         /// Its device.
@@ -464,11 +485,25 @@ pub fn apply(state: &mut State, event: Event) -> Vec<Action> {
         }
         EventKind::FinalStateSaved { job } => jobs::complete(state, now, &job, &mut out),
         EventKind::WorkerRegistered {
+            id,
+            secret,
             name,
             device,
             collective,
             held,
-        } => workers::register(state, now, name, device, collective, held, &mut out),
+        } => workers::register(
+            state,
+            now,
+            workers::Registration {
+                id,
+                secret,
+                name,
+                device,
+                collective,
+            },
+            held,
+            &mut out,
+        ),
         EventKind::Heartbeat {
             worker,
             job,

@@ -26,6 +26,24 @@ pub struct Membership {
     pub start: Option<Arc<StartState>>,
 }
 
+/// Whether a call that names `worker` may act for it: an unknown worker passes (the call
+/// itself then answers that it must register), a known one must carry its secret.
+///
+/// # Errors
+/// [`CoordinatorError::PermissionDenied`] when the secret does not match.
+pub fn authorize(state: &State, worker: &WorkerId, secret: &str) -> Result<(), CoordinatorError> {
+    match state.workers.get(worker) {
+        Some(w)
+            if !graft_common::auth::constant_time_eq(w.secret.as_bytes(), secret.as_bytes()) =>
+        {
+            Err(CoordinatorError::PermissionDenied(format!(
+                "the call names worker {worker} but does not carry its secret"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A job's record.
 ///
 /// # Errors

@@ -224,13 +224,9 @@ pub(super) fn try_form(state: &mut State, now: Now, id: &JobId, out: &mut Vec<Ac
     let free: Vec<WorkerId> = if state.draining {
         Vec::new()
     } else {
-        state
-            .workers
-            .iter()
-            .filter(|(w, e)| e.job.is_none() && !run.members.contains(w))
-            .map(|(w, _)| w.clone())
-            .take(max.saturating_sub(survivors.len()))
-            .collect()
+        let mut free = state.free_workers(&run.members);
+        free.truncate(max.saturating_sub(survivors.len()));
+        free
     };
     let mut members: Vec<WorkerId> = survivors.iter().map(|(w, _)| w.clone()).collect();
     members.extend(free.iter().cloned());
@@ -568,12 +564,7 @@ pub(super) fn admit_joiners(state: &mut State, now: Now, out: &mut Vec<Action>) 
     {
         return;
     }
-    let mut free: Vec<WorkerId> = state
-        .workers
-        .iter()
-        .filter(|(_, e)| e.job.is_none())
-        .map(|(w, _)| w.clone())
-        .collect();
+    let mut free: Vec<WorkerId> = state.free_workers(&[]);
     if free.is_empty() {
         return;
     }

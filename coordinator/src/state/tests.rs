@@ -154,6 +154,8 @@ impl Script {
     fn register(&mut self, name: &str) -> WorkerId {
         match self
             .send(EventKind::WorkerRegistered {
+                id: WorkerId(format!("w-{name}-{}", self.state.next_worker)),
+                secret: format!("secret-of-{name}"),
                 name: name.into(),
                 device: "cpu".into(),
                 collective: format!("127.0.0.1:{}", 7000 + self.state.next_worker),
@@ -906,4 +908,16 @@ fn after_a_restart_a_pending_job_starts_from_the_replicas_its_workers_still_hold
         job.record.epochs.iter().map(|e| e.used).sum::<u64>(),
         14 * batch
     );
+}
+
+#[test]
+fn a_call_that_names_a_worker_must_carry_its_secret() {
+    let mut s = Script::new();
+    let a = s.register("alpha");
+    assert!(queries::authorize(&s.state, &a, "secret-of-alpha").is_ok());
+    let e = queries::authorize(&s.state, &a, "secret-of-beta").expect_err("wrong secret");
+    assert!(matches!(e, CoordinatorError::PermissionDenied(_)), "{e}");
+    assert!(queries::authorize(&s.state, &a, "").is_err(), "no secret");
+    // An unknown worker passes here: the call itself answers that it must register.
+    assert!(queries::authorize(&s.state, &WorkerId::from("w-unknown"), "").is_ok());
 }

@@ -10,17 +10,35 @@ use super::{Action, Now, Reply, Run, State, WorkerEntry, jobs, regroup};
 use crate::error::CoordinatorError;
 use crate::job::JobState;
 
+/// A worker as it registers.
+pub(super) struct Registration {
+    pub id: WorkerId,
+    pub secret: String,
+    pub name: String,
+    pub device: String,
+    pub collective: String,
+}
+
 pub(super) fn register(
     state: &mut State,
     now: Now,
-    name: String,
-    device: String,
-    collective: String,
+    reg: Registration,
     held: Option<(JobId, u64, regroup::Held)>,
     out: &mut Vec<Action>,
 ) -> Result<Reply, CoordinatorError> {
-    let id = WorkerId(format!("w-{:x}-{}", state.boot, state.next_worker));
-    state.next_worker += 1;
+    let Registration {
+        id,
+        secret,
+        name,
+        device,
+        collective,
+    } = reg;
+    if state.workers.contains_key(&id) {
+        return Err(CoordinatorError::Internal(format!(
+            "worker id {id} drawn twice"
+        )));
+    }
+
     tracing::info!(worker = %id, %name, %device, %collective, "worker registered");
     state.workers.insert(
         id.clone(),
@@ -28,11 +46,14 @@ pub(super) fn register(
             name,
             device,
             collective,
+            secret,
+            seq: state.next_worker,
             last_seen_ms: now.mono_ms,
             job: None,
             assignment: None,
         },
     );
+    state.next_worker += 1;
     // Offered before the scheduler runs, so that a restarted coordinator does not start the
     // job from its checkpoint when the workers that register hold newer replicas.
     if let Some((job, generation, h)) = held {
@@ -161,12 +182,7 @@ pub(super) fn schedule(state: &mut State, now: Now, out: &mut Vec<Action>) {
         .collect();
     let mut any = false;
     for id in pending {
-        let free: Vec<WorkerId> = state
-            .workers
-            .iter()
-            .filter(|(_, w)| w.job.is_none())
-            .map(|(id, _)| id.clone())
-            .collect();
+        let free: Vec<WorkerId> = state.free_workers(&[]);
         let Some(job) = state.jobs.get_mut(&id) else {
             continue;
         };
