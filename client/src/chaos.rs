@@ -47,8 +47,8 @@ const HOSTILE_HEADING: &str = "## Hostile input";
 /// What the chaos bench can fail with (a round's own failure is recorded, not an error).
 #[derive(Debug, thiserror::Error)]
 pub enum ChaosError {
-    /// A file or process operation.
-    #[error("{what}: {source}")]
+    /// A file or process operation (the cause is its source).
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,
@@ -86,6 +86,8 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// The datasets (`GRAFT_DATA_DIR` for the coordinator); none: the coordinator's own.
     pub data_dir: Option<PathBuf>,
+    /// Only rewrite the report at `write` from the JSON beside it, running nothing.
+    pub rewrite: bool,
 }
 
 impl Options {
@@ -365,6 +367,26 @@ pub struct Totals {
     pub mean_overhead_s: f64,
     /// The whole command, baseline included, seconds.
     pub seconds: f64,
+}
+
+/// A whole run as `--write` keeps it (the `.json` beside the report), from which the
+/// Markdown is made.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    /// The command that made it.
+    pub command: String,
+    /// The machine line.
+    pub machine: String,
+    /// Its cores.
+    pub cores: usize,
+    /// Whether coordinator kills were among the faults.
+    pub coordinator_kills: bool,
+    /// The uninterrupted run.
+    pub uninterrupted: Baseline,
+    /// The rounds.
+    pub rounds: Vec<RoundRecord>,
+    /// Their totals.
+    pub totals: Totals,
 }
 
 /// Sends `sig` to a child that has not been reaped (its `Child` is held, so the pid is
@@ -929,6 +951,17 @@ fn round_record(round: usize, o: Outcome, base: &Baseline) -> RoundRecord {
     }
 }
 
+/// An error and its causes, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    s
+}
+
 fn error_record(round: usize, faults: &[PlannedFault], e: &ChaosError) -> RoundRecord {
     RoundRecord {
         round,
@@ -944,7 +977,7 @@ fn error_record(round: usize, faults: &[PlannedFault], e: &ChaosError) -> RoundR
             })
             .collect(),
         state: "ERROR".into(),
-        reason: e.to_string(),
+        reason: chain(e),
         steps: 0,
         generation: 0,
         regroups: 0,
@@ -1102,15 +1135,8 @@ fn targets(t: &Totals, cores: usize) -> Vec<(String, String, bool)> {
 
 /// The chaos half of RELIABILITY.md; `rest` is the hostile-input section to keep (from its
 /// heading on), if the file has one.
-pub fn markdown(
-    opts: &Options,
-    machine: &str,
-    base: &Baseline,
-    rounds: &[RoundRecord],
-    t: &Totals,
-    rest: Option<&str>,
-) -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+pub fn markdown(report: &Report, rest: Option<&str>) -> String {
+    let (base, rounds, t) = (&report.uninterrupted, &report.rounds, &report.totals);
     let mut s = String::from("# Reliability\n\n");
     s.push_str(
         "## Chaos\n\n\
@@ -1136,9 +1162,9 @@ pub fn markdown(
          most the step in flight, which is not counted). Overhead is a round's time from \
          submission to end less the uninterrupted run's.\n\n"
     ));
-    s.push_str(&format!("Machine: {machine}\n\n"));
-    s.push_str(&format!("Command: `{}`\n\n", opts.command()));
-    if !opts.coordinator_kills {
+    s.push_str(&format!("Machine: {}\n\n", report.machine));
+    s.push_str(&format!("Command: `{}`\n\n", report.command));
+    if !report.coordinator_kills {
         s.push_str("Coordinator kills were left out of this run (`--no-coordinator-kills`).\n\n");
     }
     s.push_str(&format!(
@@ -1147,7 +1173,7 @@ pub fn markdown(
         base.steps, base.epochs, base.accuracy, base.seconds
     ));
     s.push_str("### Targets\n\n| target | measured | holds |\n|---|---|---|\n");
-    for (target, measured, holds) in targets(t, cores) {
+    for (target, measured, holds) in targets(t, report.cores) {
         s.push_str(&format!("| {target} | {measured} | {} |\n", yes(holds)));
     }
     s.push_str(&format!(
@@ -1166,6 +1192,31 @@ pub fn markdown(
         t.mean_overhead_s,
         t.seconds
     ));
+    s.push_str(
+        "\n### By fault\n\n\
+         | fault | fired | rounds with it | mean overhead of those rounds (s) | largest (s) |\n\
+         |---|---|---|---|---|\n",
+    );
+    for kind in FaultKind::enabled(true) {
+        let fired = rounds
+            .iter()
+            .flat_map(|r| &r.faults)
+            .filter(|f| f.kind == kind && f.step.is_some())
+            .count();
+        let with: Vec<f64> = rounds
+            .iter()
+            .filter(|r| r.faults.iter().any(|f| f.kind == kind && f.step.is_some()))
+            .map(|r| r.overhead_s)
+            .collect();
+        let mean = (!with.is_empty()).then(|| with.iter().sum::<f64>() / with.len() as f64);
+        s.push_str(&format!(
+            "| `{}` | {fired} | {} | {} | {} |\n",
+            kind.name(),
+            with.len(),
+            opt(mean, 2),
+            opt(with.iter().copied().reduce(f64::max), 2)
+        ));
+    }
     s.push_str(
         "\n### Rounds\n\n\
          | round | faults (kind, target, step fired) | state | regroups | membership changes | \
@@ -1273,6 +1324,19 @@ fn table_row(r: &RoundRecord) -> String {
 /// When the uninterrupted run cannot be made, or the report cannot be written. A round that
 /// fails, or whose cluster cannot be set up, is recorded as such.
 pub async fn run(opts: &Options) -> Result<bool, ChaosError> {
+    if opts.rewrite {
+        let path = opts
+            .write
+            .as_ref()
+            .ok_or_else(|| ChaosError::Setup("--rewrite needs the report's path".into()))?;
+        let json = path.with_extension("json");
+        let text =
+            std::fs::read_to_string(&json).map_err(io(format!("reading {}", json.display())))?;
+        let report: Report = serde_json::from_str(&text)
+            .map_err(|e| ChaosError::Setup(format!("{}: {e}", json.display())))?;
+        write_report(path, &report)?;
+        return Ok(report.rounds.iter().all(|r| r.ok));
+    }
     let started = Instant::now();
     let load = load_average();
     let spec = job_spec()?;
@@ -1316,7 +1380,13 @@ pub async fn run(opts: &Options) -> Result<bool, ChaosError> {
     if opts.json {
         println!(
             "{}",
-            serde_json::json!({ "uninterrupted": base, "seed": opts.seed, "rounds": opts.rounds })
+            serde_json::json!({
+                "uninterrupted": base,
+                "seed": opts.seed,
+                "rounds": opts.rounds,
+                "command": opts.command(),
+                "machine": machine(&load),
+            })
         );
     } else {
         println!(
@@ -1364,23 +1434,35 @@ pub async fn run(opts: &Options) -> Result<bool, ChaosError> {
         );
     }
     if let Some(path) = &opts.write {
-        let existing = std::fs::read_to_string(path).unwrap_or_default();
-        let text = markdown(
-            opts,
-            &machine(&load),
-            &base,
-            &rounds,
-            &t,
-            kept_section(&existing),
-        );
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(io(format!("creating {}", parent.display())))?;
-        }
-        std::fs::write(path, text).map_err(io(format!("writing {}", path.display())))?;
-        eprintln!("wrote {}", path.display());
+        let report = Report {
+            command: opts.command(),
+            machine: machine(&load),
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            coordinator_kills: opts.coordinator_kills,
+            uninterrupted: base,
+            rounds,
+            totals: t,
+        };
+        write_report(path, &report)?;
     }
     Ok(all_ok)
+}
+
+/// Writes the Markdown report at `path` (keeping its hostile-input section) and the run's
+/// records beside it, as `.json`.
+fn write_report(path: &Path, report: &Report) -> Result<(), ChaosError> {
+    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    let text = markdown(report, kept_section(&existing));
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+    }
+    let json = path.with_extension("json");
+    let records = serde_json::to_string_pretty(report)
+        .map_err(|e| ChaosError::Setup(format!("the run's records: {e}")))?;
+    std::fs::write(&json, records + "\n").map_err(io(format!("writing {}", json.display())))?;
+    std::fs::write(path, text).map_err(io(format!("writing {}", path.display())))?;
+    eprintln!("wrote {} and {}", path.display(), json.display());
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1495,6 +1577,7 @@ mod tests {
             write: Some(PathBuf::from("docs/RELIABILITY.md")),
             state_dir: PathBuf::from("x"),
             data_dir: None,
+            rewrite: false,
         };
         let base = Baseline {
             seconds: 2.0,
@@ -1530,13 +1613,34 @@ mod tests {
         let t = totals(std::slice::from_ref(&r), 60.0);
         assert_eq!(t.completed, 1);
         assert_eq!(t.faults.get("stop-worker"), Some(&1));
-        let fresh = markdown(&opts, "2 cores", &base, std::slice::from_ref(&r), &t, None);
+        let report = Report {
+            command: opts.command(),
+            machine: "2 cores".into(),
+            cores: 2,
+            coordinator_kills: opts.coordinator_kills,
+            uninterrupted: base,
+            rounds: vec![r],
+            totals: t,
+        };
+        let fresh = markdown(&report, None);
         assert!(
             fresh.contains("## Hostile input\n\nNot written yet"),
             "{fresh}"
         );
         assert!(fresh.contains("stop-worker w1 2.5 s @42"), "{fresh}");
         assert!(fresh.contains("--no-coordinator-kills"), "{fresh}");
+        assert!(
+            fresh.contains("| `stop-worker` | 1 | 1 | 3.00 | 3.00 |"),
+            "{fresh}"
+        );
+        assert!(
+            fresh.contains("| `kill-coordinator` | 0 | 0 | — | — |"),
+            "{fresh}"
+        );
+        // The records round-trip, so --rewrite makes the same page.
+        let back: Report =
+            serde_json::from_str(&serde_json::to_string(&report).expect("json")).expect("parse");
+        assert_eq!(markdown(&back, None), fresh);
         // One round is not the twenty the target asks for.
         assert!(
             fresh.contains("| 20 of 20 rounds complete | 1 of 1 rounds | **no** |"),
@@ -1545,14 +1649,7 @@ mod tests {
         let theirs = "## Hostile input\n\nWritten by someone else.\n";
         let existing = format!("{fresh}\n{theirs}");
         assert_eq!(kept_section(theirs), Some(theirs));
-        let again = markdown(
-            &opts,
-            "2 cores",
-            &base,
-            &[r],
-            &t,
-            kept_section(&format!("# Reliability\n\n{theirs}")),
-        );
+        let again = markdown(&report, kept_section(&format!("# Reliability\n\n{theirs}")));
         assert!(again.ends_with(theirs), "{again}");
         assert!(kept_section(&existing).is_some());
     }

@@ -133,9 +133,12 @@ enum BenchCmd {
         /// Write the report to --out.
         #[arg(long)]
         write: bool,
-        /// The report --write writes.
+        /// The report --write writes (and the run's records beside it, as .json).
         #[arg(long, default_value = "docs/RELIABILITY.md")]
         out: PathBuf,
+        /// Only rewrite --out from the .json beside it, running nothing.
+        #[arg(long)]
+        rewrite: bool,
         /// Directory for the rounds' stores, checkpoints and logs (default:
         /// graft-runs/chaos-<time>).
         #[arg(long)]
@@ -669,6 +672,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             json,
             write,
             out,
+            rewrite,
             state_dir,
             data_dir,
         }) => {
@@ -677,9 +681,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 seed: *seed,
                 coordinator_kills: !no_coordinator_kills,
                 json: *json,
-                write: write.then(|| out.clone()),
+                write: (*write || *rewrite).then(|| out.clone()),
                 state_dir: state_dir.clone().unwrap_or_else(|| run_dir("chaos")),
                 data_dir: data_dir.clone(),
+                rewrite: *rewrite,
             };
             // On this task: the processes it starts die with the thread that started them.
             Ok(graft_client::chaos::run(&opts)
