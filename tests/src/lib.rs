@@ -587,3 +587,112 @@ pub fn log_field(log: &str, what: &str, key: &str) -> String {
         .unwrap_or_else(|| panic!("no {key}= on a {what:?} line:\n{log}"))
         .to_string()
 }
+
+/// Parameters by name, as `graft export` writes them: shape and values.
+pub type Params = std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// [`small_mnist_job`] with `workers.min = min`, `workers.max = max` and `steps` steps: a job
+/// whose group can shrink to `min` and grow back to `max`.
+pub fn elastic_job(name: &str, min: u32, max: u32, steps: u64, allreduce: &str) -> String {
+    small_mnist_job(name, max, steps, allreduce).replace(
+        &format!("min = {max}\nmax = {max}"),
+        &format!("min = {min}\nmax = {max}"),
+    )
+}
+
+impl Cluster {
+    /// The final parameters of `job`, through `graft export`.
+    pub fn export_params(&self, job: &str) -> Params {
+        let path = self.tmp.path().join(format!("{job}.safetensors"));
+        let out = self.graft(&["export", job, "--out", path.to_str().expect("utf-8")]);
+        assert!(out.status.success(), "export: {}", show(&out));
+        graft_transfer::weights::read_all(&std::fs::read(&path).expect("exported"))
+            .expect("safetensors")
+    }
+
+    /// Submits `job` (written to `file`) without waiting; its id.
+    pub fn submit_job(&self, file: &str, job: &str) -> String {
+        let path = self.job_file(file, job);
+        let out = self.graft(&["submit", path.to_str().expect("utf-8"), "--json"]);
+        assert!(out.status.success(), "{}", show(&out));
+        last_json(&out)["job"].as_str().expect("id").to_string()
+    }
+
+    /// Waits (up to 90 s) until job `id` has done `step` steps.
+    pub fn wait_for_step(&self, id: &str, step: u64) {
+        wait_for(Duration::from_secs(90), || {
+            (self.status(id)["steps"].as_u64().unwrap_or(0) >= step).then_some(())
+        })
+        .unwrap_or_else(|| panic!("job never reached step {step}: {}", self.status(id)));
+    }
+
+    /// Waits up to `within` for job `id` to end; its status.
+    pub fn wait_for_end(&self, id: &str, within: Duration) -> serde_json::Value {
+        wait_for(within, || {
+            let s = self.status(id);
+            matches!(
+                s["state"].as_str(),
+                Some("COMPLETED" | "FAILED" | "CANCELLED")
+            )
+            .then_some(s)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "job did not end: {}\n{}",
+                self.status(id),
+                self.log("coordinator")
+            )
+        })
+    }
+}
+
+/// The final parameters of `job` run uninterrupted on `workers` workers of a fresh cluster.
+pub fn uninterrupted(job: &str, workers: usize) -> Params {
+    let c = Cluster::start(workers, 5_000);
+    let r = c.complete("calm.toml", job);
+    c.export_params(r["job"].as_str().expect("id"))
+}
+
+/// `a` and `b` hold the same tensors to 1e-4 relative (the tolerance at which W workers
+/// reach the parameters of one).
+pub fn assert_same_parameters(a: &Params, b: &Params, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: different tensors");
+    for (name, (_, x)) in a {
+        let (_, y) = &b[name];
+        let d = max_relative_diff(x, y);
+        assert!(d <= 1e-4, "{what}: {name} differs by {d:e} relative");
+    }
+}
+
+/// splitmix64's finaliser, as the coordinator's exactly-once ledger mixes each index (an
+/// independent copy, so that the tests check the coordinator's).
+pub fn index_mix(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Each of the job's `epochs` whole epochs used every one of its `n` training samples
+/// exactly once, by the ledger in `status --json`.
+pub fn assert_exactly_once(status: &serde_json::Value, n: u64, epochs: u64) {
+    let want = (0..n).fold(0u64, |h, i| h.wrapping_add(index_mix(i)));
+    let list = status["epochs"]
+        .as_array()
+        .expect("epochs in status --json");
+    assert_eq!(list.len() as u64, epochs, "{status}");
+    for e in list {
+        assert_eq!(e["samples"].as_u64(), Some(n), "{e}");
+        assert_eq!(e["used"].as_u64(), Some(n), "epoch {}: {e}", e["epoch"]);
+        let hash: u64 = e["index_hash"]
+            .as_str()
+            .expect("hash")
+            .parse()
+            .expect("u64");
+        assert_eq!(
+            hash, want,
+            "epoch {}: the indices used are not 0..{n} once each",
+            e["epoch"]
+        );
+    }
+}

@@ -3,109 +3,11 @@
 //! ends where an uninterrupted run ends. Run in release, one test at a time, as `.ci/run`
 //! does.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use graft_tests::{Cluster, last_json, max_relative_diff, show, small_mnist_job, wait_for};
-use graft_transfer::weights;
-
-/// [`small_mnist_job`] with `workers.min = min`, `workers.max = max` and `steps` steps.
-fn elastic_job(name: &str, min: u32, max: u32, steps: u64, allreduce: &str) -> String {
-    small_mnist_job(name, max, steps, allreduce).replace(
-        &format!("min = {max}\nmax = {max}"),
-        &format!("min = {min}\nmax = {max}"),
-    )
-}
-
-fn export(c: &Cluster, job: &str) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
-    let path = c.tmp.path().join(format!("{job}.safetensors"));
-    let out = c.graft(&["export", job, "--out", path.to_str().expect("utf-8")]);
-    assert!(out.status.success(), "export: {}", show(&out));
-    weights::read_all(&std::fs::read(&path).expect("exported")).expect("safetensors")
-}
-
-fn submit(c: &Cluster, file: &str, job: &str) -> String {
-    let path = c.job_file(file, job);
-    let out = c.graft(&["submit", path.to_str().expect("utf-8"), "--json"]);
-    assert!(out.status.success(), "{}", show(&out));
-    last_json(&out)["job"].as_str().expect("id").to_string()
-}
-
-fn wait_for_step(c: &Cluster, id: &str, step: u64) {
-    wait_for(Duration::from_secs(60), || {
-        (c.status(id)["steps"].as_u64().unwrap_or(0) >= step).then_some(())
-    })
-    .unwrap_or_else(|| panic!("job never reached step {step}: {}", c.status(id)));
-}
-
-fn wait_for_end(c: &Cluster, id: &str, within: Duration) -> serde_json::Value {
-    wait_for(within, || {
-        let s = c.status(id);
-        matches!(
-            s["state"].as_str(),
-            Some("COMPLETED" | "FAILED" | "CANCELLED")
-        )
-        .then_some(s)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "job did not end: {}\n{}",
-            c.status(id),
-            c.log("coordinator")
-        )
-    })
-}
-
-/// The uninterrupted run of `job` on `workers` workers: its final parameters.
-fn uninterrupted(job: &str, workers: usize) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
-    let c = Cluster::start(workers, 5_000);
-    let r = c.complete("calm.toml", job);
-    export(&c, r["job"].as_str().expect("id"))
-}
-
-fn assert_same_parameters(
-    a: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-    b: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-    what: &str,
-) {
-    assert_eq!(a.len(), b.len());
-    for (name, (_, x)) in a {
-        let (_, y) = &b[name];
-        let d = max_relative_diff(x, y);
-        assert!(d <= 1e-4, "{what}: {name} differs by {d:e} relative");
-    }
-}
-
-/// splitmix64's finaliser, as the coordinator's ledger mixes each index.
-fn mix(i: u64) -> u64 {
-    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Every whole epoch of the job used each of its `n` training samples exactly once.
-fn assert_exactly_once(status: &serde_json::Value, n: u64, epochs: u64) {
-    let want = (0..n).fold(0u64, |h, i| h.wrapping_add(mix(i)));
-    let list = status["epochs"]
-        .as_array()
-        .expect("epochs in status --json");
-    assert_eq!(list.len() as u64, epochs, "{status}");
-    for e in list {
-        assert_eq!(e["samples"].as_u64(), Some(n), "{e}");
-        assert_eq!(e["used"].as_u64(), Some(n), "epoch {}: {e}", e["epoch"]);
-        let hash: u64 = e["index_hash"]
-            .as_str()
-            .expect("hash")
-            .parse()
-            .expect("u64");
-        assert_eq!(
-            hash, want,
-            "epoch {}: the indices used are not 0..{n} once each",
-            e["epoch"]
-        );
-    }
-}
+use graft_tests::{
+    Cluster, assert_exactly_once, assert_same_parameters, elastic_job, uninterrupted, wait_for,
+};
 
 fn causes(status: &serde_json::Value) -> Vec<String> {
     status["membership_changes"]
@@ -128,7 +30,7 @@ fn a_worker_killed_mid_run_costs_no_progress_and_the_result_equals_an_uninterrup
     let job = elastic_job("elastic", 2, 3, 200, "ring");
     let calm = uninterrupted(&job, 3);
     let mut c = Cluster::start(3, 2_000);
-    let id = submit(&c, "elastic.toml", &job);
+    let id = c.submit_job("elastic.toml", &job);
     let at = 20
         + u64::from(
             SystemTime::now()
@@ -136,10 +38,10 @@ fn a_worker_killed_mid_run_costs_no_progress_and_the_result_equals_an_uninterrup
                 .map_or(0, |d| d.subsec_nanos())
                 % 100,
         );
-    wait_for_step(&c, &id, at);
+    c.wait_for_step(&id, at);
     eprintln!("killing worker 1 at step {}", c.status(&id)["steps"]);
     c.kill_worker(1);
-    let s = wait_for_end(&c, &id, Duration::from_secs(120));
+    let s = c.wait_for_end(&id, Duration::from_secs(120));
     assert_eq!(s["state"], "COMPLETED", "{s}\n{}", c.log("coordinator"));
     assert_eq!(s["steps"], 200);
     assert!(s["generation"].as_u64() >= Some(2), "{s}");
@@ -147,7 +49,7 @@ fn a_worker_killed_mid_run_costs_no_progress_and_the_result_equals_an_uninterrup
     assert!(cs.iter().any(|c| c == "formed"), "{cs:?}");
     assert_eq!(s["workers"], 2, "the survivors finish the job: {s}");
     assert_exactly_once(&s, 3000, 4);
-    assert_same_parameters(&calm, &export(&c, &id), "after a SIGKILL");
+    assert_same_parameters(&calm, &c.export_params(&id), "after a SIGKILL");
     // The survivors kept their replicas: none fetched state.
     for w in [0, 2] {
         let log = c.log(&format!("worker-{w}"));
@@ -163,10 +65,10 @@ fn a_worker_started_mid_job_joins_with_a_peers_replica_and_changes_nothing() {
     let job = elastic_job("join", 2, 3, 150, "ring");
     let calm = uninterrupted(&job, 2);
     let mut c = Cluster::start(2, 2_000);
-    let id = submit(&c, "join.toml", &job);
-    wait_for_step(&c, &id, 30);
+    let id = c.submit_job("join.toml", &job);
+    c.wait_for_step(&id, 30);
     let joiner = c.add_worker();
-    let s = wait_for_end(&c, &id, Duration::from_secs(120));
+    let s = c.wait_for_end(&id, Duration::from_secs(120));
     assert_eq!(s["state"], "COMPLETED", "{s}\n{}", c.log("coordinator"));
     assert_eq!(s["workers"], 3, "{s}");
     let cs = causes(&s);
@@ -177,7 +79,7 @@ fn a_worker_started_mid_job_joins_with_a_peers_replica_and_changes_nothing() {
         "{log}"
     );
     assert_exactly_once(&s, 3000, 3);
-    assert_same_parameters(&calm, &export(&c, &id), "after a join");
+    assert_same_parameters(&calm, &c.export_params(&id), "after a join");
 }
 
 /// Test 7 (below min, then back), with the star and a graceful leave: workers.min = 2, one
@@ -188,8 +90,8 @@ fn a_worker_started_mid_job_joins_with_a_peers_replica_and_changes_nothing() {
 fn below_min_a_job_waits_for_workers_and_fails_only_after_the_regroup_timeout() {
     let mut c = Cluster::start_with_args(2, 2_000, &["--regroup-timeout-ms", "4000"]);
     let job = elastic_job("below", 2, 2, 150, "star");
-    let id = submit(&c, "below.toml", &job);
-    wait_for_step(&c, &id, 20);
+    let id = c.submit_job("below.toml", &job);
+    c.wait_for_step(&id, 20);
     c.kill_worker(0);
     let waiting = wait_for(Duration::from_secs(30), || {
         let s = c.status(&id);
@@ -206,19 +108,18 @@ fn below_min_a_job_waits_for_workers_and_fails_only_after_the_regroup_timeout() 
         "{waiting}"
     );
     c.add_worker();
-    let s = wait_for_end(&c, &id, Duration::from_secs(120));
+    let s = c.wait_for_end(&id, Duration::from_secs(120));
     assert_eq!(s["state"], "COMPLETED", "{s}\n{}", c.log("coordinator"));
     assert_exactly_once(&s, 3000, 3);
 
-    let id = submit(
-        &c,
+    let id = c.submit_job(
         "below-again.toml",
         &job.replace("\"below\"", "\"below-again\""),
     );
-    wait_for_step(&c, &id, 20);
+    c.wait_for_step(&id, 20);
     let status = c.terminate_worker(1, Duration::from_secs(15));
     assert!(status.success(), "SIGTERM exit: {status}");
-    let s = wait_for_end(&c, &id, Duration::from_secs(60));
+    let s = c.wait_for_end(&id, Duration::from_secs(60));
     assert_eq!(s["state"], "FAILED", "{s}");
     let reason = s["reason"].as_str().unwrap_or("");
     assert!(
@@ -241,12 +142,12 @@ fn a_coordinator_killed_mid_job_continues_from_the_live_replicas() {
     let job = elastic_job("phoenix", 2, 3, 200, "ring");
     let calm = uninterrupted(&job, 3);
     let mut c = Cluster::start_on_fixed_port(3, 2_000);
-    let id = submit(&c, "phoenix.toml", &job);
-    wait_for_step(&c, &id, 60);
+    let id = c.submit_job("phoenix.toml", &job);
+    c.wait_for_step(&id, 60);
     let before = c.status(&id)["steps"].as_u64().unwrap_or(0);
     c.kill_coordinator();
     c.start_coordinator();
-    let s = wait_for_end(&c, &id, Duration::from_secs(120));
+    let s = c.wait_for_end(&id, Duration::from_secs(120));
     assert_eq!(s["state"], "COMPLETED", "{s}\n{}", c.log("coordinator"));
     let resumed = s["membership_changes"]
         .as_array()
@@ -259,5 +160,5 @@ fn a_coordinator_killed_mid_job_continues_from_the_live_replicas() {
         "resumed at step {from}, the job had done {before} when the coordinator died: {resumed}"
     );
     assert_exactly_once(&s, 3000, 4);
-    assert_same_parameters(&calm, &export(&c, &id), "after a coordinator SIGKILL");
+    assert_same_parameters(&calm, &c.export_params(&id), "after a coordinator SIGKILL");
 }

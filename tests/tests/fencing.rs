@@ -5,39 +5,13 @@
 //! job ends where an uninterrupted run ends. Run in release, one test at a time, as `.ci/run`
 //! does.
 
-use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use graft_tests::{
-    Cluster, JobTrace, last_json, log_field, max_relative_diff, show, small_mnist_job, wait_for,
+    Cluster, JobTrace, Params, assert_exactly_once, assert_same_parameters, elastic_job, log_field,
+    uninterrupted, wait_for,
 };
-use graft_transfer::weights;
-
-type Params = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
-
-/// [`small_mnist_job`] with `workers.min = min`, `workers.max = max` and `steps` steps (as
-/// in `elastic.rs`).
-fn elastic_job(name: &str, min: u32, max: u32, steps: u64) -> String {
-    small_mnist_job(name, max, steps, "ring").replace(
-        &format!("min = {max}\nmax = {max}"),
-        &format!("min = {min}\nmax = {max}"),
-    )
-}
-
-fn export(c: &Cluster, job: &str) -> Params {
-    let path = c.tmp.path().join(format!("{job}.safetensors"));
-    let out = c.graft(&["export", job, "--out", path.to_str().expect("utf-8")]);
-    assert!(out.status.success(), "export: {}", show(&out));
-    weights::read_all(&std::fs::read(&path).expect("exported")).expect("safetensors")
-}
-
-fn submit(c: &Cluster, file: &str, job: &str) -> String {
-    let path = c.job_file(file, job);
-    let out = c.graft(&["submit", path.to_str().expect("utf-8"), "--json"]);
-    assert!(out.status.success(), "{}", show(&out));
-    last_json(&out)["job"].as_str().expect("id").to_string()
-}
 
 /// Waits until workers `0..n` have registered (so that the job starts on all of them).
 fn wait_registered(c: &Cluster, n: usize) {
@@ -55,31 +29,6 @@ fn wait_registered(c: &Cluster, n: usize) {
                 .join("\n")
         )
     });
-}
-
-fn wait_for_step(c: &Cluster, id: &str, step: u64) {
-    wait_for(Duration::from_secs(90), || {
-        (c.status(id)["steps"].as_u64().unwrap_or(0) >= step).then_some(())
-    })
-    .unwrap_or_else(|| panic!("job never reached step {step}: {}", c.status(id)));
-}
-
-fn wait_for_end(c: &Cluster, id: &str, within: Duration) -> serde_json::Value {
-    wait_for(within, || {
-        let s = c.status(id);
-        matches!(
-            s["state"].as_str(),
-            Some("COMPLETED" | "FAILED" | "CANCELLED")
-        )
-        .then_some(s)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "job did not end: {}\n{}",
-            c.status(id),
-            c.log("coordinator")
-        )
-    })
 }
 
 /// Every worker's log, headed by its index.
@@ -131,48 +80,6 @@ fn wait_for_regroup_without(
             worker_logs(c)
         )
     })
-}
-
-/// The uninterrupted run of `job` on `workers` workers: its final parameters.
-fn uninterrupted(job: &str, workers: usize) -> Params {
-    let c = Cluster::start(workers, 5_000);
-    let r = c.complete("calm.toml", job);
-    export(&c, r["job"].as_str().expect("id"))
-}
-
-fn assert_same_parameters(a: &Params, b: &Params, what: &str) {
-    assert_eq!(a.len(), b.len());
-    for (name, (_, x)) in a {
-        let (_, y) = &b[name];
-        let d = max_relative_diff(x, y);
-        assert!(d <= 1e-4, "{what}: {name} differs by {d:e} relative");
-    }
-}
-
-/// splitmix64's finaliser, as the coordinator's ledger mixes each index.
-fn mix(i: u64) -> u64 {
-    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Every whole epoch of the job used each of its `n` training samples exactly once.
-fn assert_exactly_once(status: &serde_json::Value, n: u64, epochs: u64) {
-    let want = (0..n).fold(0u64, |h, i| h.wrapping_add(mix(i)));
-    let list = status["epochs"]
-        .as_array()
-        .expect("epochs in status --json");
-    assert_eq!(list.len() as u64, epochs, "{status}");
-    for e in list {
-        assert_eq!(e["used"].as_u64(), Some(n), "epoch {}: {e}", e["epoch"]);
-        let hash: u64 = e["index_hash"]
-            .as_str()
-            .expect("hash")
-            .parse()
-            .expect("u64");
-        assert_eq!(hash, want, "epoch {}: not 0..{n} once each", e["epoch"]);
-    }
 }
 
 /// The membership changes of a status, as (cause, workers, detail).
@@ -229,7 +136,7 @@ fn assert_clean_end(
         "no RUNNING at a higher generation after RECONFIGURING: {seen:?}"
     );
     assert_exactly_once(s, 3000, STEPS / 50);
-    assert_same_parameters(calm, &export(c, id), what);
+    assert_same_parameters(calm, &c.export_params(id), what);
 }
 
 /// What became of a worker that was fenced off and came back, from its log:
@@ -373,13 +280,13 @@ fn wait_fenced(c: &Cluster, i: usize, within: Duration) -> String {
 #[test]
 fn a_stopped_worker_is_fenced_off_and_the_result_equals_an_uninterrupted_run() {
     let t0 = Instant::now();
-    let job = elastic_job("fence", 2, 3, STEPS);
+    let job = elastic_job("fence", 2, 3, STEPS, "ring");
     let calm = uninterrupted(&job, 3);
     let mut c = Cluster::start(3, 2_000);
     wait_registered(&c, 3);
-    let id = submit(&c, "fence.toml", &job);
+    let id = c.submit_job("fence.toml", &job);
     let trace = JobTrace::start(&c.url, &id);
-    wait_for_step(&c, &id, 30);
+    c.wait_for_step(&id, 30);
     let before = c.status(&id);
     assert_eq!(before["workers"], 3, "{before}");
     let generation = before["generation"].as_u64().expect("generation");
@@ -400,11 +307,11 @@ fn a_stopped_worker_is_fenced_off_and_the_result_equals_an_uninterrupted_run() {
     let forgotten = log_field(&c.log("worker-1"), "registered", "worker");
     assert_stale_messages_refused(&c, &id, generation, step, 0, &forgotten);
     // The group goes on without it for a while, then it wakes up.
-    wait_for_step(&c, &id, step + 15);
+    c.wait_for_step(&id, step + 15);
     eprintln!("SIGCONT worker 1 at step {}", c.status(&id)["steps"]);
     c.signal_worker(1, libc::SIGCONT);
     wait_fenced(&c, 1, Duration::from_secs(30));
-    let s = wait_for_end(&c, &id, Duration::from_secs(180));
+    let s = c.wait_for_end(&id, Duration::from_secs(180));
     let log = c.log("worker-1");
     eprintln!("worker 1 after SIGCONT:\n{log}");
     assert_clean_end(&c, &id, &s, &trace, &calm, "after a SIGSTOP");
@@ -576,7 +483,7 @@ fn a_partitioned_worker_is_fenced_off_and_the_result_equals_an_uninterrupted_run
             return;
         }
     };
-    let job = elastic_job("partition", 2, 3, STEPS);
+    let job = elastic_job("partition", 2, 3, STEPS, "ring");
     let calm = uninterrupted(&job, 3);
     // Everyone listens on the host end of the pair, which the namespace reaches and which
     // stays up on the host side while the link is cut; the worker in the namespace listens
@@ -590,9 +497,9 @@ fn a_partitioned_worker_is_fenced_off_and_the_result_equals_an_uninterrupted_run
     let cut_off = c.add_worker_via(&["ip", "netns", "exec", &net.name], &inner_listen, &[]);
     let name = format!("test-worker-{cut_off}");
     wait_registered(&c, 3);
-    let id = submit(&c, "partition.toml", &job);
+    let id = c.submit_job("partition.toml", &job);
     let trace = JobTrace::start(&c.url, &id);
-    wait_for_step(&c, &id, 30);
+    c.wait_for_step(&id, 30);
     let before = c.status(&id);
     assert_eq!(before["workers"], 3, "{before}");
     let generation = before["generation"].as_u64().expect("generation");
@@ -610,7 +517,7 @@ fn a_partitioned_worker_is_fenced_off_and_the_result_equals_an_uninterrupted_run
         "{regrouped}"
     );
     let step = regrouped["steps"].as_u64().expect("steps");
-    wait_for_step(&c, &id, step + 15);
+    c.wait_for_step(&id, step + 15);
     eprintln!("restoring the link at step {}", c.status(&id)["steps"]);
     net.restore();
     let restored = Instant::now();
@@ -619,7 +526,7 @@ fn a_partitioned_worker_is_fenced_off_and_the_result_equals_an_uninterrupted_run
         "worker {cut_off} learnt it was fenced off {:.1} s after the link came back",
         restored.elapsed().as_secs_f64()
     );
-    let s = wait_for_end(&c, &id, Duration::from_secs(180));
+    let s = c.wait_for_end(&id, Duration::from_secs(180));
     let log = c.log(&format!("worker-{cut_off}"));
     eprintln!("worker {cut_off} (partitioned):\n{log}");
     assert_clean_end(&c, &id, &s, &trace, &calm, "after a partition");

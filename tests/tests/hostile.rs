@@ -1,19 +1,10 @@
 //! Calls from outside a group, as an attacker would send them with stubs generated from
 //! `proto/` and no tokens configured: none may fail a job or change its result.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use graft_proto::v1 as pb;
 use graft_tests::{Cluster, last_json, log_field, show, small_mnist_job, wait_for};
-use graft_transfer::weights;
-
-fn export(c: &Cluster, job: &str) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
-    let path = c.tmp.path().join(format!("{job}.safetensors"));
-    let out = c.graft(&["export", job, "--out", path.to_str().expect("utf-8")]);
-    assert!(out.status.success(), "export: {}", show(&out));
-    weights::read_all(&std::fs::read(&path).expect("exported")).expect("safetensors")
-}
 
 /// #8 finding 2: a `LeaveJob`, `ReportStep` or `Heartbeat` that names a real worker but
 /// does not carry the secret its `Register` returned is refused with PERMISSION_DENIED and
@@ -24,7 +15,7 @@ fn calls_that_name_a_worker_without_its_secret_are_refused_and_change_nothing() 
     let untouched = {
         let c = Cluster::start(2, 5_000);
         let r = c.complete("calm.toml", &job);
-        export(&c, r["job"].as_str().expect("id"))
+        c.export_params(r["job"].as_str().expect("id"))
     };
     let c = Cluster::start(2, 5_000);
     let path = c.job_file("target.toml", &job);
@@ -100,7 +91,7 @@ fn calls_that_name_a_worker_without_its_secret_are_refused_and_change_nothing() 
     .expect("job ended");
     assert_eq!(r["state"], "COMPLETED", "{r}");
     assert_eq!(r["generation"], 1, "no forged call changed the group: {r}");
-    let touched = export(&c, &id);
+    let touched = c.export_params(&id);
     for (name, (_, a)) in &untouched {
         assert_eq!(&touched[name].1, a, "{name} differs from the untouched run");
     }
