@@ -1,0 +1,284 @@
+//! The ring end to end: in-process ranks on loopback, each behind its own gRPC server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use graft_common::auth::Bearer;
+use graft_common::reduce::reduce_in_rank_order;
+use graft_proto::v1 as pb;
+use graft_proto::v1::collective_service_server::CollectiveService;
+use graft_transfer::StepStats;
+use graft_transfer::rng::SplitMix64;
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::*;
+
+/// W in-process ring members on loopback, each behind its own gRPC server.
+async fn rings(world: usize, generation: u64, timeout: Duration, chunk: usize) -> Vec<Ring> {
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    let mut boxes = Vec::new();
+    for _ in 0..world {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        addrs.push(listener.local_addr().expect("addr"));
+        let inbox = Arc::new(Inbox::default());
+        let api = CollectiveApi::new(inbox.clone(), timeout);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    graft_proto::v1::collective_service_server::CollectiveServiceServer::new(api),
+                )
+                .serve_with_incoming(graft_common::net::nodelay_incoming(listener)),
+        );
+        boxes.push(inbox);
+    }
+    let mut out = Vec::new();
+    for (r, inbox) in boxes.iter().enumerate() {
+        let rx = inbox.open("job", generation);
+        let right = (r + 1) % world;
+        let addr = addrs[right].to_string();
+        let client = if world > 1 {
+            Some(
+                connect(&addr, Bearer::new(None).expect("bearer"), timeout, right)
+                    .await
+                    .expect("connect"),
+            )
+        } else {
+            None
+        };
+        out.push(
+            Ring::new(r, world, "job", generation, client, addr, rx, timeout)
+                .with_chunk_bytes(chunk),
+        );
+    }
+    out
+}
+
+fn grad(seed: u64, len: usize) -> Vec<f32> {
+    let mut rng = SplitMix64::new(seed);
+    (0..len).map(|_| rng.normal() as f32).collect()
+}
+
+fn stats(r: usize) -> StepStats {
+    StepStats {
+        loss_sum: 0.5 + r as f64,
+        samples: 3 + r as u64,
+        correct: r as u64,
+    }
+}
+
+/// Runs one step on every ring member with `plan` buckets of each rank's gradient.
+async fn step(
+    rings: &mut [Ring],
+    step: u64,
+    grads: &[Vec<f32>],
+    plan: &[usize],
+) -> Vec<Result<RingSum, RingError>> {
+    let mut tasks = Vec::new();
+    for (r, ring) in rings.iter_mut().enumerate() {
+        let (btx, brx) = mpsc::unbounded_channel();
+        let (stx, srx) = oneshot::channel();
+        let mut at = 0;
+        for &n in plan {
+            btx.send(grads[r][at..at + n].to_vec()).expect("feed");
+            at += n;
+        }
+        stx.send((stats(r), if r == 0 { 9 } else { 0 }))
+            .expect("feed");
+        let feed = StepFeed {
+            buckets: brx,
+            stats: srx,
+        };
+        tasks.push(ring.all_reduce(step, plan.len(), feed));
+    }
+    futures::future::join_all(tasks).await
+}
+
+/// The ring's sum equals the star's (rank-order) sum to float tolerance, for W = 2..6
+/// and lengths that do not divide evenly, including lengths smaller than W, in one
+/// bucket and in several; every rank gets bit-identical results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ring_sum_equals_star_sum() {
+    for world in 2..=6usize {
+        let mut rs = rings(world, 1, Duration::from_secs(10), 20).await;
+        let mut s = 0u64;
+        for len in [1usize, world - 1, world, world + 1, 37, 1001, 4099] {
+            for plan in [vec![len], vec![len / 3, len - len / 3]] {
+                let plan: Vec<usize> = plan.into_iter().filter(|&n| n > 0).collect();
+                let grads: Vec<Vec<f32>> =
+                    (0..world).map(|r| grad(s * 31 + r as u64, len)).collect();
+                let out = step(&mut rs, s, &grads, &plan).await;
+                s += 1;
+                let parts: Vec<(Vec<f32>, StepStats)> = grads
+                    .iter()
+                    .enumerate()
+                    .map(|(r, g)| (g.clone(), stats(r)))
+                    .collect();
+                let star = reduce_in_rank_order(&parts);
+                let first = out[0].as_ref().expect("rank 0").clone();
+                for (r, o) in out.iter().enumerate() {
+                    let o = o
+                        .as_ref()
+                        .unwrap_or_else(|e| panic!("W={world} len={len} rank {r}: {e}"));
+                    assert_eq!(o, &first, "W={world} len={len}: rank {r} differs");
+                }
+                assert_eq!(first.stats, star.stats, "W={world} len={len}");
+                assert_eq!(first.stop_at, 9);
+                assert_eq!(first.sum.len(), len);
+                let inv = 1.0 / star.stats.samples as f32;
+                for (i, (a, b)) in first.sum.iter().zip(&star.grad).enumerate() {
+                    let a = a * inv;
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "W={world} len={len} element {i}: ring {a} star {b}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A rank that never joins the step fails it on its neighbours within the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_neighbour_fails_the_step_within_the_timeout() {
+    let timeout = Duration::from_millis(400);
+    let mut rs = rings(3, 1, timeout, 1 << 20).await;
+    let grads: Vec<Vec<f32>> = (0..3).map(|r| grad(r, 100)).collect();
+    let started = std::time::Instant::now();
+    let (live, _silent) = rs.split_at_mut(2);
+    let out = step(live, 0, &grads, &[100]).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    for (r, o) in out.iter().enumerate() {
+        let e = o.as_ref().expect_err("must fail").to_string();
+        assert!(e.contains("step 0"), "rank {r}: {e}");
+    }
+}
+
+/// A neighbour that takes the whole of a step but never answers it: a process stopped,
+/// or cut off, just after the last chunk arrived.
+struct NeverAnswers(CollectiveApi);
+
+#[tonic::async_trait]
+impl CollectiveService for NeverAnswers {
+    type FetchReplicaStream = <CollectiveApi as CollectiveService>::FetchReplicaStream;
+
+    async fn fetch_replica(
+        &self,
+        req: Request<pb::FetchReplicaRequest>,
+    ) -> Result<Response<Self::FetchReplicaStream>, Status> {
+        self.0.fetch_replica(req).await
+    }
+
+    async fn ring(
+        &self,
+        req: Request<Streaming<pb::RingMessage>>,
+    ) -> Result<Response<pb::RingAck>, Status> {
+        let _ = self.0.ring(req).await;
+        std::future::pending().await
+    }
+}
+
+/// A rank whose right neighbour never confirms the step gives up as soon as the job is
+/// stopped (the coordinator re-forms the group without the neighbour), not after the
+/// collective timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_job_does_not_wait_for_a_confirmation_that_never_comes() {
+    use graft_proto::v1::collective_service_server::CollectiveServiceServer;
+    let timeout = Duration::from_secs(20);
+    let mut addrs = Vec::new();
+    let mut inboxes = Vec::new();
+    for r in 0..2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        addrs.push(listener.local_addr().expect("addr").to_string());
+        let inbox = Arc::new(Inbox::default());
+        let api = CollectiveApi::new(inbox.clone(), timeout);
+        let mut builder = tonic::transport::Server::builder();
+        // Rank 1's server never answers rank 0's stream.
+        let router = if r == 0 {
+            builder.add_service(CollectiveServiceServer::new(api))
+        } else {
+            builder.add_service(CollectiveServiceServer::new(NeverAnswers(api)))
+        };
+        tokio::spawn(router.serve_with_incoming(graft_common::net::nodelay_incoming(listener)));
+        inboxes.push(inbox);
+    }
+    let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut rs = Vec::new();
+    for (r, inbox) in inboxes.iter().enumerate() {
+        let right = 1 - r;
+        let client = connect(
+            &addrs[right],
+            Bearer::new(None).expect("bearer"),
+            timeout,
+            right,
+        )
+        .await
+        .expect("connect");
+        rs.push(
+            Ring::new(
+                r,
+                2,
+                "job",
+                1,
+                Some(client),
+                addrs[right].clone(),
+                inbox.open("job", 1),
+                timeout,
+            )
+            .with_abort(abort.clone()),
+        );
+    }
+    let grads: Vec<Vec<f32>> = (0..2).map(|r| grad(r, 100)).collect();
+    let a = abort.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        a.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let started = std::time::Instant::now();
+    let out = step(&mut rs, 0, &grads, &[100]).await;
+    assert!(out[1].is_ok(), "rank 1's neighbour answered: {:?}", out[1]);
+    let e = out[0].as_ref().expect_err("rank 0 gives up").to_string();
+    assert!(e.contains("the job was stopped"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A stream of another step is refused, naming both steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_of_another_step_is_refused() {
+    let mut rs = rings(2, 1, Duration::from_secs(2), 1 << 20).await;
+    let grads: Vec<Vec<f32>> = (0..2).map(|r| grad(r, 10)).collect();
+    let (a, b) = rs.split_at_mut(1);
+    let feed = |r: usize| {
+        let (btx, brx) = mpsc::unbounded_channel();
+        let (stx, srx) = oneshot::channel();
+        btx.send(grads[r].clone()).expect("feed");
+        stx.send((stats(r), 0)).expect("feed");
+        StepFeed {
+            buckets: brx,
+            stats: srx,
+        }
+    };
+    let (ra, rb) = tokio::join!(
+        a[0].all_reduce(4, 1, feed(0)),
+        b[0].all_reduce(5, 1, feed(1))
+    );
+    let ea = ra.expect_err("rank 0 refuses").to_string();
+    let eb = rb.expect_err("rank 1 refuses").to_string();
+    assert!(
+        ea.contains("step 5") || eb.contains("step 4"),
+        "rank 0: {ea}; rank 1: {eb}"
+    );
+}

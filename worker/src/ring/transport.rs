@@ -1,0 +1,283 @@
+//! The ring's gRPC plumbing: the worker's `CollectiveService` ([`CollectiveApi`]), the
+//! [`Inbox`] through which it hands incoming streams to the job running on this worker,
+//! and the client side ([`connect`], [`Collective`]). The step loop sees only [`Incoming`]
+//! streams and a client; who connects to whom, and when, is decided here.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use graft_common::auth::Bearer;
+use graft_proto::MAX_MESSAGE_BYTES;
+use graft_proto::v1 as pb;
+use graft_proto::v1::collective_service_client::CollectiveServiceClient;
+use graft_proto::v1::collective_service_server::CollectiveService;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::RingError;
+
+/// One stream from the left neighbour, waiting to be read by the job's reducer.
+pub struct Incoming {
+    first: pb::RingMessage,
+    rest: Pin<Box<dyn Stream<Item = Result<pb::RingMessage, Status>> + Send>>,
+    pub(super) done: oneshot::Sender<Result<(), Status>>,
+}
+
+struct Mailbox {
+    job: String,
+    generation: u64,
+    tx: mpsc::Sender<Incoming>,
+}
+
+/// Where the worker's `CollectiveService` hands incoming ring streams to the job that runs
+/// on this worker (one at a time).
+#[derive(Default)]
+pub struct Inbox {
+    slot: Mutex<Option<Mailbox>>,
+    /// The last job whose mailbox closed, and its generation: late streams of that
+    /// generation or an earlier one are refused at once; a later generation's wait for the
+    /// re-formed group to open its mailbox.
+    closed: Mutex<Option<(String, u64)>>,
+    changed: Notify,
+    /// Cancelled when the worker shuts down: waiting streams are refused.
+    stopping: tokio_util::sync::CancellationToken,
+}
+
+impl Inbox {
+    /// Opens the mailbox of `job` at `generation`; streams for it queue here until read.
+    pub fn open(&self, job: &str, generation: u64) -> mpsc::Receiver<Incoming> {
+        // Two: the step being read and the next one, which the left neighbour may open as
+        // soon as it has sent its part of this one.
+        let (tx, rx) = mpsc::channel(2);
+        if let Ok(mut s) = self.slot.lock() {
+            *s = Some(Mailbox {
+                job: job.to_string(),
+                generation,
+                tx,
+            });
+        }
+        self.changed.notify_waiters();
+        rx
+    }
+
+    /// Closes the mailbox of `job` (later streams for it are refused).
+    pub fn close(&self, job: &str) {
+        let mut generation = u64::MAX;
+        if let Ok(mut s) = self.slot.lock()
+            && s.as_ref().is_some_and(|m| m.job == job)
+        {
+            generation = s.as_ref().map_or(u64::MAX, |m| m.generation);
+            *s = None;
+        }
+        if let Ok(mut c) = self.closed.lock() {
+            *c = Some((job.to_string(), generation));
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Refuses every stream from now on (the worker is shutting down).
+    pub fn stop(&self) {
+        self.stopping.cancel();
+    }
+
+    /// The queue of `job` at `generation`, waiting up to `wait` for this worker to open it
+    /// (a neighbour may start the first step before this worker has taken the assignment).
+    async fn sender(
+        &self,
+        job: &str,
+        generation: u64,
+        wait: Duration,
+    ) -> Result<mpsc::Sender<Incoming>, Status> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let slot = self
+                    .slot
+                    .lock()
+                    .map_err(|_| Status::internal("ring inbox lock poisoned"))?;
+                if let Some(m) = slot.as_ref()
+                    && m.job == job
+                {
+                    if m.generation == generation {
+                        return Ok(m.tx.clone());
+                    }
+                    if generation < m.generation {
+                        return Err(Status::failed_precondition(format!(
+                            "generation {generation} of job {job} is over; this worker is at generation {}",
+                            m.generation
+                        )));
+                    }
+                }
+                let left = self.closed.lock().is_ok_and(|c| {
+                    c.as_ref()
+                        .is_some_and(|(j, g)| j == job && generation <= *g)
+                });
+                if slot.is_none() && left {
+                    return Err(Status::failed_precondition(format!(
+                        "this worker has left generation {generation} of job {job}"
+                    )));
+                }
+            }
+            tokio::select! {
+                () = self.stopping.cancelled() => {
+                    return Err(Status::unavailable("the worker is shutting down"));
+                }
+                r = tokio::time::timeout_at(deadline, changed) => if r.is_err() {
+                    return Err(Status::failed_precondition(format!(
+                        "this worker is not in the ring of job {job} at generation {generation}"
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// The `CollectiveService` of a worker.
+pub struct CollectiveApi {
+    inbox: Arc<Inbox>,
+    wait: Duration,
+    handover: crate::handover::Handover,
+}
+
+impl CollectiveApi {
+    /// A service handing streams to `inbox`; a stream for a job this worker has not opened
+    /// yet waits up to `wait`.
+    pub fn new(inbox: Arc<Inbox>, wait: Duration) -> Self {
+        Self {
+            inbox,
+            wait,
+            handover: crate::handover::Handover::default(),
+        }
+    }
+
+    /// Serves the replica snapshots of `handover` (`FetchReplica`).
+    #[must_use]
+    pub fn with_handover(mut self, handover: crate::handover::Handover) -> Self {
+        self.handover = handover;
+        self
+    }
+}
+
+#[tonic::async_trait]
+impl CollectiveService for CollectiveApi {
+    type FetchReplicaStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::StateChunk, Status>> + Send>>;
+
+    async fn fetch_replica(
+        &self,
+        req: Request<pb::FetchReplicaRequest>,
+    ) -> Result<Response<Self::FetchReplicaStream>, Status> {
+        let msgs = self.handover.stream(&req.into_inner())?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            msgs.into_iter().map(Ok),
+        ))))
+    }
+
+    async fn ring(
+        &self,
+        req: Request<Streaming<pb::RingMessage>>,
+    ) -> Result<Response<pb::RingAck>, Status> {
+        let mut s = req.into_inner();
+        let first = s
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty ring stream"))?;
+        let tx = self
+            .inbox
+            .sender(&first.job_id, first.generation, self.wait)
+            .await?;
+        let (done, finished) = oneshot::channel();
+        tx.send(Incoming {
+            first,
+            rest: Box::pin(s),
+            done,
+        })
+        .await
+        .map_err(|_| Status::unavailable("the job's ring on this worker has ended"))?;
+        tokio::select! {
+            r = finished => match r {
+                Ok(Ok(())) => Ok(Response::new(pb::RingAck {})),
+                Ok(Err(s)) => Err(s),
+                Err(_) => Err(Status::aborted("the receiving worker gave up on the step")),
+            },
+            () = self.inbox.stopping.cancelled() => Err(Status::unavailable("the worker is shutting down")),
+        }
+    }
+}
+
+/// HTTP/2 flow-control window of ring streams. h2's default (64 KiB) makes the sender wait
+/// for a window update every 64 KiB of a 1 MiB chunk, which on loopback cost the ring most of
+/// its bandwidth; a window of a few chunks keeps the link busy.
+pub const RING_WINDOW: u32 = 16 << 20;
+
+/// A client of a neighbour's collective service.
+pub type Collective = CollectiveServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Connects to `addr` (`host:port`), retrying until `wait` has passed.
+///
+/// # Errors
+/// [`RingError::Send`] when it cannot be reached.
+pub async fn connect(
+    addr: &str,
+    bearer: Bearer,
+    wait: Duration,
+    to: usize,
+) -> Result<Collective, RingError> {
+    let fail = |status: String| RingError::Send {
+        step: 0,
+        to,
+        addr: addr.to_string(),
+        status,
+    };
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| fail(format!("bad address: {e}")))?
+        .tcp_nodelay(true)
+        .initial_stream_window_size(RING_WINDOW)
+        .initial_connection_window_size(RING_WINDOW)
+        .connect_timeout(wait);
+    let deadline = tokio::time::Instant::now() + wait;
+    let channel = loop {
+        match endpoint.connect().await {
+            Ok(c) => break c,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(fail(format!("cannot connect: {e}"))),
+        }
+    };
+    Ok(CollectiveServiceClient::with_interceptor(channel, bearer)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// The next message from the left neighbour: from the stream being read, or the first of
+/// the next stream in the inbox (with the channel its sender waits on for the outcome).
+#[allow(clippy::type_complexity)]
+pub(super) async fn next_incoming(
+    current: &mut Option<Incoming>,
+    inbox: &mut mpsc::Receiver<Incoming>,
+) -> Option<Result<(pb::RingMessage, Option<oneshot::Sender<Result<(), Status>>>), Status>> {
+    if current.is_none() {
+        let mut inc = inbox.recv().await?;
+        let first = std::mem::take(&mut inc.first);
+        let (done, keep) = oneshot::channel();
+        let outer = std::mem::replace(&mut inc.done, done);
+        // The sender's outcome goes to `outer`; `keep`'s half is dropped with the stream.
+        drop(keep);
+        *current = Some(inc);
+        return Some(Ok((first, Some(outer))));
+    }
+    let inc = current.as_mut()?;
+    match inc.rest.next().await {
+        Some(Ok(m)) => Some(Ok((m, None))),
+        Some(Err(s)) => Some(Err(s)),
+        None => None,
+    }
+}
