@@ -165,6 +165,10 @@ pub(super) fn leave(
             detail,
             out,
         );
+        // It is going away: offered as a joiner, it would leave the new group waiting for
+        // a connection that never comes. Forgotten now; if it stays after all, its next
+        // heartbeat tells it to register again.
+        state.workers.remove(worker);
         return Ok(Reply::Done);
     }
     if let Some(d) = state
