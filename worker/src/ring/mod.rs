@@ -20,14 +20,14 @@
 //! anything else. A neighbour that sends or takes nothing for `timeout` fails the step.
 //!
 //! The parts:
-//! - [`schedule`]: which segment, pass and chunk goes where: pure arithmetic on ranks,
+//! - `schedule`: which segment, pass and chunk goes where: pure arithmetic on ranks,
 //!   passes and element offsets, and the cursor that walks the incoming stream.
-//! - [`transport`]: the worker's `CollectiveService` ([`CollectiveApi`]), the [`Inbox`]
+//! - `transport`: the worker's `CollectiveService` ([`CollectiveApi`]), the [`Inbox`]
 //!   that hands incoming streams to the job, and the client side ([`connect`],
 //!   [`Collective`]).
-//! - [`kernel`]: the element-wise add or store of a received chunk with its non-finite
+//! - `kernel`: the element-wise add or store of a received chunk with its non-finite
 //!   check, and the joining of the summed buckets.
-//! - [`protocol`]: one rank of the ring ([`Ring`]) and its step loop
+//! - `protocol`: one rank of the ring ([`Ring`]) and its step loop
 //!   ([`Ring::all_reduce`]): what it sends, what it accepts, and how a step is confirmed.
 
 mod kernel;

@@ -108,7 +108,7 @@ pub struct StepFeed {
 
 impl Ring {
     /// Rank `rank` of `world` for `job` at `generation`, sending to `right_addr` and reading
-    /// the streams queued in `inbox` (from [`Inbox::open`]).
+    /// the streams queued in `inbox` (from [`Inbox::open`](super::Inbox::open)).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         rank: usize,
