@@ -44,14 +44,14 @@ fn three_chaos_rounds_complete_exactly_once_at_the_uninterrupted_accuracy() {
         let delta = r["accuracy_delta_pt"].as_f64().expect("accuracy");
         assert!(delta.abs() <= 0.5, "{r}");
         assert_eq!(r["ok"], true, "{r}");
-        // A fault that fired re-formed the group or restarted the coordinator.
-        let restarted = faults
-            .iter()
-            .any(|f| f["kind"] == "kill-coordinator" && f["step"].is_u64());
-        assert!(
-            r["regroups"].as_u64() >= Some(1) || restarted,
-            "the faults changed nothing: {r}"
-        );
+        // A worker killed or told to leave re-forms the group (a short stop need not: the
+        // worker may be back within the heartbeat timeout).
+        let removed = faults.iter().any(|f| {
+            f["step"].is_u64() && (f["kind"] == "kill-worker" || f["kind"] == "term-worker")
+        });
+        if removed {
+            assert!(r["regroups"].as_u64() >= Some(1), "no regroup: {r}");
+        }
     }
     assert!(fired >= 3, "{}", show(&out));
     let totals = lines
