@@ -80,6 +80,11 @@ pub struct Coordinator {
     assigned: Notify,
     /// The origin of [`Now::mono_ms`].
     started: Instant,
+    /// Replicas to checkpoint ([`crate::rescue`]): sent by `dispatch` under the lock,
+    /// received by the task the server starts with [`Coordinator::take_save_requests`].
+    saves: tokio::sync::mpsc::UnboundedSender<crate::rescue::SaveRequest>,
+    /// The receiving end, until the server takes it.
+    save_requests: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<crate::rescue::SaveRequest>>>,
 }
 
 /// A job's identity and setup for a state upload.
@@ -128,6 +133,12 @@ impl Coordinator {
                 }
                 Action::FailRound { round, reason } => round.fail(&reason),
                 Action::Assigned => self.assigned.notify_waiters(),
+                Action::SaveReplica { job, from, step } => {
+                    // No server to serve it (a unit test): the job only lacks its safety net.
+                    let _ = self
+                        .saves
+                        .send(crate::rescue::SaveRequest { job, from, step });
+                }
                 Action::CountRound {
                     samples,
                     took_ms,
@@ -573,6 +584,34 @@ impl Coordinator {
             checkpoint: ckpt,
             keep,
         });
+    }
+
+    /// The receiver of save requests, for the task that serves them (once).
+    pub fn take_save_requests(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<crate::rescue::SaveRequest>> {
+        self.save_requests.lock().ok()?.take()
+    }
+
+    /// What a checkpoint of a job's state needs, whatever the job's group does.
+    ///
+    /// # Errors
+    /// An unknown job, or one whose data is not loaded (it has ended).
+    pub fn save_target(&self, job: &JobId) -> Result<JobHandle, CoordinatorError> {
+        let mut shared = self.lock()?;
+        let record = queries::record(&shared.state, job)?;
+        let data = shared
+            .state
+            .jobs
+            .get(job)
+            .and_then(|j| j.data.clone())
+            .ok_or_else(|| CoordinatorError::Conflict(format!("job {job} has ended")))?;
+        let state_lock = shared.channels(job).state_lock.clone();
+        Ok(JobHandle {
+            record,
+            data,
+            state_lock,
+        })
     }
 
     /// The directory of a job's files.

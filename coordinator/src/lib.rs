@@ -8,6 +8,7 @@
 //!   runs their actions (the store, the watchers, the curves).
 //! - [`service`]: the gRPC adapters (`JobService`, `ClusterService`).
 //! - [`reduce`]: one step's star all-reduce.
+//! - [`rescue`]: a group below `workers.min` has its survivors' state checkpointed.
 //! - [`upload`]: evaluation, checkpoint and completion from rank 0's state.
 //! - [`checkpoint`]: atomic, verified checkpoints.
 //! - [`store`]: the embedded job store (redb).
@@ -30,6 +31,7 @@ pub mod jobdata;
 pub mod metrics;
 pub mod plot;
 pub mod reduce;
+pub mod rescue;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -156,6 +156,13 @@ impl Server {
                 }
             })
         };
+        if let Some(requests) = coord.take_save_requests() {
+            tokio::spawn(crate::rescue::run(
+                coord.clone(),
+                requests,
+                shutdown.clone(),
+            ));
+        }
         if let Some(listener) = self.metrics {
             tokio::spawn(crate::metrics::serve(
                 listener,

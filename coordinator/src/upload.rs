@@ -110,28 +110,47 @@ fn run(coord: &Coordinator, h: &JobHandle, u: Upload) -> Result<(), CoordinatorE
     if checkpoint_due(spec, &data.stages, u.step)
         || coord.drain_checkpoint_wanted(&h.record.id, u.step)
     {
-        let (stage, epoch) = data
-            .stage_of(u.step)
-            .map_or((data.stages.len(), 0), |(i, s)| (i, s.epoch_at(u.step)));
-        let dir = CheckpointDir::new(coord.job_dir(&h.record.id).join("checkpoints"));
-        let keep = spec.checkpoint.keep as usize;
-        let rec = dir.write(
-            &Snapshot {
-                job: &h.record.id.0,
-                spec,
-                arch: &data.arch,
-                step: u.step,
-                stage,
-                epoch,
-                params: &params,
-                optimizer_state: &u.optimizer_state,
-                optimizer_steps: u.optimizer_steps,
-                metrics,
-            },
-            keep,
-        )?;
-        tracing::info!(job = %h.record.id, step = u.step, path = %rec.path, "checkpoint written");
-        coord.checkpointed(&h.record.id, rec, keep);
+        checkpoint(coord, h, &u, &params, metrics)?;
     }
+    Ok(())
+}
+
+/// Writes the checkpoint of `u` (whose parameters are `params`) with `metrics`, and records
+/// it: at a checkpoint interval, for the shutdown, or for a group that fell below
+/// `workers.min` (`crate::rescue`).
+///
+/// # Errors
+/// [`CoordinatorError`] when the files cannot be written.
+pub fn checkpoint(
+    coord: &Coordinator,
+    h: &JobHandle,
+    u: &Upload,
+    params: &graft_transfer::Params,
+    metrics: BTreeMap<String, f64>,
+) -> Result<(), CoordinatorError> {
+    let data = &h.data;
+    let spec = &h.record.spec;
+    let (stage, epoch) = data
+        .stage_of(u.step)
+        .map_or((data.stages.len(), 0), |(i, s)| (i, s.epoch_at(u.step)));
+    let dir = CheckpointDir::new(coord.job_dir(&h.record.id).join("checkpoints"));
+    let keep = spec.checkpoint.keep as usize;
+    let rec = dir.write(
+        &Snapshot {
+            job: &h.record.id.0,
+            spec,
+            arch: &data.arch,
+            step: u.step,
+            stage,
+            epoch,
+            params,
+            optimizer_state: &u.optimizer_state,
+            optimizer_steps: u.optimizer_steps,
+            metrics,
+        },
+        keep,
+    )?;
+    tracing::info!(job = %h.record.id, step = u.step, path = %rec.path, "checkpoint written");
+    coord.checkpointed(&h.record.id, rec, keep);
     Ok(())
 }

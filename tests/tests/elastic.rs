@@ -84,8 +84,8 @@ fn a_worker_started_mid_job_joins_with_a_peers_replica_and_changes_nothing() {
 
 /// Test 7 (below min, then back), with the star and a graceful leave: workers.min = 2, one
 /// of two is killed; the job waits in RECONFIGURING naming why, and completes when a new
-/// worker comes. Then one of two leaves on SIGTERM and none comes: the job fails after
-/// regroup_timeout_ms, saying so.
+/// worker comes. Then one of two leaves on SIGTERM and none comes: the survivor's state is
+/// checkpointed at once, and the job fails after regroup_timeout_ms, saying so.
 #[test]
 fn below_min_a_job_waits_for_workers_and_fails_only_after_the_regroup_timeout() {
     let mut c = Cluster::start_with_args(2, 2_000, &["--regroup-timeout-ms", "4000"]);
@@ -131,6 +131,17 @@ fn below_min_a_job_waits_for_workers_and_fails_only_after_the_regroup_timeout() 
         cs.iter().any(|c| c == "left") && cs.iter().any(|c| c == "waiting"),
         "{cs:?}"
     );
+    // The survivor's state was checkpointed when the group fell below min (the job has no
+    // checkpoint interval: this is the only one), so the failure loses nothing it held.
+    let checkpoint = s["checkpoint"].as_str().unwrap_or("");
+    let step: u64 = checkpoint
+        .rsplit("model-")
+        .next()
+        .and_then(|t| t.strip_suffix(".safetensors"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no checkpoint of the survivors' state: {s}"));
+    assert!(step >= 20, "checkpoint at step {step}: {s}");
+    assert!(std::path::Path::new(checkpoint).is_file(), "{checkpoint}");
 }
 
 /// Test 6: the coordinator is killed with SIGKILL mid-job while its workers live; restarted

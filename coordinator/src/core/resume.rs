@@ -40,7 +40,10 @@ impl Coordinator {
             crate::state::ledger::rebuild(&mut entry);
             state.jobs.insert(entry.record.id.clone(), entry);
         }
+        let (saves, save_requests) = tokio::sync::mpsc::unbounded_channel();
         Ok(Self {
+            saves,
+            save_requests: Mutex::new(Some(save_requests)),
             shared: Mutex::new(Shared {
                 state,
                 channels: BTreeMap::new(),

@@ -449,6 +449,17 @@ pub enum Action {
     },
     /// Assignments were made: wake the workers' long polls.
     Assigned,
+    /// Fetch the replica of `job` at `step` from the survivor whose CollectiveService is at
+    /// `from`, and checkpoint it: the group fell below `workers.min`, and the job may fail
+    /// for want of workers.
+    SaveReplica {
+        /// The job.
+        job: JobId,
+        /// The survivor's CollectiveService address.
+        from: String,
+        /// The step its replica is at.
+        step: u64,
+    },
     /// A step was reduced (for `/metrics`).
     CountRound {
         /// Samples of the global batch.

@@ -241,6 +241,14 @@ pub(super) fn try_form(state: &mut State, now: Now, id: &JobId, out: &mut Vec<Ac
     }
     if members.len() < min {
         let n = members.len();
+        let newest = survivors.iter().map(|(_, h)| h.step).max().unwrap_or(0);
+        let saved = job.record.checkpoints.last().map_or(0, |c| c.step);
+        let save = survivors
+            .iter()
+            .find(|(_, h)| h.step == newest)
+            .and_then(|(w, _)| state.workers.get(w))
+            .map(|e| e.collective.clone())
+            .filter(|_| newest > saved);
         let Some(job) = state.jobs.get_mut(id) else {
             return;
         };
@@ -256,6 +264,15 @@ pub(super) fn try_form(state: &mut State, now: Now, id: &JobId, out: &mut Vec<Ac
             job.record.reason = format!("regrouping: {detail}");
             log_change(job, now, 0, "waiting", Vec::new(), detail);
             publish_snapshot(job, out);
+            // The survivors' state is checkpointed at once: if no worker comes, the job fails
+            // having lost nothing they held.
+            if let Some(from) = save {
+                out.push(Action::SaveReplica {
+                    job: id.clone(),
+                    from,
+                    step: newest,
+                });
+            }
         }
         return;
     }
