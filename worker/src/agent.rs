@@ -28,9 +28,15 @@ fn group_failed(e: &WorkerError) -> bool {
         WorkerError::Ring(_) | WorkerError::Aborted(_) => true,
         // Unavailable: the coordinator went away; a restarted one continues from the
         // replicas its workers still hold.
+        // Unknown and Cancelled: the transport broke mid-call (the coordinator was killed
+        // with a report in flight), which is the same as Unavailable.
         WorkerError::Rpc { code, .. } => matches!(
             code,
-            tonic::Code::Aborted | tonic::Code::FailedPrecondition | tonic::Code::Unavailable
+            tonic::Code::Aborted
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
         ),
         _ => false,
     }

@@ -25,6 +25,17 @@ impl Drop for MailboxGuard {
     }
 }
 
+/// Resolves once `abort` is set (checked every 100 ms, as the step loop does).
+async fn stopped(abort: Arc<std::sync::atomic::AtomicBool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        if abort.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+    }
+}
+
 /// One generation of a job's group, as this worker sees it.
 pub struct Group {
     /// The job.
@@ -65,12 +76,24 @@ impl Group {
                         "the coordinator gave no collective address for rank {right}"
                     )));
                 }
-                Some(ctx.rt.block_on(crate::ring::connect(
+                // A neighbour that died before the group formed is not waited for until the
+                // collective timeout: the coordinator stops the generation, and so do we.
+                let abort = ctx.abort.clone();
+                let connect = crate::ring::connect(
                     &right_addr,
                     ctx.bearer.clone(),
                     ctx.collective_timeout,
                     right,
-                ))?)
+                );
+                Some(ctx.rt.block_on(async move {
+                    tokio::select! {
+                        r = connect => r,
+                        () = stopped(abort) => Err(crate::ring::RingError::Local(
+                            "the job was stopped while connecting to the ring".into(),
+                            0,
+                        )),
+                    }
+                })?)
             } else {
                 None
             };
