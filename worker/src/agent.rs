@@ -333,6 +333,24 @@ async fn serve_assignments(
                 *kept = Some((replica, generation));
                 None
             }
+            // The group failed before this worker had a replica (a joiner whose fetch failed):
+            // nothing of its own went wrong, so the group goes on without it.
+            Ok(JobEnd {
+                replica: None,
+                result: Err(e),
+            }) if group_failed(&e) => {
+                tracing::warn!(%job, reason = %e, "no replica to keep; leaving the group");
+                let req = pb::LeaveJobRequest {
+                    worker_id: worker.to_string(),
+                    job_id: job.clone(),
+                    reason: e.to_string(),
+                    graceful: true,
+                };
+                if let Err(s) = client.leave_job(req).await {
+                    tracing::debug!(%job, error = %s.message(), "leave not recorded");
+                }
+                None
+            }
             Ok(JobEnd { result: Err(e), .. }) => Some(e.to_string()),
             Err(e) => Some(format!("training thread panicked: {e}")),
         };

@@ -37,7 +37,10 @@ impl Coordinator {
                 store.put(&record)?;
             }
             let mut entry = JobEntry::new(record, data, start, at);
-            crate::state::ledger::rebuild(&mut entry);
+            if entry.data.is_some() {
+                // Resumed at its checkpoint's step: the ledger restarts from there.
+                crate::state::ledger::rebuild(&mut entry);
+            }
             state.jobs.insert(entry.record.id.clone(), entry);
         }
         let (saves, save_requests) = tokio::sync::mpsc::unbounded_channel();

@@ -45,6 +45,17 @@ pub(super) fn begin(state: &mut State) -> Vec<(JobId, u64)> {
         // checkpoints. With the ring the coordinator hears of a step after it is done, and
         // the group learns of the stop in rank 0's next report: the step after the one in
         // flight is the last (fixed exactly when rank 0 is told).
+        if run.regroup.is_some() {
+            // No state can come before the group forms, and it will not form now: the job
+            // resumes from its newest checkpoint (or the workers' replicas) after the restart.
+            run.drain = Some(Drain {
+                last_step: job.record.step,
+                checkpoint_step: job.record.step,
+                abandoned: true,
+                ring_stop: None,
+            });
+            continue;
+        }
         let ring = job.record.spec.allreduce == AllReduce::Ring;
         let checkpoint_step = (step + 1 + u64::from(ring)).min(total);
         run.drain = Some(Drain {

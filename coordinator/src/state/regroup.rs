@@ -373,8 +373,30 @@ pub(super) fn poll(
         });
     }
     let Some((id, generation, h)) = held else {
+        // A member of a re-forming group that holds no replica (it lost it, or never had
+        // one) will not report one: it is gone, or the group would wait for it forever.
+        let job = state.workers.get(worker).and_then(|e| e.job.clone());
+        if let Some(job) = job
+            && let Some(g) = state
+                .jobs
+                .get_mut(&job)
+                .and_then(|j| j.run.as_mut())
+                .filter(|r| r.members.contains(worker))
+                .and_then(|r| r.regroup.as_mut())
+            && !g.held.contains_key(worker)
+        {
+            g.gone.insert(worker.clone());
+            if let Some(e) = state.workers.get_mut(worker) {
+                e.job = None;
+            }
+            try_form(state, now, &job, out);
+        }
+        let assignment = state
+            .workers
+            .get_mut(worker)
+            .and_then(|e| e.assignment.take());
         return Ok(Reply::Assignment {
-            assignment: None,
+            assignment,
             drop_held: false,
         });
     };
@@ -402,7 +424,21 @@ pub(super) fn poll(
         });
     };
     if generation != current {
-        // A replica of an older generation than the group's: not a member of this one.
+        // A replica of an older generation than the group's: of no use, and its holder will
+        // report no other.
+        if regrouping
+            && let Some(g) = state
+                .jobs
+                .get_mut(&id)
+                .and_then(|j| j.run.as_mut())
+                .and_then(|r| r.regroup.as_mut())
+        {
+            g.gone.insert(worker.clone());
+            if let Some(e) = state.workers.get_mut(worker) {
+                e.job = None;
+            }
+            try_form(state, now, &id, out);
+        }
         return Ok(Reply::Assignment {
             assignment: None,
             drop_held: true,

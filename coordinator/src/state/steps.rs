@@ -75,9 +75,18 @@ pub(crate) fn member_of(
             run.generation
         )));
     }
-    run.members.iter().position(|m| m == worker).ok_or_else(|| {
-        CoordinatorError::Conflict(format!("worker {worker} is not in the group of job {job}"))
-    })
+    // A member that is gone (lost, left) or forgotten is a member no more, whoever names it.
+    let gone = run
+        .regroup
+        .as_ref()
+        .is_some_and(|g| g.gone.contains(worker));
+    run.members
+        .iter()
+        .position(|m| m == worker)
+        .filter(|_| !gone && state.workers.contains_key(worker))
+        .ok_or_else(|| {
+            CoordinatorError::Conflict(format!("worker {worker} is not in the group of job {job}"))
+        })
 }
 
 /// The job's loaded data and the index of the stage that runs `step`.

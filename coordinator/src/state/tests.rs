@@ -920,3 +920,29 @@ fn a_call_that_names_a_worker_must_carry_its_secret() {
     // An unknown worker passes here: the call itself answers that it must register.
     assert!(queries::authorize(&s.state, &WorkerId::from("w-unknown"), "").is_ok());
 }
+
+#[test]
+fn a_member_that_holds_no_replica_does_not_hold_up_the_regroup_and_is_no_member_after() {
+    let mut s = Script::new();
+    let (id, ws) = running_trio(&mut s, 10, "ring");
+    let [a, b, c] = [&ws[0], &ws[1], &ws[2]];
+    s.poll_held(a, &id, 1, 3, "fp3");
+    assert_eq!(s.job(&id).record.state, JobState::Reconfiguring);
+    s.poll_held(b, &id, 1, 3, "fp3");
+    // The third lost its replica (its job thread failed before it had one): it asks for
+    // work holding nothing, and the group forms without it instead of waiting for ever.
+    assert!(s.poll(c).is_none());
+    let ga = s.poll(a).expect("the group formed");
+    assert_eq!((ga.generation, ga.world_size, ga.start_step), (2, 2, 3));
+    // Named by anyone now, it is no member of either generation.
+    let e = s
+        .send(EventKind::WorkerLeft {
+            worker: c.clone(),
+            job: id.clone(),
+            reason: "forged".into(),
+            graceful: false,
+        })
+        .refusal();
+    assert!(e.to_string().contains("not in the group"), "{e}");
+    assert_eq!(s.job(&id).record.state, JobState::Running);
+}
