@@ -403,30 +403,8 @@ fn signal(child: &Child, sig: libc::c_int) {
 /// SIGTERM until continued, and nothing would continue it. The signal comes when the thread
 /// that started the child ends: the bench starts every process from the runtime's main
 /// task, whose thread lives as long as the process.
-#[cfg(target_os = "linux")]
 fn dies_with_us(cmd: &mut Command) -> &mut Command {
-    use std::os::unix::process::CommandExt;
-    let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
-    // SAFETY: the closure runs between fork and exec and calls only prctl(2) and getppid(2),
-    // which are async-signal-safe; it touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                return Err(std::io::Error::other(
-                    "the parent exited before the child started",
-                ));
-            }
-            Ok(())
-        })
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn dies_with_us(cmd: &mut Command) -> &mut Command {
-    cmd
+    crate::local::signal_when_parent_dies(cmd, libc::SIGKILL)
 }
 
 /// A port for the coordinator that survives its restarts: below the kernel's ephemeral

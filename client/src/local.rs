@@ -167,15 +167,21 @@ fn thread_shares(workers: usize) -> Vec<(&'static str, String)> {
 /// The signal comes when the *thread* that started the child ends: the clusters are started
 /// from the runtime's main task, whose thread lives as long as the process, and `bench
 /// methods` waits for each child on the thread that started it.
-#[cfg(target_os = "linux")]
 pub(crate) fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    signal_when_parent_dies(cmd, libc::SIGTERM)
+}
+
+/// Makes the child get `signal` when this process dies (the thread that started it ends),
+/// however it dies.
+#[cfg(target_os = "linux")]
+pub(crate) fn signal_when_parent_dies(cmd: &mut Command, signal: libc::c_int) -> &mut Command {
     use std::os::unix::process::CommandExt;
     let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
     // SAFETY: the closure runs between fork and exec and calls only prctl(2) and getppid(2),
     // which are async-signal-safe; it touches no memory of the parent.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // The parent may have died before prctl: then no signal will ever come.
@@ -190,7 +196,7 @@ pub(crate) fn die_with_parent(cmd: &mut Command) -> &mut Command {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn die_with_parent(cmd: &mut Command) -> &mut Command {
+pub(crate) fn signal_when_parent_dies(cmd: &mut Command, _signal: i32) -> &mut Command {
     cmd
 }
 
