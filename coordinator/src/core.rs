@@ -210,14 +210,10 @@ impl Coordinator {
         let id = self.store.next_job_id()?;
         let record = JobRecord::new(id, spec, data.total_steps());
         self.store.put(&record)?;
-        let start = data.init_params.clone().map(|p| {
-            Arc::new(StartState {
-                step: 0,
-                params: p,
-                optimizer_state: Vec::new(),
-                optimizer_steps: 0,
-            })
-        });
+        let start = data
+            .init_params
+            .clone()
+            .map(|p| Arc::new(StartState::fresh(p)));
         match self.dispatch(EventKind::JobSubmitted {
             record: Box::new(record),
             data: Arc::new(data),

@@ -20,6 +20,16 @@ use crate::rpc::{Cluster, cluster};
 use crate::server::Readiness;
 use crate::trainer::{JobContext, JobEnd, run_job};
 
+/// The replica a worker names to the coordinator (in `Register` and `NextAssignment`).
+fn held_of(kept: &Option<(Replica, u64)>) -> Option<pb::HeldReplica> {
+    kept.as_ref().map(|(r, generation)| pb::HeldReplica {
+        job_id: r.job.clone(),
+        generation: *generation,
+        step: r.step,
+        fingerprint: r.fingerprint(),
+    })
+}
+
 /// Whether a job's thread ended because its group fell apart (a neighbour died, the
 /// coordinator stopped the generation or re-forms the group) rather than because of this
 /// worker: then the replica is kept for the next generation instead of failing the job.
@@ -126,12 +136,7 @@ pub async fn run(
             name: cfg.name.clone(),
             device: device_name.to_string(),
             collective_addr: peer.addr.clone(),
-            held: kept.as_ref().map(|(r, generation)| pb::HeldReplica {
-                job_id: r.job.clone(),
-                generation: *generation,
-                step: r.step,
-                fingerprint: r.fingerprint(),
-            }),
+            held: held_of(&kept),
         };
         let resp = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -218,12 +223,7 @@ async fn serve_assignments(
         }
         let req = pb::NextAssignmentRequest {
             worker_id: worker.to_string(),
-            held: kept.as_ref().map(|(r, generation)| pb::HeldReplica {
-                job_id: r.job.clone(),
-                generation: *generation,
-                step: r.step,
-                fingerprint: r.fingerprint(),
-            }),
+            held: held_of(kept),
         };
         let resp = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),

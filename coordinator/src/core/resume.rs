@@ -23,7 +23,7 @@ impl Coordinator {
     /// # Errors
     /// [`CoordinatorError::Store`] when the store cannot be read.
     pub fn new(config: CoordinatorConfig, store: Store) -> Result<Self, CoordinatorError> {
-        let mut state = State::new(Limits::of(&config), now_ms() % 0xFFFF_FFFF);
+        let mut state = State::new(Limits::of(&config));
         let at = Now {
             mono_ms: 0,
             unix_ms: now_ms(),
@@ -120,14 +120,9 @@ fn resume(
         }
         None => {
             record.step = 0;
-            d.init_params.clone().map(|p| {
-                Arc::new(StartState {
-                    step: 0,
-                    params: p,
-                    optimizer_state: Vec::new(),
-                    optimizer_steps: 0,
-                })
-            })
+            d.init_params
+                .clone()
+                .map(|p| Arc::new(StartState::fresh(p)))
         }
     };
     if record.step >= d.total_steps() {

@@ -72,6 +72,18 @@ pub struct StartState {
     pub optimizer_steps: u64,
 }
 
+impl StartState {
+    /// Weights to start a job from (`init_from`), with a fresh optimizer.
+    pub fn fresh(params: Params) -> Self {
+        Self {
+            step: 0,
+            params,
+            optimizer_state: Vec::new(),
+            optimizer_steps: 0,
+        }
+    }
+}
+
 /// A registered worker.
 #[derive(Debug)]
 pub struct WorkerEntry {
@@ -184,8 +196,6 @@ pub struct State {
     pub jobs: BTreeMap<JobId, JobEntry>,
     /// The number in the next worker id.
     pub next_worker: u64,
-    /// A per-start prefix of worker ids, so that ids differ across restarts.
-    pub boot: u64,
     /// The coordinator is shutting down: no job starts, no step after each job's drain step.
     pub draining: bool,
     /// Its timeouts.
@@ -206,12 +216,11 @@ impl State {
     }
 
     /// An empty state.
-    pub fn new(limits: Limits, boot: u64) -> Self {
+    pub fn new(limits: Limits) -> Self {
         Self {
             workers: BTreeMap::new(),
             jobs: BTreeMap::new(),
             next_worker: 1,
-            boot,
             draining: false,
             limits,
         }

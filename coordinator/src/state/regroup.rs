@@ -36,8 +36,6 @@ pub struct Held {
 /// A group that is re-forming.
 #[derive(Debug, Clone, Default)]
 pub struct Regroup {
-    /// Since when ([`Now::mono_ms`]).
-    pub since_ms: u64,
     /// Members of the old generation that hold their replicas.
     pub held: BTreeMap<WorkerId, Held>,
     /// Members of the old generation that are gone (lost, left).
@@ -114,10 +112,7 @@ pub(super) fn begin(
         return;
     }
     let fresh = run.regroup.is_none();
-    let regroup = run.regroup.get_or_insert_with(|| Regroup {
-        since_ms: now.mono_ms,
-        ..Regroup::default()
-    });
+    let regroup = run.regroup.get_or_insert_with(Regroup::default);
     for w in gone {
         if run.members.contains(w) {
             regroup.gone.insert(w.clone());

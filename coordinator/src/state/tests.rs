@@ -84,15 +84,12 @@ impl Outcome {
 impl Script {
     fn new() -> Self {
         Self {
-            state: State::new(
-                Limits {
-                    heartbeat_timeout_ms: HEARTBEAT_MS,
-                    gather_window_ms: WINDOW_MS,
-                    step_timeout_ms: STEP_TIMEOUT_MS,
-                    regroup_timeout_ms: REGROUP_TIMEOUT_MS,
-                },
-                0xab,
-            ),
+            state: State::new(Limits {
+                heartbeat_timeout_ms: HEARTBEAT_MS,
+                gather_window_ms: WINDOW_MS,
+                step_timeout_ms: STEP_TIMEOUT_MS,
+                regroup_timeout_ms: REGROUP_TIMEOUT_MS,
+            }),
             now: Now {
                 mono_ms: 0,
                 unix_ms: 1_700_000_000_000,
