@@ -57,7 +57,7 @@ fn tasks_from_pb(tasks: &[pb::TaskSpec]) -> Result<Vec<TaskSpec>, WireError> {
 pub fn method_to_pb(m: &MethodSpec) -> pb::method_spec::Kind {
     use pb::method_spec::Kind;
     match m {
-        MethodSpec::Supervised => Kind::Supervised(pb::SupervisedSpec {}),
+        MethodSpec::Supervised {} => Kind::Supervised(pb::SupervisedSpec {}),
         MethodSpec::FineTuning {
             source_steps,
             source_epochs,
@@ -176,7 +176,7 @@ fn source_from_pb(s: Option<&pb::SourceStageSpec>) -> SourceStage {
 pub fn method_from_pb(k: &pb::method_spec::Kind) -> Result<MethodSpec, WireError> {
     use pb::method_spec::Kind;
     Ok(match k {
-        Kind::Supervised(_) => MethodSpec::Supervised,
+        Kind::Supervised(_) => MethodSpec::Supervised {},
         Kind::FineTuning(f) => MethodSpec::FineTuning {
             source_steps: f.source_steps,
             source_epochs: f.source_epochs,

@@ -102,7 +102,7 @@ pub struct MethodData {
 /// The method a job asks for.
 pub fn method_for(spec: &JobSpec, data: &MethodData) -> Box<dyn Method> {
     match &spec.method {
-        MethodSpec::Supervised => Box::new(Supervised::new(spec)),
+        MethodSpec::Supervised {} => Box::new(Supervised::new(spec)),
         MethodSpec::FineTuning { .. } => Box::new(FineTuning::new(spec)),
         MethodSpec::Conservative { .. } => Box::new(Conservative::new(spec)),
         MethodSpec::LayerTransfer { .. } => Box::new(LayerTransfer::new(spec)),

@@ -20,8 +20,10 @@ use super::{JobSpec, Role};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum MethodSpec {
-    /// Plain supervised training on the source data: the baseline.
-    Supervised,
+    /// Plain supervised training on the source data: the baseline. Braced, not a unit
+    /// variant: serde ignores every other key of an internally tagged unit variant, so a
+    /// stray `init_from` would pass unseen and the job train from scratch.
+    Supervised {},
     /// Train on source (or load a model), then train on a few labelled target samples.
     FineTuning {
         /// Length of the source stage in steps.
@@ -125,7 +127,7 @@ impl MethodSpec {
     /// The method's name as reports show it.
     pub fn name(&self) -> &'static str {
         match self {
-            MethodSpec::Supervised => "supervised",
+            MethodSpec::Supervised {} => "supervised",
             MethodSpec::FineTuning { .. } => "fine_tuning",
             MethodSpec::Conservative { .. } => "conservative",
             MethodSpec::LayerTransfer { .. } => "layer_transfer",
@@ -234,7 +236,7 @@ impl JobSpec {
             }
         }
         match &self.method {
-            MethodSpec::Supervised => one(Role::Source),
+            MethodSpec::Supervised {} => one(Role::Source),
             MethodSpec::FineTuning { .. } => self.validate_source_stage(one),
             MethodSpec::Conservative {
                 lambda,

@@ -48,6 +48,20 @@ fn unknown_keys_are_refused() {
 }
 
 #[test]
+fn unknown_keys_under_supervised_are_refused() {
+    for key in ["init_from = \"model.safetensors\"", "foo = 42"] {
+        let text = GOOD.replace(
+            "kind = \"supervised\"",
+            &format!("kind = \"supervised\"\n{key}"),
+        );
+        let e = toml::from_str::<JobSpec>(&text).expect_err(key);
+        let key_name = key.split(' ').next().unwrap_or_default();
+        assert!(e.to_string().contains(key_name), "{key}: {e}");
+    }
+    assert_eq!(good().method, MethodSpec::Supervised {});
+}
+
+#[test]
 fn errors_name_the_field() {
     let mut s = good();
     s.optimizer = OptimizerSpec::Sgd {
