@@ -16,6 +16,8 @@ use graft_common::wire::state_name;
 use graft_proto::v1 as pb;
 use graft_transfer::JobSpec;
 
+mod data;
+
 /// mimalloc keeps freed megabyte buffers for reuse where glibc unmaps them; see the
 /// allocator section of docs/PERFORMANCE.md.
 #[global_allocator]
@@ -150,7 +152,47 @@ enum BenchCmd {
 }
 
 #[derive(Subcommand)]
+enum DataCmd {
+    /// Download the catalog's datasets from their pinned sources, check them by SHA-256 and
+    /// convert them into the files graft reads; what is already there is skipped.
+    Fetch {
+        /// Datasets (or sources, as `graft data list` names them); none: all.
+        names: Vec<String>,
+        /// The data directory to fill (default: GRAFT_DATA_DIR, else graft/data in the
+        /// user's cache directory, which graft also reads by default).
+        #[arg(long)]
+        to: Option<PathBuf>,
+        /// Fetch the originals from this base URL instead, under their paths in the data
+        /// directory (`URL/usps/usps.h5`); they are checked against the same SHA-256.
+        #[arg(long)]
+        mirror: Option<String>,
+        /// Attempts per file before giving up.
+        #[arg(long, default_value_t = 3)]
+        attempts: u32,
+    },
+    /// Show every dataset of the catalog, where its files are found and where they come from.
+    List {
+        /// Look here first (default: ../shared/data, the coordinator's default data_dir);
+        /// then in the directory `graft data fetch` fills.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// The layouts `graft export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ExportLayout {
+    /// graft's names, linear weights [in, out]: the checkpoint as it is.
+    Graft,
+    /// An nn.Sequential's names, PyTorch's layout, metadata for `load_state_dict`.
+    Torch,
+}
+
+#[derive(Subcommand)]
 enum Cmd {
+    /// Download or list the catalog's datasets.
+    #[command(subcommand)]
+    Data(DataCmd),
     /// Submit a job file.
     Submit {
         /// The job file (TOML).
@@ -444,6 +486,40 @@ async fn run_local_jobs(
 
 async fn run(cli: Cli) -> anyhow::Result<bool> {
     match &cli.command {
+        Cmd::Data(DataCmd::Fetch {
+            names,
+            to,
+            mirror,
+            attempts,
+        }) => {
+            let to = match to {
+                Some(t) => t.clone(),
+                None => data::default_dir()?,
+            };
+            let opts = data::FetchOptions {
+                names: names.clone(),
+                to: to.clone(),
+                mirror: mirror.clone(),
+                attempts: *attempts,
+                progress: true,
+            };
+            tokio::task::spawn_blocking(move || data::fetch(&opts))
+                .await
+                .context("graft data fetch")?
+                .with_context(|| format!("graft data fetch into {}", to.display()))?;
+            println!("{}", to.display());
+            Ok(true)
+        }
+        Cmd::Data(DataCmd::List { dir }) => {
+            let dir = dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("../shared/data"));
+            print!(
+                "{}",
+                data::list(&graft_transfer::data::location::search_path(&dir))
+            );
+            Ok(true)
+        }
         Cmd::Submit { file, watch, json } => {
             let spec = jobfile::read(file)?;
             let mut c = connect(&cli).await?;

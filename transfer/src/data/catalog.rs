@@ -5,12 +5,12 @@
 use std::path::Path;
 
 use super::idx::{self, IdxArray, IdxData};
+use super::location;
 use super::moons::{self, MoonsConfig};
 use super::{DataError, Dataset};
 use crate::rng::SplitMix64;
 
-/// The environment variable users set to point graft at the data directory.
-pub const DATA_DIR_ENV: &str = "GRAFT_DATA_DIR";
+pub use super::location::DATA_DIR_ENV;
 
 /// Every dataset name [`load`] accepts.
 pub const KNOWN: &[&str] = &[
@@ -86,13 +86,26 @@ fn random_images(samples: usize, seed: u64, name: &str) -> Dataset {
     }
 }
 
-/// Loads split `split` of dataset `name` from `data_dir` (or generates it, for "moons",
-/// from `moons_cfg`, which other datasets ignore). Images come back scaled to [0, 1];
-/// Office SURF histograms come back normalised as in the JDA/GFK code.
+/// Loads split `split` of dataset `name` from `data_dir`, or from the per-user directory
+/// `graft data fetch` fills where `data_dir` lacks the files (see [`location::search_path`]);
+/// "moons" and "random" are generated from `moons_cfg`, which other datasets ignore. Images
+/// come back scaled to [0, 1]; Office SURF histograms come back normalised as in the JDA/GFK
+/// code.
 pub fn load(
     name: &str,
     split: &str,
     data_dir: &Path,
+    moons_cfg: &MoonsConfig,
+) -> Result<Dataset, DataError> {
+    load_in(name, split, &location::search_path(data_dir), moons_cfg)
+}
+
+/// [`load`] with the directories to search given: each file is taken from the first of
+/// `roots` that holds it, and a missing one is reported under the first.
+pub(crate) fn load_in(
+    name: &str,
+    split: &str,
+    roots: &[std::path::PathBuf],
     moons_cfg: &MoonsConfig,
 ) -> Result<Dataset, DataError> {
     let info = describe(name).ok_or_else(|| DataError::UnknownDataset {
@@ -107,7 +120,7 @@ pub fn load(
         });
     }
     let full_name = format!("{name}/{split}");
-    let file = |rel: String| data_dir.join(rel);
+    let file = |rel: String| location::root_holding(roots, &rel).join(rel);
     match name {
         "mnist" => {
             let prefix = if split == "train" { "train" } else { "t10k" };

@@ -19,7 +19,7 @@ pub enum DataError {
 
     /// A dataset file is not where the data directory says it should be.
     #[error(
-        "dataset {dataset} not found: looked for {}; see the README's \"Data\" section (set GRAFT_DATA_DIR or data_dir)",
+        "dataset {dataset} not found: looked for {}; run `graft data fetch {dataset}`, or set GRAFT_DATA_DIR or data_dir (the README's \"Data\" section)",
         .path.display()
     )]
     Missing {

@@ -7,6 +7,7 @@
 pub mod catalog;
 mod error;
 pub mod idx;
+pub mod location;
 pub mod moons;
 mod resize;
 

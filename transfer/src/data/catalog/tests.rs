@@ -96,7 +96,8 @@ fn moons_need_no_files_and_test_split_differs() {
 #[test]
 fn missing_data_dir_names_the_path() {
     let dir = std::env::temp_dir().join(format!("graft-no-such-dir-{}", std::process::id()));
-    let err = load("mnist", "test", &dir, &MoonsConfig::default()).unwrap_err();
+    let only = [dir.clone()];
+    let err = load_in("mnist", "test", &only, &MoonsConfig::default()).unwrap_err();
     let want = dir.join("mnist/t10k-images-idx3-ubyte.gz");
     match &err {
         DataError::Missing { path, dataset } => {
@@ -107,7 +108,7 @@ fn missing_data_dir_names_the_path() {
     let msg = err.to_string();
     assert!(msg.contains(&want.display().to_string()), "{msg}");
     assert!(msg.contains("GRAFT_DATA_DIR"), "{msg}");
-    let err = load("optdigits", "all", &dir, &MoonsConfig::default()).unwrap_err();
+    let err = load_in("optdigits", "all", &only, &MoonsConfig::default()).unwrap_err();
     assert!(matches!(err, DataError::Missing { .. }), "{err:?}");
 }
 
