@@ -6,6 +6,7 @@
 
 pub mod catalog;
 mod error;
+pub mod files;
 pub mod idx;
 pub mod location;
 pub mod moons;
