@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use graft_transfer::data::{catalog, location};
+use graft_transfer::data::files::{self, FileFormat, FileOptions, LabelColumn};
+use graft_transfer::data::{DataError, catalog, location};
 use sources::{Check, Original, SOURCES, Source, Upstream};
 
 /// Where partial downloads and verified originals wait, under the target directory.
@@ -458,4 +459,36 @@ pub fn list(roots: &[PathBuf]) -> String {
         }
     }
     out
+}
+
+/// The `label_column` of the command line: a 0-based index when it is a number, else a
+/// header name.
+pub fn label_column(arg: &str) -> LabelColumn {
+    arg.parse()
+        .map_or_else(|_| LabelColumn::Name(arg.to_string()), LabelColumn::Index)
+}
+
+/// The format of the command line's `--format`.
+pub fn format(arg: &str) -> Result<FileFormat, String> {
+    FileFormat::parse(arg).ok_or_else(|| {
+        format!(
+            "unknown format {arg:?} (known: {})",
+            files::FORMATS.join(", ")
+        )
+    })
+}
+
+/// What `graft data show` prints for a dataset file: the reader's statement, then the
+/// classes, one per line with their label and sample count.
+pub fn show(path: &Path, opts: &FileOptions) -> Result<String, DataError> {
+    let d = files::load_file(path, opts)?;
+    let counts = d.dataset.class_counts();
+    let mut out = format!("{}\n", d.stated);
+    for (k, name) in d.classes.iter().enumerate() {
+        out.push_str(&format!(
+            "{k:>5}  {name}  ({} samples)\n",
+            counts.get(k).copied().unwrap_or(0)
+        ));
+    }
+    Ok(out)
 }

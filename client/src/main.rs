@@ -170,6 +170,36 @@ enum DataCmd {
         #[arg(long, default_value_t = 3)]
         attempts: u32,
     },
+    /// Read a dataset file of your own (npz, npy-pair, csv, image-folder, idx) and say what
+    /// it holds: samples, shape, scaling, value range and classes; or what is wrong with it.
+    Show {
+        /// The file (or, for image-folder, the folder).
+        path: PathBuf,
+        /// npz, npy-pair, csv, image-folder or idx (default: from the name).
+        #[arg(long, value_parser = data::format)]
+        format: Option<graft_transfer::data::files::FileFormat>,
+        /// npy-pair and idx: the labels file.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// npz: the features array (default x).
+        #[arg(long)]
+        x_key: Option<String>,
+        /// npz: the labels array (default y).
+        #[arg(long)]
+        y_key: Option<String>,
+        /// csv: the label column, by header name or 0-based index (default the last).
+        #[arg(long)]
+        label_column: Option<String>,
+        /// csv: whether the first row is a header (default: guessed).
+        #[arg(long)]
+        header: Option<bool>,
+        /// image-folder: 1 (grayscale) or 3 (RGB).
+        #[arg(long)]
+        channels: Option<usize>,
+        /// image-folder: resize every image to this square size.
+        #[arg(long)]
+        image_size: Option<usize>,
+    },
     /// Show every dataset of the catalog, where its files are found and where they come from.
     List {
         /// Look here first (default: ../shared/data, the coordinator's default data_dir);
@@ -508,6 +538,30 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 .context("graft data fetch")?
                 .with_context(|| format!("graft data fetch into {}", to.display()))?;
             println!("{}", to.display());
+            Ok(true)
+        }
+        Cmd::Data(DataCmd::Show {
+            path,
+            format,
+            labels,
+            x_key,
+            y_key,
+            label_column,
+            header,
+            channels,
+            image_size,
+        }) => {
+            let opts = graft_transfer::data::files::FileOptions {
+                format: *format,
+                labels: labels.clone(),
+                x_key: x_key.clone(),
+                y_key: y_key.clone(),
+                label_column: label_column.as_deref().map(data::label_column),
+                header: *header,
+                channels: *channels,
+                image_size: *image_size,
+            };
+            print!("{}", data::show(path, &opts)?);
             Ok(true)
         }
         Cmd::Data(DataCmd::List { dir }) => {
