@@ -138,6 +138,18 @@ impl Server {
         let cluster = ClusterServiceServer::new(ClusterApi::new(coord.clone(), shutdown.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        // Reflection answers what the services are, never anything of a job, so it needs no
+        // token, as health does.
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(graft_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // Only what this server serves (graft.proto also holds the workers' service).
+            .with_service_name("graft.v1.JobService")
+            .with_service_name("graft.v1.ClusterService")
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .build_v1()
+            .map_err(|e| CoordinatorError::Internal(format!("reflection: {e}")))?;
         let incoming = nodelay_incoming(self.listener);
         if let Some(f) = &config.ready_file {
             graft_common::fs::write_atomic(f, self.addr.to_string().as_bytes())?;
@@ -172,6 +184,7 @@ impl Server {
         }
         let result = builder
             .add_service(health_service)
+            .add_service(reflection)
             .add_service(tonic::service::interceptor::InterceptedService::new(
                 jobs,
                 TokenCheck::new(config.api_token.as_deref()),

@@ -13,6 +13,11 @@ pub mod v1 {
     tonic::include_proto!("graft.v1");
 }
 
+/// The encoded `FileDescriptorSet` of `graft.v1`, which the coordinator and the workers serve
+/// through gRPC server reflection so that grpcurl-style tools need no copy of `proto/`.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/graft_descriptor.bin"));
+
 /// Bumped whenever a message changes meaning; checked at registration and in heartbeats.
 pub const PROTOCOL_VERSION: u32 = 2;
 

@@ -90,6 +90,19 @@ impl WorkerServer {
                 .max_encoding_message_size(graft_proto::MAX_MESSAGE_BYTES),
             graft_common::auth::TokenCheck::new(cluster_token),
         );
+        // What the services are, for grpcurl-style tools; it says nothing of a job, so it needs
+        // no token. The descriptors are built in: failing here would be a build defect, and
+        // the ring serves without reflection rather than not at all.
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(graft_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // Only what this server serves (graft.proto also holds the coordinator's).
+            .with_service_name("graft.v1.CollectiveService")
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .build_v1()
+            .inspect_err(|e| tracing::error!(error = %e, "no gRPC reflection"))
+            .ok();
         let incoming = graft_common::net::nodelay_incoming(self.listener);
         let task = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
@@ -97,6 +110,7 @@ impl WorkerServer {
                 .initial_connection_window_size(crate::ring::RING_WINDOW)
                 .max_frame_size(Some(1 << 20))
                 .add_service(health)
+                .add_optional_service(reflection)
                 .add_service(collective)
                 .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
                 .await;
