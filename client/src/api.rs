@@ -93,6 +93,7 @@ impl Client {
             .inner
             .submit_job(pb::SubmitJobRequest {
                 spec: Some(spec_to_pb(spec)),
+                spec_toml: String::new(),
             })
             .await?;
         r.into_inner()

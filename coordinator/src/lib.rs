@@ -10,6 +10,7 @@
 //! - [`reduce`]: one step's star all-reduce.
 //! - [`rescue`]: a group below `workers.min` has its survivors' state checkpointed.
 //! - [`upload`]: evaluation, checkpoint and completion from rank 0's state.
+//! - [`initial`]: the evaluation before the first step (`evaluation.at_start`).
 //! - [`checkpoint`]: atomic, verified checkpoints.
 //! - [`store`]: the embedded job store (redb).
 //! - [`jobdata`]: a job's datasets, network and stages.
@@ -26,6 +27,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod core;
 pub mod error;
+pub mod initial;
 pub mod job;
 pub mod jobdata;
 pub mod metrics;

@@ -11,6 +11,7 @@
 mod allreduce;
 mod checkpoint;
 mod dataset;
+pub mod defaults;
 mod error;
 mod evaluation;
 mod job;

@@ -2,7 +2,7 @@
 
 use graft_proto::v1 as pb;
 use graft_transfer::methods::{DataKey, Stage, StreamPlan};
-use graft_transfer::spec::{AttributeSource, MethodSpec, Penalty, Scoring, TaskSpec};
+use graft_transfer::spec::{AttributeSource, MethodSpec, Penalty, Scoring, TaskSpec, defaults};
 use graft_transfer::zeroshot::ClassVectors;
 
 use super::{WireError, missing, usize_of};
@@ -26,7 +26,7 @@ fn tasks_to_pb(tasks: &[TaskSpec]) -> Vec<pb::TaskSpec> {
         .iter()
         .map(|t| pb::TaskSpec {
             name: t.name.clone(),
-            weight: t.weight,
+            weight: Some(t.weight),
             batch_size: t.batch_size.map(|b| b as u64),
             steps: t.steps,
             epochs: t.epochs,
@@ -41,7 +41,7 @@ fn tasks_from_pb(tasks: &[pb::TaskSpec]) -> Result<Vec<TaskSpec>, WireError> {
         .map(|(i, t)| {
             Ok(TaskSpec {
                 name: t.name.clone(),
-                weight: t.weight,
+                weight: t.weight.unwrap_or(defaults::TASK_WEIGHT),
                 batch_size: t
                     .batch_size
                     .map(|b| usize_of(b, &format!("method.tasks[{i}].batch_size")))
@@ -112,7 +112,7 @@ pub fn method_to_pb(m: &MethodSpec) -> pb::method_spec::Kind {
         }),
         MethodSpec::Progressive { tasks, laterals } => Kind::Progressive(pb::ProgressiveSpec {
             tasks: tasks_to_pb(tasks),
-            laterals: *laterals,
+            laterals: Some(*laterals),
         }),
         MethodSpec::Dann {
             lambda_max,
@@ -120,9 +120,10 @@ pub fn method_to_pb(m: &MethodSpec) -> pb::method_spec::Kind {
             domain_hidden,
             target_batch_size,
         } => Kind::Dann(pb::DannSpec {
-            lambda_max: *lambda_max,
-            gamma: *gamma,
+            lambda_max: Some(*lambda_max),
+            gamma: Some(*gamma),
             domain_hidden: domain_hidden.iter().map(|&h| h as u64).collect(),
+            linear_domain_head: domain_hidden.is_empty(),
             target_batch_size: target_batch_size.map(|b| b as u64),
         }),
         MethodSpec::ZeroShot {
@@ -169,6 +170,25 @@ fn source_from_pb(s: Option<&pb::SourceStageSpec>) -> SourceStage {
     })
 }
 
+/// DANN's domain head off the wire: empty is the file's default unless the message says the
+/// head is linear (the file's `domain_hidden = []`), which a repeated field cannot say alone.
+fn domain_hidden_from_pb(d: &pb::DannSpec) -> Result<Vec<usize>, WireError> {
+    match (d.domain_hidden.is_empty(), d.linear_domain_head) {
+        (true, false) => Ok(defaults::DOMAIN_HIDDEN.to_vec()),
+        (true, true) => Ok(Vec::new()),
+        (false, true) => Err(WireError {
+            field: "method.linear_domain_head".into(),
+            reason: "a linear domain head has no hidden layers: leave domain_hidden empty".into(),
+        }),
+        (false, false) => d
+            .domain_hidden
+            .iter()
+            .enumerate()
+            .map(|(i, &h)| usize_of(h, &format!("method.domain_hidden[{i}]")))
+            .collect(),
+    }
+}
+
 /// A method off the wire.
 ///
 /// # Errors
@@ -203,7 +223,11 @@ pub fn method_from_pb(k: &pb::method_spec::Kind) -> Result<MethodSpec, WireError
                     }
                 },
                 lambda: c.lambda,
-                temperature: c.temperature,
+                temperature: if c.temperature == 0.0 {
+                    defaults::TEMPERATURE
+                } else {
+                    c.temperature
+                },
             }
         }
         Kind::LayerTransfer(l) => {
@@ -222,17 +246,12 @@ pub fn method_from_pb(k: &pb::method_spec::Kind) -> Result<MethodSpec, WireError
         },
         Kind::Progressive(p) => MethodSpec::Progressive {
             tasks: tasks_from_pb(&p.tasks)?,
-            laterals: p.laterals,
+            laterals: p.laterals.unwrap_or(defaults::LATERALS),
         },
         Kind::Dann(d) => MethodSpec::Dann {
-            lambda_max: d.lambda_max,
-            gamma: d.gamma,
-            domain_hidden: d
-                .domain_hidden
-                .iter()
-                .enumerate()
-                .map(|(i, &h)| usize_of(h, &format!("method.domain_hidden[{i}]")))
-                .collect::<Result<_, _>>()?,
+            lambda_max: d.lambda_max.unwrap_or(defaults::LAMBDA_MAX),
+            gamma: d.gamma.unwrap_or(defaults::DANN_GAMMA),
+            domain_hidden: domain_hidden_from_pb(d)?,
             target_batch_size: d
                 .target_batch_size
                 .map(|b| usize_of(b, "method.target_batch_size"))
@@ -257,7 +276,11 @@ pub fn method_from_pb(k: &pb::method_spec::Kind) -> Result<MethodSpec, WireError
                 pb::attribute_source::Kind::File(p) => AttributeSource::File { path: p.clone() },
                 pb::attribute_source::Kind::Pca(p) => AttributeSource::Pca {
                     dataset: p.dataset.clone(),
-                    split: p.split.clone(),
+                    split: if p.split.is_empty() {
+                        defaults::SPLIT.to_string()
+                    } else {
+                        p.split.clone()
+                    },
                     components: p.components as usize,
                 },
             },

@@ -3,7 +3,7 @@
 use graft_proto::v1 as pb;
 use graft_transfer::spec::{
     AllReduce, CheckpointSpec, DatasetSpec, EvaluationSpec, JobSpec, ModelSpec, OptimizerSpec,
-    Role, ScheduleSpec, TrainingSpec, WorkersSpec,
+    Role, ScheduleSpec, TrainingSpec, WorkersSpec, defaults,
 };
 
 use super::method::{method_from_pb, method_to_pb};
@@ -67,8 +67,8 @@ pub fn spec_to_pb(s: &JobSpec) -> pb::JobSpec {
             weight_decay,
         } => pb::optimizer_spec::Kind::Adam(pb::AdamSpec {
             lr: *lr,
-            beta1: *beta1,
-            beta2: *beta2,
+            beta1: Some(*beta1),
+            beta2: Some(*beta2),
             eps: *eps,
             weight_decay: *weight_decay,
         }),
@@ -82,8 +82,8 @@ pub fn spec_to_pb(s: &JobSpec) -> pb::JobSpec {
             })
         }
         ScheduleSpec::Dann { alpha, beta } => pb::schedule_spec::Kind::Dann(pb::DannSchedule {
-            alpha: *alpha,
-            beta: *beta,
+            alpha: Some(*alpha),
+            beta: Some(*beta),
         }),
     };
     pb::JobSpec {
@@ -131,6 +131,7 @@ pub fn spec_to_pb(s: &JobSpec) -> pb::JobSpec {
         }),
         evaluation: Some(pb::EvaluationSpec {
             interval_steps: s.evaluation.interval_steps,
+            at_start: s.evaluation.at_start,
         }),
         allreduce: match s.allreduce {
             AllReduce::Ring => pb::AllReduce::Ring,
@@ -139,6 +140,19 @@ pub fn spec_to_pb(s: &JobSpec) -> pb::JobSpec {
     }
 }
 
+/// A string field that the file defaults when it is left out: empty on the wire is unset.
+fn or_default_str(v: &str, default: &str) -> String {
+    if v.is_empty() { default } else { v }.to_string()
+}
+
+/// A field where 0 is no valid value, so 0 on the wire is unset.
+fn or_default_nonzero<T: PartialEq + Default>(v: T, default: T) -> T {
+    if v == T::default() { default } else { v }
+}
+
+/// Reads a spec off the wire, giving every field left unset the job file's default
+/// ([`defaults`]): the one place where the wire's unset fields become the file's defaults, so
+/// that a client sending only what its file sets gets the job its file describes.
 impl TryFrom<&pb::JobSpec> for WireSpec {
     type Error = WireError;
     fn try_from(p: &pb::JobSpec) -> Result<Self, WireError> {
@@ -169,7 +183,7 @@ impl TryFrom<&pb::JobSpec> for WireSpec {
             let f = |k: &str| format!("datasets[{i}].{k}");
             datasets.push(DatasetSpec {
                 name: d.name.clone(),
-                split: d.split.clone(),
+                split: or_default_str(&d.split, defaults::SPLIT),
                 role: role_from_pb(d.role, &f("role"))?,
                 labels_per_class: d.labels_per_class.map(|v| v as usize),
                 limit: d.limit.map(|v| usize_of(v, &f("limit"))).transpose()?,
@@ -196,9 +210,9 @@ impl TryFrom<&pb::JobSpec> for WireSpec {
             },
             pb::optimizer_spec::Kind::Adam(a) => OptimizerSpec::Adam {
                 lr: a.lr,
-                beta1: a.beta1,
-                beta2: a.beta2,
-                eps: a.eps,
+                beta1: a.beta1.unwrap_or(defaults::BETA1),
+                beta2: a.beta2.unwrap_or(defaults::BETA2),
+                eps: or_default_nonzero(a.eps, defaults::EPS),
                 weight_decay: a.weight_decay,
             },
         };
@@ -209,19 +223,19 @@ impl TryFrom<&pb::JobSpec> for WireSpec {
                 gamma: s.gamma,
             },
             Some(pb::schedule_spec::Kind::Dann(d)) => ScheduleSpec::Dann {
-                alpha: d.alpha,
-                beta: d.beta,
+                alpha: d.alpha.unwrap_or(defaults::SCHEDULE_ALPHA),
+                beta: d.beta.unwrap_or(defaults::SCHEDULE_BETA),
             },
         };
         let t = p.training.as_ref().ok_or_else(|| missing("training"))?;
-        let w = p.workers.as_ref().ok_or_else(|| missing("workers"))?;
+        let workers = p
+            .workers
+            .map_or_else(WorkersSpec::default, |w| WorkersSpec {
+                min: w.min,
+                max: w.max,
+            });
         let c = p.checkpoint.unwrap_or_default();
-        let defaults = (
-            TrainingSpec::default_fingerprint_interval(),
-            CheckpointSpec::default().keep,
-        );
-        // proto3 cannot tell 0 from unset: 0 means the default where 0 is not a valid value.
-        let or_default = |v: u64, d: u64| if v == 0 { d } else { v };
+        let e = p.evaluation.unwrap_or_default();
         Ok(WireSpec(JobSpec {
             name: p.name.clone(),
             seed: p.seed,
@@ -234,18 +248,19 @@ impl TryFrom<&pb::JobSpec> for WireSpec {
                 global_batch_size: usize_of(t.global_batch_size, "training.global_batch_size")?,
                 steps: t.steps,
                 epochs: t.epochs,
-                fingerprint_interval: or_default(t.fingerprint_interval, defaults.0),
+                fingerprint_interval: or_default_nonzero(
+                    t.fingerprint_interval,
+                    defaults::FINGERPRINT_INTERVAL,
+                ),
             },
-            workers: WorkersSpec {
-                min: w.min,
-                max: w.max,
-            },
+            workers,
             checkpoint: CheckpointSpec {
                 interval_steps: c.interval_steps,
-                keep: if c.keep == 0 { defaults.1 } else { c.keep },
+                keep: or_default_nonzero(c.keep, defaults::CHECKPOINT_KEEP),
             },
             evaluation: EvaluationSpec {
-                interval_steps: p.evaluation.as_ref().map_or(0, |e| e.interval_steps),
+                interval_steps: e.interval_steps,
+                at_start: e.at_start,
             },
             allreduce: match pb::AllReduce::try_from(p.allreduce) {
                 Ok(pb::AllReduce::Unspecified | pb::AllReduce::Ring) => AllReduce::Ring,

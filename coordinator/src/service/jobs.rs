@@ -13,9 +13,24 @@ use tonic::{Request, Response, Status};
 use crate::checkpoint::CheckpointDir;
 use crate::core::Coordinator;
 use crate::error::CoordinatorError;
+use crate::initial;
 use crate::job::JobId;
 use crate::jobdata::JobData;
 use graft_common::wire::spec_from_pb;
+use graft_transfer::JobSpec;
+
+/// The job a `SubmitJob` names: its spec message, or its job file's text.
+fn spec_of(r: pb::SubmitJobRequest) -> Result<JobSpec, Status> {
+    match (r.spec, r.spec_toml.trim().is_empty()) {
+        (Some(_), false) => Err(Status::invalid_argument(
+            "spec, spec_toml: send one of them, not both",
+        )),
+        (None, true) => Err(Status::invalid_argument("spec: missing (or spec_toml)")),
+        (Some(spec), true) => Ok(spec_from_pb(&spec)?),
+        (None, false) => toml::from_str::<JobSpec>(&r.spec_toml)
+            .map_err(|e| Status::invalid_argument(format!("spec_toml: {}", e.to_string().trim()))),
+    }
+}
 
 /// The client-facing service.
 pub struct JobApi {
@@ -40,19 +55,30 @@ impl JobService for JobApi {
         &self,
         req: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        let spec = req
-            .into_inner()
-            .spec
-            .ok_or_else(|| Status::invalid_argument("spec: missing"))?;
-        let spec = spec_from_pb(&spec)?;
+        let spec = spec_of(req.into_inner())?;
         spec.validate()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let dir = self.coord.config.datasets_dir();
         let spec2 = spec.clone();
-        let data = tokio::task::spawn_blocking(move || JobData::load(&spec2, &dir))
-            .await
-            .map_err(|e| Status::internal(format!("loading data: {e}")))??;
-        let record = self.coord.submit(spec, data)?;
+        let config = self.coord.config.clone();
+        let (data, start) = tokio::task::spawn_blocking(move || {
+            let data = JobData::load(&spec2, &dir)?;
+            let start = spec2
+                .evaluation
+                .at_start
+                .then(|| initial::evaluate(&config, spec2.seed, &data))
+                .transpose()?;
+            Ok::<_, CoordinatorError>((data, start))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("loading data: {e}")))??;
+        let mut record = self.coord.submit(spec, data)?;
+        if let Some(eval) = start {
+            // Before any worker can report: the job's first evaluation is this one.
+            self.coord
+                .evaluated(&record.id, eval, Some(initial::PREFIX.to_string()));
+            record = self.coord.get(&record.id.0)?;
+        }
         Ok(Response::new(pb::SubmitJobResponse {
             job: Some(record.to_pb()),
         }))

@@ -17,7 +17,7 @@ pub struct CheckpointSpec {
 }
 
 fn default_keep() -> u32 {
-    3
+    super::defaults::CHECKPOINT_KEEP
 }
 
 impl Default for CheckpointSpec {

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::error::{SpecError, bad};
-use super::{JobSpec, MAX_GENERATED};
+use super::{JobSpec, MAX_GENERATED, defaults};
 use crate::data::catalog;
 
 /// What a dataset is for in a job.
@@ -80,7 +80,7 @@ pub struct DatasetSpec {
 }
 
 pub(super) fn default_split() -> String {
-    "train".to_string()
+    defaults::SPLIT.to_string()
 }
 
 impl DatasetSpec {

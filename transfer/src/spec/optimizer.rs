@@ -42,13 +42,13 @@ pub enum OptimizerSpec {
 }
 
 fn default_beta1() -> f64 {
-    0.9
+    super::defaults::BETA1
 }
 fn default_beta2() -> f64 {
-    0.999
+    super::defaults::BETA2
 }
 fn default_eps() -> f64 {
-    1e-8
+    super::defaults::EPS
 }
 
 impl OptimizerSpec {

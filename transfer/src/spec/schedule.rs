@@ -30,10 +30,10 @@ pub enum ScheduleSpec {
 }
 
 fn default_alpha() -> f64 {
-    10.0
+    super::defaults::SCHEDULE_ALPHA
 }
 fn default_beta() -> f64 {
-    0.75
+    super::defaults::SCHEDULE_BETA
 }
 
 impl ScheduleSpec {

@@ -54,6 +54,6 @@ impl TrainingSpec {
 
     /// Steps between replica checks when a job does not say.
     pub const fn default_fingerprint_interval() -> u64 {
-        50
+        super::defaults::FINGERPRINT_INTERVAL
     }
 }

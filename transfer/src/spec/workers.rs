@@ -16,7 +16,10 @@ pub struct WorkersSpec {
 
 impl Default for WorkersSpec {
     fn default() -> Self {
-        Self { min: 1, max: 1 }
+        Self {
+            min: super::defaults::WORKERS,
+            max: super::defaults::WORKERS,
+        }
     }
 }
 

@@ -28,7 +28,7 @@ impl Penalty {
 }
 
 pub(super) fn default_temperature() -> f64 {
-    2.0
+    crate::spec::defaults::TEMPERATURE
 }
 
 pub(super) fn validate(lambda: f64, temperature: f64) -> Result<(), SpecError> {

@@ -1,16 +1,16 @@
 //! Domain-adversarial training's reversal schedule and domain head.
 
 use crate::spec::error::{SpecError, bad};
-use crate::spec::{JobSpec, MAX_WIDTH};
+use crate::spec::{JobSpec, MAX_WIDTH, defaults};
 
 pub(super) fn default_lambda_max() -> f64 {
-    1.0
+    defaults::LAMBDA_MAX
 }
 pub(super) fn default_gamma() -> f64 {
-    10.0
+    defaults::DANN_GAMMA
 }
 pub(super) fn default_domain_hidden() -> Vec<usize> {
-    vec![100]
+    defaults::DOMAIN_HIDDEN.to_vec()
 }
 
 impl JobSpec {

@@ -26,12 +26,12 @@ pub struct TaskSpec {
 }
 
 fn default_weight() -> f64 {
-    1.0
+    crate::spec::defaults::TASK_WEIGHT
 }
 
 /// Progressive networks feed earlier columns into the new one unless told not to.
 pub(super) fn default_laterals() -> bool {
-    true
+    crate::spec::defaults::LATERALS
 }
 
 impl JobSpec {
