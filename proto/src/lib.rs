@@ -19,7 +19,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/graft_descriptor.bin"));
 
 /// Bumped whenever a message changes meaning; checked at registration and in heartbeats.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Default tensor chunk size in bytes (docs/design.md: 1 MiB).
 pub const CHUNK_BYTES: usize = 1 << 20;
