@@ -167,20 +167,24 @@ impl Client {
             .checkpoints)
     }
 
-    /// The weights of a checkpoint (the latest without `step`), as safetensors bytes.
+    /// The weights of a checkpoint (the latest without `step`), as safetensors bytes in
+    /// `format`'s layout.
     ///
     /// # Errors
-    /// [`ClientError`] when there is no such checkpoint or the stream is inconsistent.
+    /// [`ClientError`] when there is no such checkpoint, the network has no such layout or
+    /// the stream is inconsistent.
     pub async fn export(
         &mut self,
         id: &str,
         step: Option<u64>,
+        format: pb::ExportFormat,
     ) -> Result<(u64, Vec<u8>), ClientError> {
         let mut s = self
             .inner
             .export_model(pb::ExportModelRequest {
                 job_id: id.into(),
                 step,
+                format: format.into(),
             })
             .await?
             .into_inner();

@@ -279,6 +279,11 @@ enum Cmd {
         /// The checkpoint's step (default: the latest).
         #[arg(long)]
         step: Option<u64>,
+        /// The file's layout: `graft` (the checkpoint as it is: graft's names, linear
+        /// weights [in, out]) or `torch` (an nn.Sequential's names and PyTorch's layout, with
+        /// the architecture, graft's version and the job spec in the metadata).
+        #[arg(long, value_enum, default_value_t = ExportLayout::Graft)]
+        format: ExportLayout,
     },
     /// Run a job file on a coordinator and workers started here, on loopback.
     Local {
@@ -667,9 +672,18 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
-        Cmd::Export { id, out, step } => {
+        Cmd::Export {
+            id,
+            out,
+            step,
+            format,
+        } => {
             let mut c = connect(&cli).await?;
-            let (at, bytes) = c.export(id, *step).await?;
+            let format = match format {
+                ExportLayout::Graft => pb::ExportFormat::Graft,
+                ExportLayout::Torch => pb::ExportFormat::Torch,
+            };
+            let (at, bytes) = c.export(id, *step, format).await?;
             std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
             println!("wrote {} ({} bytes, step {at})", out.display(), bytes.len());
             Ok(true)

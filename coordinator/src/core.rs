@@ -41,6 +41,8 @@ struct JobChannels {
     events: broadcast::Sender<pb::JobEvent>,
     /// Held by `upload::process_upload` while it evaluates and checkpoints one state.
     state_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The job's TensorBoard event file, fed what its watchers are sent.
+    board: crate::tensorboard::JobBoard,
 }
 
 impl JobChannels {
@@ -48,6 +50,7 @@ impl JobChannels {
         Self {
             events: broadcast::channel(1024).0,
             state_lock: Arc::new(tokio::sync::Mutex::new(())),
+            board: crate::tensorboard::JobBoard::default(),
         }
     }
 }
@@ -128,8 +131,13 @@ impl Coordinator {
                 Action::Reply(r) => answer = Ok(r),
                 Action::Refuse(e) => answer = Err(e),
                 Action::Publish(job, event) => {
+                    let scalars = crate::tensorboard::Scalars::of(&shared.state, &job, &event);
+                    let channels = shared.channels(&job);
+                    channels
+                        .board
+                        .write(&self.config.job_dir(&job), &job, scalars);
                     // No subscriber is no error: nobody is watching.
-                    let _ = shared.channels(&job).events.send(event);
+                    let _ = channels.events.send(event);
                 }
                 Action::FailRound { round, reason } => round.fail(&reason),
                 Action::Assigned => self.assigned.notify_waiters(),
@@ -166,7 +174,7 @@ impl Coordinator {
                     job,
                     title,
                     history,
-                } => self.write_curves(&job, &crate::plot::render(&title, &history)),
+                } => crate::plot::write(&self.config.job_dir(&job), &title, &history),
                 _ => {}
             }
         }
@@ -177,24 +185,6 @@ impl Coordinator {
     fn persist(&self, record: &JobRecord) {
         if let Err(e) = self.store.put(record) {
             tracing::error!(job = %record.id, error = %e, "cannot persist job");
-        }
-    }
-
-    /// Writes a job's curves (`<state_dir>/jobs/<id>/curves.svg`); a failure is logged, not
-    /// fatal: the curves are a convenience.
-    fn write_curves(&self, job: &JobId, svg: &str) {
-        let dir = self.config.job_dir(job);
-        let write = std::fs::create_dir_all(&dir)
-            .map_err(|source| CoordinatorError::Io {
-                path: dir.display().to_string(),
-                source,
-            })
-            .and_then(|()| {
-                graft_common::fs::write_atomic(&dir.join("curves.svg"), svg.as_bytes())
-                    .map_err(CoordinatorError::from)
-            });
-        if let Err(e) = write {
-            tracing::warn!(%job, error = %e, "cannot write the training curves");
         }
     }
 

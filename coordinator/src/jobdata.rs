@@ -300,9 +300,10 @@ impl JobData {
                     .flat_map(|s| s.copies.iter().map(|(_, to)| to.as_str()))
                     .collect();
                 Some(
-                    weights::params_from_safetensors_over(
+                    weights::params_from_file_over(
                         &arch,
                         &bytes,
+                        spec.method.init_layout(),
                         &arch.init(spec.seed),
                         |name| filled.iter().any(|p| name.starts_with(p)),
                     )

@@ -13,9 +13,11 @@
 //! - [`initial`]: the evaluation before the first step (`evaluation.at_start`).
 //! - [`checkpoint`]: atomic, verified checkpoints.
 //! - [`store`]: the embedded job store (redb).
+//! - [`export`]: a checkpoint's weights in PyTorch's layout.
 //! - [`jobdata`]: a job's datasets, network and stages.
 //! - [`job`]: the persisted job record.
-//! - [`plot`]: training curves as SVG.
+//! - [`plot`]: training curves as SVG and PNG.
+//! - [`tensorboard`]: TensorBoard event files of each job's steps and evaluations.
 //! - [`metrics`]: the Prometheus `/metrics` endpoint.
 //! - [`server`]: binding, serving, and the orderly shutdown.
 //! - [`error`]: the coordinator's errors and their gRPC codes.
@@ -29,6 +31,7 @@ pub mod core;
 pub mod error;
 pub mod initial;
 pub mod job;
+pub mod export;
 pub mod jobdata;
 pub mod metrics;
 pub mod plot;
@@ -40,6 +43,7 @@ pub mod state;
 pub mod store;
 pub mod upload;
 
+pub mod tensorboard;
 #[cfg(test)]
 mod testing;
 

@@ -4,6 +4,8 @@
 //! The binaries are the ones built next to the test executable (`cargo test --release`
 //! builds them with the workspace); a missing one is a clear panic, not a skipped test.
 
+pub mod python;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -12,6 +12,7 @@
 //! - [`shard`]: which samples each worker uses at each step.
 //! - [`eval`]: accuracy, per-class accuracy, confusion matrix.
 //! - [`weights`]: safetensors in and out.
+//! - [`torch_layout`]: PyTorch's names and layout of the same networks.
 //! - [`device`]: device names.
 //! - [`rng`]: the deterministic random numbers every process shares.
 //! - [`zeroshot`]: class vectors for zero-shot learning.
@@ -26,6 +27,7 @@ pub mod params;
 pub mod rng;
 pub mod shard;
 pub mod spec;
+pub mod torch_layout;
 pub mod weights;
 pub mod zeroshot;
 

@@ -7,6 +7,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::model::Architecture;
 use crate::params::Params;
+use crate::torch_layout::{self, WeightsLayout};
 
 /// Why a weights file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,9 @@ pub enum WeightsError {
         /// What the file has.
         found: String,
     },
+    /// The file's layout does not fit the network or what the job says of it.
+    #[error("{0}")]
+    Layout(String),
 }
 
 /// Tensors by name: shape and values.
@@ -141,6 +145,37 @@ pub fn params_from_safetensors_over(
     Ok(Params::new(values))
 }
 
+/// Loads the network's parameters over `base` from a file in either layout: the one the
+/// job names (`init_layout`), else the one the file's metadata declares, else graft's.
+///
+/// # Errors
+/// As [`params_from_safetensors_over`] and [`torch_layout::params_from_torch_over`], and
+/// [`WeightsError::Layout`] when the job names one layout and the metadata another.
+pub fn params_from_file_over(
+    arch: &Architecture,
+    bytes: &[u8],
+    layout: Option<WeightsLayout>,
+    base: &Params,
+    optional: impl Fn(&str) -> bool,
+) -> Result<Params, WeightsError> {
+    let declared = torch_layout::declared_layout(bytes)?;
+    let layout = match (layout, declared) {
+        (Some(asked), Some(found)) if asked != found => {
+            return Err(WeightsError::Layout(format!(
+                "init_layout is {:?}, but the file's metadata says it is in the {:?} layout",
+                asked.name(),
+                found.name()
+            )));
+        }
+        (Some(l), _) | (None, Some(l)) => l,
+        (None, None) => WeightsLayout::Graft,
+    };
+    match layout {
+        WeightsLayout::Graft => params_from_safetensors_over(arch, bytes, base, optional),
+        WeightsLayout::Torch => torch_layout::params_from_torch_over(arch, bytes, base, optional),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +191,31 @@ mod tests {
         let err = params_from_safetensors(&b, &bytes).expect_err("shape differs");
         assert!(err.to_string().contains("features.fc1.weight"), "{err}");
         assert!(params_from_safetensors(&a, b"garbage").is_err());
+    }
+
+    #[test]
+    fn either_layout_loads_and_a_conflict_is_refused() {
+        let a = Architecture::new(&ModelSpec::Mlp { hidden: vec![5] }, &[3], 2).expect("valid");
+        let p = a.init(4);
+        let base = a.init(0);
+        let graft = params_to_safetensors(&a, &p).expect("serialises");
+        let torch = torch_layout::to_torch_safetensors(&a, &p, BTreeMap::new()).expect("torch");
+        for (bytes, asked) in [
+            (&graft, None),
+            (&graft, Some(WeightsLayout::Graft)),
+            (&torch, None),
+            (&torch, Some(WeightsLayout::Torch)),
+        ] {
+            let got = params_from_file_over(&a, bytes, asked, &base, |_| false).expect("loads");
+            assert_eq!(got, p, "{asked:?}");
+        }
+        let err = params_from_file_over(&a, &torch, Some(WeightsLayout::Graft), &base, |_| false)
+            .expect_err("conflict");
+        assert!(err.to_string().contains("metadata says"), "{err}");
+        // A plain state_dict carries no layout: graft's names are then expected unless the
+        // job says torch.
+        let err = params_from_file_over(&a, &graft, Some(WeightsLayout::Torch), &base, |_| false)
+            .expect_err("graft names under torch");
+        assert!(err.to_string().contains("1.weight"), "{err}");
     }
 }

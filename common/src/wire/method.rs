@@ -3,6 +3,7 @@
 use graft_proto::v1 as pb;
 use graft_transfer::methods::{DataKey, Stage, StreamPlan};
 use graft_transfer::spec::{AttributeSource, MethodSpec, Penalty, Scoring, TaskSpec, defaults};
+use graft_transfer::torch_layout::WeightsLayout;
 use graft_transfer::zeroshot::ClassVectors;
 
 use super::{WireError, missing, usize_of};
@@ -12,12 +13,34 @@ fn source_to_pb(
     source_epochs: Option<u32>,
     init_from: &Option<String>,
     reset_head: bool,
+    init_layout: Option<WeightsLayout>,
 ) -> pb::SourceStageSpec {
     pb::SourceStageSpec {
         source_steps,
         source_epochs,
         init_from: init_from.clone(),
         reset_head,
+        init_layout: layout_to_pb(init_layout).into(),
+    }
+}
+
+fn layout_to_pb(l: Option<WeightsLayout>) -> pb::WeightsLayout {
+    match l {
+        None => pb::WeightsLayout::Unspecified,
+        Some(WeightsLayout::Graft) => pb::WeightsLayout::Graft,
+        Some(WeightsLayout::Torch) => pb::WeightsLayout::Torch,
+    }
+}
+
+fn layout_from_pb(v: i32) -> Result<Option<WeightsLayout>, WireError> {
+    match pb::WeightsLayout::try_from(v) {
+        Ok(pb::WeightsLayout::Unspecified) => Ok(None),
+        Ok(pb::WeightsLayout::Graft) => Ok(Some(WeightsLayout::Graft)),
+        Ok(pb::WeightsLayout::Torch) => Ok(Some(WeightsLayout::Torch)),
+        Err(_) => Err(WireError {
+            field: "method.init_layout".into(),
+            reason: format!("{v} is not a WeightsLayout (0 from the file, 1 graft, 2 torch)"),
+        }),
     }
 }
 
@@ -63,17 +86,20 @@ pub fn method_to_pb(m: &MethodSpec) -> pb::method_spec::Kind {
             source_epochs,
             init_from,
             reset_head,
+            init_layout,
         } => Kind::FineTuning(pb::FineTuningSpec {
             source_steps: *source_steps,
             source_epochs: *source_epochs,
             init_from: init_from.clone(),
             reset_head: *reset_head,
+            init_layout: layout_to_pb(*init_layout).into(),
         }),
         MethodSpec::Conservative {
             source_steps,
             source_epochs,
             init_from,
             reset_head,
+            init_layout,
             penalty,
             lambda,
             temperature,
@@ -83,6 +109,7 @@ pub fn method_to_pb(m: &MethodSpec) -> pb::method_spec::Kind {
                 *source_epochs,
                 init_from,
                 *reset_head,
+                *init_layout,
             )),
             penalty: match penalty {
                 Penalty::L2Sp => pb::Penalty::L2Sp,
@@ -97,6 +124,7 @@ pub fn method_to_pb(m: &MethodSpec) -> pb::method_spec::Kind {
             source_epochs,
             init_from,
             reset_head,
+            init_layout,
             freeze,
         } => Kind::LayerTransfer(pb::LayerTransferSpec {
             source: Some(source_to_pb(
@@ -104,6 +132,7 @@ pub fn method_to_pb(m: &MethodSpec) -> pb::method_spec::Kind {
                 *source_epochs,
                 init_from,
                 *reset_head,
+                *init_layout,
             )),
             freeze: freeze.clone(),
         }),
@@ -156,17 +185,24 @@ pub fn method_to_pb(m: &MethodSpec) -> pb::method_spec::Kind {
     }
 }
 
-/// `(source_steps, source_epochs, init_from, reset_head)` off the wire.
-type SourceStage = (Option<u64>, Option<u32>, Option<String>, bool);
+/// `(source_steps, source_epochs, init_from, reset_head, init_layout)` off the wire.
+type SourceStage = (
+    Option<u64>,
+    Option<u32>,
+    Option<String>,
+    bool,
+    Option<WeightsLayout>,
+);
 
-fn source_from_pb(s: Option<&pb::SourceStageSpec>) -> SourceStage {
-    s.map_or((None, None, None, false), |s| {
-        (
+fn source_from_pb(s: Option<&pb::SourceStageSpec>) -> Result<SourceStage, WireError> {
+    s.map_or(Ok((None, None, None, false, None)), |s| {
+        Ok((
             s.source_steps,
             s.source_epochs,
             s.init_from.clone(),
             s.reset_head,
-        )
+            layout_from_pb(s.init_layout)?,
+        ))
     })
 }
 
@@ -202,15 +238,17 @@ pub fn method_from_pb(k: &pb::method_spec::Kind) -> Result<MethodSpec, WireError
             source_epochs: f.source_epochs,
             init_from: f.init_from.clone(),
             reset_head: f.reset_head,
+            init_layout: layout_from_pb(f.init_layout)?,
         },
         Kind::Conservative(c) => {
-            let (source_steps, source_epochs, init_from, reset_head) =
-                source_from_pb(c.source.as_ref());
+            let (source_steps, source_epochs, init_from, reset_head, init_layout) =
+                source_from_pb(c.source.as_ref())?;
             MethodSpec::Conservative {
                 source_steps,
                 source_epochs,
                 init_from,
                 reset_head,
+                init_layout,
                 penalty: match pb::Penalty::try_from(c.penalty) {
                     Ok(pb::Penalty::L2Sp) => Penalty::L2Sp,
                     Ok(pb::Penalty::OutputKl) => Penalty::OutputKl,
@@ -231,13 +269,14 @@ pub fn method_from_pb(k: &pb::method_spec::Kind) -> Result<MethodSpec, WireError
             }
         }
         Kind::LayerTransfer(l) => {
-            let (source_steps, source_epochs, init_from, reset_head) =
-                source_from_pb(l.source.as_ref());
+            let (source_steps, source_epochs, init_from, reset_head, init_layout) =
+                source_from_pb(l.source.as_ref())?;
             MethodSpec::LayerTransfer {
                 source_steps,
                 source_epochs,
                 init_from,
                 reset_head,
+                init_layout,
                 freeze: l.freeze.clone(),
             }
         }

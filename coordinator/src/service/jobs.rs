@@ -205,10 +205,23 @@ impl JobService for JobApi {
                 .job_dir(&JobId(rec.id.0.clone()))
                 .join("checkpoints"),
         );
-        let bytes = tokio::task::spawn_blocking(move || dir.model_bytes(step))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(Status::from)?;
+        let format = pb::ExportFormat::try_from(req.format).map_err(|_| {
+            Status::invalid_argument(format!(
+                "format {} is not an ExportFormat (0 graft, 1 torch)",
+                req.format
+            ))
+        })?;
+        let datasets = self.coord.config.datasets_dir();
+        let bytes = tokio::task::spawn_blocking(move || {
+            let bytes = dir.model_bytes(step)?;
+            match format {
+                pb::ExportFormat::Graft => Ok(bytes),
+                pb::ExportFormat::Torch => crate::export::torch(&rec, step, &bytes, &datasets),
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(Status::from)?;
         let total = bytes.len() as u64;
         let chunks: Vec<Result<pb::ExportModelResponse, Status>> = bytes
             .chunks(graft_proto::CHUNK_BYTES)

@@ -15,6 +15,7 @@ pub use zero_shot::{AttributeSource, Scoring};
 
 use super::error::{SpecError, bad};
 use super::{JobSpec, Role};
+use crate::torch_layout::WeightsLayout;
 
 /// The transfer method.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +37,11 @@ pub enum MethodSpec {
         /// of a source stage.
         #[serde(default)]
         init_from: Option<String>,
+        /// The layout of `init_from`: `torch` for a PyTorch `state_dict` (an nn.Sequential's
+        /// names, linear weights `[out, in]`), `graft` for graft's own; by default the one the
+        /// file's metadata declares, else graft's.
+        #[serde(default)]
+        init_layout: Option<WeightsLayout>,
         /// Re-initialise the label head before the target stage.
         #[serde(default)]
         reset_head: bool,
@@ -51,6 +57,11 @@ pub enum MethodSpec {
         /// A safetensors file to take the source model from instead of a source stage.
         #[serde(default)]
         init_from: Option<String>,
+        /// The layout of `init_from`: `torch` for a PyTorch `state_dict` (an nn.Sequential's
+        /// names, linear weights `[out, in]`), `graft` for graft's own; by default the one the
+        /// file's metadata declares, else graft's.
+        #[serde(default)]
+        init_layout: Option<WeightsLayout>,
         /// Re-initialise the label head before the target stage (it then has no source
         /// counterpart and L2-SP leaves it out).
         #[serde(default)]
@@ -74,6 +85,11 @@ pub enum MethodSpec {
         /// A safetensors file to take the source model from instead of a source stage.
         #[serde(default)]
         init_from: Option<String>,
+        /// The layout of `init_from`: `torch` for a PyTorch `state_dict` (an nn.Sequential's
+        /// names, linear weights `[out, in]`), `graft` for graft's own; by default the one the
+        /// file's metadata declares, else graft's.
+        #[serde(default)]
+        init_layout: Option<WeightsLayout>,
         /// Re-initialise the label head before the target stage.
         #[serde(default)]
         reset_head: bool,
@@ -159,6 +175,17 @@ impl MethodSpec {
                 init_from,
                 ..
             } => Some((*source_steps, *source_epochs, init_from.as_deref())),
+            _ => None,
+        }
+    }
+
+    /// The layout the job names for its `init_from` file (`None`: the file's own, else
+    /// graft's).
+    pub fn init_layout(&self) -> Option<WeightsLayout> {
+        match self {
+            MethodSpec::FineTuning { init_layout, .. }
+            | MethodSpec::Conservative { init_layout, .. }
+            | MethodSpec::LayerTransfer { init_layout, .. } => *init_layout,
             _ => None,
         }
     }

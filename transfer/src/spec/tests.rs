@@ -130,6 +130,7 @@ fn fine_tuning_needs_a_source_stage_or_a_file() {
         source_epochs: None,
         init_from: None,
         reset_head: false,
+        init_layout: None,
     };
     assert_eq!(field_of(&s), "method");
     s.method = MethodSpec::FineTuning {
@@ -137,6 +138,7 @@ fn fine_tuning_needs_a_source_stage_or_a_file() {
         source_epochs: None,
         init_from: None,
         reset_head: false,
+        init_layout: None,
     };
     s.validate().expect("source stage of 100 steps");
     s.method = MethodSpec::FineTuning {
@@ -144,8 +146,18 @@ fn fine_tuning_needs_a_source_stage_or_a_file() {
         source_epochs: None,
         init_from: Some("m.safetensors".into()),
         reset_head: false,
+        init_layout: None,
     };
     assert_eq!(field_of(&s), "method.init_from");
+    // The layout of a file that is not there.
+    s.method = MethodSpec::FineTuning {
+        source_steps: Some(100),
+        source_epochs: None,
+        init_from: None,
+        reset_head: false,
+        init_layout: Some(crate::torch_layout::WeightsLayout::Torch),
+    };
+    assert_eq!(field_of(&s), "method.init_layout");
 }
 
 fn parse(text: &str) -> JobSpec {

@@ -13,6 +13,12 @@ impl JobSpec {
         let Some((source_steps, source_epochs, init_from)) = self.method.source_stage() else {
             return Ok(());
         };
+        if init_from.is_none() && self.method.init_layout().is_some() {
+            return Err(bad(
+                "method.init_layout",
+                "is the layout of init_from: set init_from too, or leave it out",
+            ));
+        }
         match (init_from, source_steps, source_epochs) {
             (Some(path), None, None) => {
                 if path.trim().is_empty() {
