@@ -120,12 +120,36 @@ impl Client {
     /// # Errors
     /// [`ClientError`].
     pub async fn list(&mut self) -> Result<Vec<pb::Job>, ClientError> {
-        Ok(self
-            .inner
-            .list_jobs(pb::ListJobsRequest {})
+        let mut jobs = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .inner
+                .list_jobs(pb::ListJobsRequest {
+                    page_size: 0,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            jobs.extend(page.jobs);
+            if page.next_page_token.is_empty() {
+                return Ok(jobs);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// Deletes a finished job and its files.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn delete(&mut self, id: &str) -> Result<pb::Job, ClientError> {
+        self.inner
+            .delete_job(pb::DeleteJobRequest { job_id: id.into() })
             .await?
             .into_inner()
-            .jobs)
+            .job
+            .ok_or_else(|| ClientError::Local("empty answer".into()))
     }
 
     /// Cancels a job.
@@ -147,6 +171,18 @@ impl Client {
     /// # Errors
     /// [`ClientError`].
     pub async fn watch(&mut self, id: &str) -> Result<tonic::Streaming<pb::JobEvent>, ClientError> {
+        Ok(self.watch_status(id).await?)
+    }
+
+    /// [`Client::watch`] with the call's status as it came, so that a caller can tell a
+    /// coordinator that is away (and will come back) from one that refuses.
+    ///
+    /// # Errors
+    /// The call's status.
+    pub async fn watch_status(
+        &mut self,
+        id: &str,
+    ) -> Result<tonic::Streaming<pb::JobEvent>, tonic::Status> {
         Ok(self
             .inner
             .watch_job(pb::WatchJobRequest { job_id: id.into() })

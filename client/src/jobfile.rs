@@ -35,6 +35,9 @@ pub fn read(path: &Path) -> Result<JobSpec, JobFileError> {
 pub fn parse(text: &str) -> Result<JobSpec, String> {
     // Parse once with `toml` first: its errors name the line and the key precisely.
     toml::from_str::<JobSpec>(text).map_err(|e| e.to_string().trim().to_string())?;
+    // `config` below holds integers as i64 and names no key for one that does not fit;
+    // a plain table does, with the line.
+    toml::from_str::<toml::Table>(text).map_err(|e| e.to_string().trim().to_string())?;
     let c = config::Config::builder()
         .add_source(config::File::from_str(text, config::FileFormat::Toml))
         .add_source(
@@ -67,6 +70,13 @@ mod tests {
             }
         }
         assert!(n >= 2, "examples/ holds job files");
+    }
+
+    #[test]
+    fn a_number_too_large_names_its_key() {
+        let e = parse("name = \"x\"\n[evaluation]\ninterval_steps = 9223372036854775808\n")
+            .expect_err("above i64");
+        assert!(e.contains("interval_steps") && e.contains("line 3"), "{e}");
     }
 
     #[test]

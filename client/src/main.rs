@@ -261,6 +261,11 @@ enum Cmd {
         /// The job's id.
         id: String,
     },
+    /// Delete a finished job with its checkpoints, manifests and curves.
+    Delete {
+        /// The job's id.
+        id: String,
+    },
     /// List a job's checkpoints.
     Checkpoints {
         /// The job's id.
@@ -603,20 +608,22 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 }
             } else {
                 println!(
-                    "{:<10} {:<14} {:<22} {:<12} {:>12} {:>7}  reason",
+                    "{:<18} {:<14} {:<22} {:<12} {:>12} {:>7}  reason",
                     "ID", "STATE", "NAME", "METHOD", "STEP", "WORKERS"
                 );
                 for j in &jobs {
+                    // What a peer sent is shown escaped: a name or reason with control
+                    // characters must not rewrite the terminal.
                     let name = j.spec.as_ref().map_or("", |s| s.name.as_str());
                     println!(
-                        "{:<10} {:<14} {:<22} {:<12} {:>12} {:>7}  {}",
-                        j.id,
+                        "{:<18} {:<14} {:<22} {:<12} {:>12} {:>7}  {}",
+                        j.id.escape_debug().to_string(),
                         state_name(state_of(j)),
-                        name,
-                        j.method,
+                        name.escape_debug().to_string(),
+                        j.method.escape_debug().to_string(),
                         format!("{}/{}", j.step, j.total_steps),
                         j.workers,
-                        j.reason
+                        j.reason.escape_debug()
                     );
                 }
             }
@@ -651,6 +658,12 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let mut c = connect(&cli).await?;
             let job = c.cancel(id).await?;
             println!("{} {}", job.id, state_name(state_of(&job)));
+            Ok(true)
+        }
+        Cmd::Delete { id } => {
+            let mut c = connect(&cli).await?;
+            let job = c.delete(id).await?;
+            println!("{} deleted", job.id);
             Ok(true)
         }
         Cmd::Checkpoints { id, json } => {

@@ -81,7 +81,7 @@ pub async fn follow_with_notices(
     let mut total = 0;
     loop {
         let ev = tokio::select! {
-            ev = stream.message() => ev?,
+            ev = stream.message() => ev,
             line = next_notice(&mut notices) => {
                 match line {
                     // Above the bar, which is drawn again below it.
@@ -91,7 +91,39 @@ pub async fn follow_with_notices(
                 continue;
             }
         };
-        let Some(ev) = ev else { break };
+        let ev = match ev {
+            Ok(ev) => ev,
+            // The coordinator went away (a restart, a rolling update): follow the job again
+            // once it is back.
+            Err(s) if away(&s) => {
+                stream = rewatch(client, id, &bar, &s).await?;
+                continue;
+            }
+            Err(s) => return Err(s.into()),
+        };
+        let Some(ev) = ev else {
+            // The stream ended without a final event: the job has ended, or the coordinator
+            // is going away (a graceful stop ends every stream).
+            if let Ok(job) = client.get(id).await
+                && is_terminal(pb::JobState::try_from(job.state).unwrap_or_default())
+            {
+                bar.finish_and_clear();
+                let seconds = run_seconds(&job, now_ms());
+                return Ok(Outcome {
+                    job,
+                    last_evaluation: last_eval,
+                    seconds,
+                });
+            }
+            stream = rewatch(
+                client,
+                id,
+                &bar,
+                &tonic::Status::unavailable("the event stream ended"),
+            )
+            .await?;
+            continue;
+        };
         match ev.event {
             Some(pb::job_event::Event::Snapshot(j)) => {
                 total = j.total_steps;
@@ -132,21 +164,47 @@ pub async fn follow_with_notices(
             None => {}
         }
     }
-    bar.finish_and_clear();
-    // The stream ended without a final event: ask once more.
-    let job = client.get(id).await?;
-    if is_terminal(pb::JobState::try_from(job.state).unwrap_or_default()) {
-        let seconds = run_seconds(&job, now_ms());
-        return Ok(Outcome {
-            job,
-            last_evaluation: last_eval,
-            seconds,
-        });
+}
+
+/// How long a watch keeps trying to reach a coordinator that went away: longer than a
+/// restart takes, with its store and checkpoints to read.
+const RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Whether `s` says the coordinator is away rather than that it refused.
+fn away(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
+}
+
+/// The job's event stream again, once the coordinator answers (its first event is a
+/// snapshot, so nothing of the job's state is missed); trying for [`RECONNECT_FOR`].
+async fn rewatch(
+    client: &mut Client,
+    id: &str,
+    bar: &ProgressBar,
+    lost: &tonic::Status,
+) -> Result<tonic::Streaming<pb::JobEvent>, ClientError> {
+    let deadline = Instant::now() + RECONNECT_FOR;
+    bar.suspend(|| {
+        eprintln!(
+            "lost the coordinator ({}); following job {id} again once it is back",
+            lost.message()
+        );
+    });
+    loop {
+        match client.watch_status(id).await {
+            Ok(s) => {
+                bar.suspend(|| eprintln!("reconnected; following job {id}"));
+                return Ok(s);
+            }
+            Err(s) if away(&s) && Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(s) => return Err(s.into()),
+        }
     }
-    Err(ClientError::Local(format!(
-        "lost the event stream of job {id} while it was {}",
-        state_name(pb::JobState::try_from(job.state).unwrap_or_default())
-    )))
 }
 
 /// The next line on `notices`; never, without them.

@@ -5,6 +5,7 @@
 //!   `Step`, `Generation`).
 //! - [`wire`]: proto ↔ domain conversions (job spec, methods, stages, step sums, states).
 //! - [`auth`]: bearer tokens, checked in constant time.
+//! - [`group_key`]: a group's secret, and the proof each ring stream gives of it.
 //! - [`bench`]: what a benchmark peer reports to `graft bench`.
 //! - [`tls`]: rustls for servers and clients.
 //! - [`logging`]: `tracing` to stderr, plain or JSON.
@@ -20,6 +21,7 @@ pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod fs;
+pub mod group_key;
 pub mod ids;
 pub mod logging;
 pub mod net;

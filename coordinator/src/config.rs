@@ -48,6 +48,9 @@ pub struct CoordinatorConfig {
     /// Where evaluation runs: `cpu` (flex), `libtorch-cpu` or `cuda:N` (the `tch` build). The
     /// workers' devices are their own; parameters reach the coordinator as host `f32`.
     pub eval_device: String,
+    /// The cluster's size: no more workers than this are registered at once, and a job
+    /// whose `workers.min` exceeds it is refused at submission (it could never start).
+    pub max_workers: u32,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -71,6 +74,7 @@ impl Default for CoordinatorConfig {
             ready_file: None,
             shutdown_grace_ms: 30_000,
             eval_device: "cpu".into(),
+            max_workers: 1024,
             log_format: LogFormat::Plain,
         }
     }
@@ -100,6 +104,9 @@ pub struct CoordinatorArgs {
     /// How long a group below `workers.min` waits for workers, in milliseconds.
     #[arg(long)]
     pub regroup_timeout_ms: Option<u64>,
+    /// The cluster's size: no more workers are registered at once.
+    #[arg(long)]
+    pub max_workers: Option<u32>,
     /// Serve TLS with this certificate chain (PEM).
     #[arg(long)]
     pub tls_cert: Option<PathBuf>,
@@ -141,6 +148,9 @@ impl CoordinatorConfig {
         }
         if let Some(v) = args.heartbeat_timeout_ms {
             c.heartbeat_timeout_ms = v;
+        }
+        if let Some(v) = args.max_workers {
+            c.max_workers = v;
         }
         if let Some(v) = args.regroup_timeout_ms {
             c.regroup_timeout_ms = v;
@@ -192,6 +202,9 @@ impl CoordinatorConfig {
         }
         if self.shutdown_grace_ms == 0 {
             return Err(ConfigError("shutdown_grace_ms: must be > 0".into()));
+        }
+        if self.max_workers == 0 {
+            return Err(ConfigError("max_workers: must be > 0".into()));
         }
         // At start-up, so that a coordinator that cannot evaluate does not accept jobs.
         self.eval_device()?;

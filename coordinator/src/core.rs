@@ -156,7 +156,9 @@ impl Coordinator {
                     Duration::from_secs_f64(took_ms.max(0.0) / 1e3),
                     bytes,
                 ),
-                io @ (Action::Persist(_) | Action::Curves { .. }) => later.push(io),
+                io @ (Action::Persist(_) | Action::Forget(_) | Action::Curves { .. }) => {
+                    later.push(io);
+                }
             }
         }
         if later.is_empty() {
@@ -170,6 +172,7 @@ impl Coordinator {
         for a in later {
             match a {
                 Action::Persist(record) => self.persist(&record),
+                Action::Forget(job) => self.forget(&job),
                 Action::Curves {
                     job,
                     title,
@@ -188,6 +191,54 @@ impl Coordinator {
         }
     }
 
+    /// What the coordinator adds to a valid spec: a name people can read in logs and tables,
+    /// and a group the cluster can ever form.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::InvalidSpec`] naming the field.
+    pub fn check_admissible(spec: &JobSpec, max_workers: u32) -> Result<(), CoordinatorError> {
+        crate::admission::check_name("name", &spec.name, MAX_JOB_NAME_CHARS).map_err(|s| {
+            CoordinatorError::InvalidSpec {
+                field: "name".into(),
+                reason: s
+                    .message()
+                    .strip_prefix("name: ")
+                    .unwrap_or(s.message())
+                    .to_string(),
+            }
+        })?;
+        if spec.workers.min > max_workers {
+            return Err(CoordinatorError::InvalidSpec {
+                field: "workers.min".into(),
+                reason: format!(
+                    "{} workers, but the cluster has at most {max_workers} (the coordinator's \
+                     max_workers): the job could never start",
+                    spec.workers.min
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes a deleted job's record and directory. The record goes first: a coordinator
+    /// that dies between the two finds an orphan directory, whose id it never reuses.
+    fn forget(&self, job: &JobId) {
+        if let Err(e) = self.store.remove(job) {
+            tracing::error!(%job, error = %e, "cannot remove the deleted job's record");
+            return;
+        }
+        let dir = self.config.job_dir(job);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => tracing::info!(%job, dir = %dir.display(), "job deleted"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::info!(%job, "job deleted (it had no files)");
+            }
+            Err(e) => {
+                tracing::warn!(%job, dir = %dir.display(), error = %e, "job deleted, but its files could not all be removed");
+            }
+        }
+    }
+
     fn read<T>(&self, f: impl FnOnce(&State) -> T) -> Result<T, CoordinatorError> {
         Ok(f(&self.lock()?.state))
     }
@@ -197,7 +248,15 @@ impl Coordinator {
     /// # Errors
     /// [`CoordinatorError::Store`] when the job cannot be persisted (then it does not exist).
     pub fn submit(&self, spec: JobSpec, data: JobData) -> Result<JobRecord, CoordinatorError> {
-        let id = self.store.next_job_id()?;
+        Self::check_admissible(&spec, self.config.max_workers)?;
+        // A directory of that name would be another job's (a store lost with its ids):
+        // never share it, so that pruning only ever deletes the checkpoints a job wrote.
+        let id = loop {
+            let id = self.store.next_job_id(&random_base32(8)?)?;
+            if !self.config.job_dir(&id).exists() {
+                break id;
+            }
+        };
         let record = JobRecord::new(id, spec, data.total_steps());
         self.store.put(&record)?;
         let start = data
@@ -251,6 +310,20 @@ impl Coordinator {
     /// [`CoordinatorError::UnknownJob`], or `Conflict` for a finished job.
     pub fn cancel(&self, id: &str) -> Result<JobRecord, CoordinatorError> {
         match self.dispatch(EventKind::CancelRequested {
+            job: JobId::from(id),
+        })? {
+            Reply::Record(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Deletes a finished job: its record, checkpoints, manifests and curves.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::UnknownJob`], or [`CoordinatorError::Conflict`] for a job that
+    /// has not ended.
+    pub fn delete(&self, id: &str) -> Result<JobRecord, CoordinatorError> {
+        match self.dispatch(EventKind::DeleteRequested {
             job: JobId::from(id),
         })? {
             Reply::Record(r) => Ok(r),
@@ -671,6 +744,22 @@ fn random_hex(bytes: usize) -> Result<String, CoordinatorError> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// The longest job name taken.
+pub const MAX_JOB_NAME_CHARS: usize = 256;
+
+/// `chars` random characters of lowercase Crockford base32 (no i, l, o, u): short, easy to
+/// read aloud and to type, 5 bits of the operating system's randomness each.
+fn random_base32(chars: usize) -> Result<String, CoordinatorError> {
+    const DIGITS: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+    let mut buf = vec![0u8; chars];
+    getrandom::fill(&mut buf)
+        .map_err(|e| CoordinatorError::Internal(format!("no randomness: {e}")))?;
+    Ok(buf
+        .iter()
+        .map(|b| char::from(DIGITS[usize::from(b & 31)]))
+        .collect())
+}
+
 /// A held replica off the wire (none for an empty job id).
 fn held_of(h: Option<pb::HeldReplica>) -> Option<(JobId, u64, Held)> {
     h.filter(|h| !h.job_id.is_empty()).map(|h| {
@@ -680,6 +769,9 @@ fn held_of(h: Option<pb::HeldReplica>) -> Option<(JobId, u64, Held)> {
             Held {
                 step: h.step,
                 fingerprint: h.fingerprint,
+                // A peer's words, bounded: they end up in the job's record and logs.
+                why: h.why.chars().take(500).collect(),
+                suspect: h.suspect_rank,
             },
         )
     })
@@ -698,6 +790,7 @@ impl Limits {
             gather_window_ms: config.gather_window_ms,
             step_timeout_ms: config.step_timeout_ms,
             regroup_timeout_ms: config.regroup_timeout_ms,
+            max_workers: config.max_workers,
         }
     }
 }

@@ -40,6 +40,9 @@ pub enum CoordinatorError {
     /// A peer sent something malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// A limit of the coordinator is reached (the message names it).
+    #[error("{0}")]
+    Exhausted(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -77,6 +80,7 @@ impl From<CoordinatorError> for Status {
             CoordinatorError::Conflict(_) => Status::failed_precondition(msg),
             CoordinatorError::JobStopped { .. } => Status::aborted(msg),
             CoordinatorError::ShuttingDown(_) => Status::unavailable(msg),
+            CoordinatorError::Exhausted(_) => Status::resource_exhausted(msg),
             CoordinatorError::Store(_)
             | CoordinatorError::Io { .. }
             | CoordinatorError::Common(_)

@@ -2,6 +2,7 @@
 //! star all-reduce, evaluates and checkpoints.
 //!
 //! - [`config`]: configuration (file, `GRAFT_COORDINATOR_*`, flags).
+//! - [`admission`]: what a `Register` may say, and the probe of the worker's address.
 //! - [`state`]: the jobs and membership as one owner — a plain `State`, `Event`s and the
 //!   pure transition `apply` that turns them into `Action`s.
 //! - [`core`]: the shell that stamps events with the time, applies them under one lock and
@@ -12,8 +13,8 @@
 //! - [`upload`]: evaluation, checkpoint and completion from rank 0's state.
 //! - [`initial`]: the evaluation before the first step (`evaluation.at_start`).
 //! - [`checkpoint`]: atomic, verified checkpoints.
-//! - [`store`]: the embedded job store (redb).
 //! - [`export`]: a checkpoint's weights in PyTorch's layout.
+//! - [`store`]: the embedded job store (redb).
 //! - [`jobdata`]: a job's datasets, network and stages.
 //! - [`job`]: the persisted job record.
 //! - [`plot`]: training curves as SVG and PNG.
@@ -25,13 +26,14 @@
 //! Wire conversions, auth, TLS and logging live in `graft-common`, which the workers and
 //! the client share.
 
+pub mod admission;
 pub mod checkpoint;
 pub mod config;
 pub mod core;
 pub mod error;
+pub mod export;
 pub mod initial;
 pub mod job;
-pub mod export;
 pub mod jobdata;
 pub mod metrics;
 pub mod plot;
@@ -41,9 +43,9 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod tensorboard;
 pub mod upload;
 
-pub mod tensorboard;
 #[cfg(test)]
 mod testing;
 

@@ -132,8 +132,11 @@ impl Server {
         health
             .set_serving::<ClusterServiceServer<ClusterApi>>()
             .await;
+        // Read past the limit, so that a request over it is answered RESOURCE_EXHAUSTED
+        // naming the limit (service::jobs) rather than cut off mid-stream, which clients
+        // report as a bare HTTP/2 error.
         let jobs = JobServiceServer::new(JobApi::new(coord.clone(), shutdown.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(crate::service::jobs::READ_LIMIT_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let cluster = ClusterServiceServer::new(ClusterApi::new(coord.clone(), shutdown.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)

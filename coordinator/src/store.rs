@@ -91,6 +91,19 @@ impl Store {
         tx.commit().map_err(dberr)
     }
 
+    /// Removes a job record, durably (a record that is not there is no error).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub fn remove(&self, id: &JobId) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut t = tx.open_table(JOBS).map_err(dberr)?;
+            t.remove(id.0.as_str()).map_err(dberr)?;
+        }
+        tx.commit().map_err(dberr)
+    }
+
     /// Every job record, by id.
     ///
     /// # Errors
@@ -127,11 +140,13 @@ impl Store {
         tx.commit().map_err(dberr)
     }
 
-    /// The next job number (persisted, so ids are never reused).
+    /// The next job id: `job-N-<suffix>`, with N persisted (ids are never reused while the
+    /// store lives) and a random suffix (they are not reused after it is lost either, and
+    /// cannot be guessed from the ones seen).
     ///
     /// # Errors
     /// [`StoreError::Db`].
-    pub fn next_job_id(&self) -> Result<JobId, StoreError> {
+    pub fn next_job_id(&self, suffix: &str) -> Result<JobId, StoreError> {
         let tx = self.db.begin_write().map_err(dberr)?;
         let n = {
             let mut t = tx.open_table(META).map_err(dberr)?;
@@ -140,7 +155,7 @@ impl Store {
             n
         };
         tx.commit().map_err(dberr)?;
-        Ok(JobId(format!("job-{n}")))
+        Ok(JobId(format!("job-{n}-{suffix}")))
     }
 }
 
@@ -159,8 +174,8 @@ mod tests {
         let path = dir.path().join("jobs.redb");
         {
             let s = Store::open(&path).expect("opens");
-            let id = s.next_job_id().expect("id");
-            assert_eq!(id.0, "job-1");
+            let id = s.next_job_id("a").expect("id");
+            assert_eq!(id.0, "job-1-a");
             let mut rec = JobRecord::new(id, spec(), 3);
             rec.state = JobState::Running;
             s.put(&rec).expect("writes");
@@ -169,11 +184,11 @@ mod tests {
         let all = s.all().expect("reads");
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].state, JobState::Running);
-        assert_eq!(s.next_job_id().expect("id").0, "job-2");
+        assert_eq!(s.next_job_id("b").expect("id").0, "job-2-b");
         s.reserve_job_numbers(7).expect("reserves");
-        assert_eq!(s.next_job_id().expect("id").0, "job-8");
+        assert_eq!(s.next_job_id("c").expect("id").0, "job-8-c");
         s.reserve_job_numbers(3).expect("no-op");
-        assert_eq!(s.next_job_id().expect("id").0, "job-9");
+        assert_eq!(s.next_job_id("d").expect("id").0, "job-9-d");
     }
 
     #[test]
@@ -183,7 +198,7 @@ mod tests {
         {
             let s = Store::open(&path).expect("opens");
             for _ in 0..3 {
-                let id = s.next_job_id().expect("id");
+                let id = s.next_job_id("e").expect("id");
                 s.put(&JobRecord::new(id, spec(), 3)).expect("writes");
             }
         }

@@ -441,6 +441,7 @@ fn metrics_endpoint_reports_training() {
     );
     let out = c.graft(&["submit", file.to_str().expect("utf-8"), "--watch", "--json"]);
     assert_eq!(last_json(&out)["state"], "COMPLETED", "{}", show(&out));
+    let id = last_json(&out)["job"].as_str().expect("id").to_string();
     let body = graft_tests::http_get(&addr, "/metrics");
     assert!(body.contains("graft_steps_total 12\n"), "{body}");
     assert!(
@@ -450,12 +451,14 @@ fn metrics_endpoint_reports_training() {
     assert!(body.contains("graft_jobs{state=\"COMPLETED\"} 1"), "{body}");
     assert!(body.contains("graft_workers 1\n"), "{body}");
     assert!(
-        body.contains("graft_job_evaluation{job=\"job-1\",metric=\"target_accuracy\"}"),
+        body.contains(&format!(
+            "graft_job_evaluation{{job=\"{id}\",metric=\"target_accuracy\"}}"
+        )),
         "{body}"
     );
     // The last step's training figures, as numbers.
     for name in ["graft_job_train_loss", "graft_job_train_accuracy"] {
-        let prefix = format!("{name}{{job=\"job-1\"}} ");
+        let prefix = format!("{name}{{job=\"{id}\"}} ");
         let value = body
             .lines()
             .find_map(|l| l.strip_prefix(prefix.as_str()))

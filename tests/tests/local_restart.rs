@@ -54,10 +54,22 @@ impl Local {
         format!("http://{}", addr.trim())
     }
 
-    /// `graft status job-1 --json` against the local coordinator while it runs.
+    /// `graft status JOB --json` of the local coordinator's one job while it runs.
     fn status(&self, url: &str) -> Value {
+        let listed = Command::new(bin("graft"))
+            .args(["--coordinator", url, "list", "--json"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("graft list");
+        let Some(id) = String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .find_map(|l| serde_json::from_str::<Value>(l).ok())
+            .and_then(|j| j["job"].as_str().map(str::to_string))
+        else {
+            return Value::Null;
+        };
         let out = Command::new(bin("graft"))
-            .args(["--coordinator", url, "status", "job-1", "--json"])
+            .args(["--coordinator", url, "status", &id, "--json"])
             .stdin(Stdio::null())
             .output()
             .expect("graft status");

@@ -34,6 +34,17 @@ pub enum WeightsError {
     /// The file's layout does not fit the network or what the job says of it.
     #[error("{0}")]
     Layout(String),
+    /// A tensor holds a NaN or an infinity: training from it could only fail later, with
+    /// a reason that points elsewhere.
+    #[error("tensor {name:?} holds {value} at element {index}; weights must be finite")]
+    NonFinite {
+        /// Tensor name.
+        name: String,
+        /// The first non-finite element.
+        index: usize,
+        /// Its value.
+        value: f32,
+    },
 }
 
 /// Tensors by name: shape and values.
@@ -89,11 +100,18 @@ pub fn read_all(bytes: &[u8]) -> Result<NamedTensors, WeightsError> {
                 found: format!("{:?}", view.dtype()),
             });
         }
-        let values = view
+        let values: Vec<f32> = view
             .data()
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
+        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+            return Err(WeightsError::NonFinite {
+                value: values[index],
+                name,
+                index,
+            });
+        }
         out.insert(name, (view.shape().to_vec(), values));
     }
     Ok(out)
@@ -191,6 +209,20 @@ mod tests {
         let err = params_from_safetensors(&b, &bytes).expect_err("shape differs");
         assert!(err.to_string().contains("features.fc1.weight"), "{err}");
         assert!(params_from_safetensors(&a, b"garbage").is_err());
+    }
+
+    #[test]
+    fn a_non_finite_weight_is_refused_naming_the_tensor_and_element() {
+        let a = Architecture::new(&ModelSpec::Mlp { hidden: vec![5] }, &[3], 2).expect("valid");
+        let mut values = a.init(4).values().to_vec();
+        values[1][3] = f32::NAN;
+        let bytes = params_to_safetensors(&a, &Params::new(values)).expect("serialises");
+        let err = params_from_safetensors(&a, &bytes).expect_err("NaN");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("{:?}", a.params[1].name)) && msg.contains("element 3"),
+            "{msg}"
+        );
     }
 
     #[test]

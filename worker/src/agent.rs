@@ -20,13 +20,26 @@ use crate::rpc::{Cluster, cluster};
 use crate::server::Readiness;
 use crate::trainer::{JobContext, JobEnd, run_job};
 
+/// A replica kept when its group fell apart, and what this worker saw of the fall.
+struct Kept {
+    replica: Replica,
+    /// The generation it trained in.
+    generation: u64,
+    /// Why the group fell apart.
+    why: String,
+    /// The neighbour's rank the failure points at, where the ring knows one.
+    suspect: Option<u32>,
+}
+
 /// The replica a worker names to the coordinator (in `Register` and `NextAssignment`).
-fn held_of(kept: &Option<(Replica, u64)>) -> Option<pb::HeldReplica> {
-    kept.as_ref().map(|(r, generation)| pb::HeldReplica {
-        job_id: r.job.clone(),
-        generation: *generation,
-        step: r.step,
-        fingerprint: r.fingerprint(),
+fn held_of(kept: &Option<Kept>) -> Option<pb::HeldReplica> {
+    kept.as_ref().map(|k| pb::HeldReplica {
+        job_id: k.replica.job.clone(),
+        generation: k.generation,
+        step: k.replica.step,
+        fingerprint: k.replica.fingerprint(),
+        why: k.why.clone(),
+        suspect_rank: k.suspect,
     })
 }
 
@@ -66,6 +79,8 @@ pub struct Peer {
     pub timeout: Duration,
     /// The replica snapshot the CollectiveService serves to the next generation.
     pub handover: crate::handover::Handover,
+    /// The key the CollectiveService answers the coordinator's admission probe with.
+    pub probe_key: [u8; graft_common::group_key::KEY_BYTES],
 }
 
 /// What the heartbeat task shares with the job loop.
@@ -129,7 +144,7 @@ pub async fn run(
     let mut client = cluster(channel.clone(), bearer.clone());
     // The replica kept when a group fell apart, and the generation it trained in; it
     // outlives a registration, so that a restarted coordinator can continue from it.
-    let mut kept: Option<(Replica, u64)> = None;
+    let mut kept: Option<Kept> = None;
     loop {
         let reg = pb::RegisterRequest {
             protocol_version: PROTOCOL_VERSION,
@@ -137,6 +152,7 @@ pub async fn run(
             device: device_name.to_string(),
             collective_addr: peer.addr.clone(),
             held: held_of(&kept),
+            probe_key: peer.probe_key.to_vec(),
         };
         let resp = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -213,7 +229,7 @@ async fn serve_assignments(
     shutdown: &CancellationToken,
     grace: Duration,
     peer: &Peer,
-    kept: &mut Option<(Replica, u64)>,
+    kept: &mut Option<Kept>,
 ) -> Result<(), WorkerError> {
     loop {
         if shared.reregister.load(Ordering::Relaxed) {
@@ -243,7 +259,7 @@ async fn serve_assignments(
                 continue;
             }
         };
-        if drop_held && let Some((r, _)) = kept.take() {
+        if drop_held && let Some(Kept { replica: r, .. }) = kept.take() {
             tracing::info!(job = %r.job, step = r.step, "dropping the replica: its job ended or went on without this worker");
             peer.handover.clear();
         }
@@ -251,7 +267,7 @@ async fn serve_assignments(
         let job = a.job_id.clone();
         tracing::info!(%job, rank = a.rank, world = a.world_size, generation = a.generation, start_step = a.start_step, state_from = %a.state_from, "assigned");
         let carried = match kept.take() {
-            Some((r, _)) if r.job == job => Some(r),
+            Some(k) if k.replica.job == job => Some(k.replica),
             Some(_) => {
                 // Another job: the old one is over.
                 peer.handover.clear();
@@ -330,7 +346,16 @@ async fn serve_assignments(
             }) if group_failed(&e) => {
                 tracing::info!(%job, step = replica.step, generation, reason = %e, "the group fell apart; keeping the replica for the next generation");
                 peer.handover.offer(Snapshot::of(&replica));
-                *kept = Some((replica, generation));
+                let suspect = match &e {
+                    WorkerError::Ring(r) => r.peer().and_then(|p| u32::try_from(p).ok()),
+                    _ => None,
+                };
+                *kept = Some(Kept {
+                    replica,
+                    generation,
+                    why: e.to_string(),
+                    suspect,
+                });
                 None
             }
             // The group failed before this worker had a replica (a joiner whose fetch failed):

@@ -77,9 +77,20 @@ pub async fn run_peer(a: PeerArgs) -> anyhow::Result<()> {
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let inbox = std::sync::Arc::new(Inbox::default());
-    let rx = inbox.open("bench", 1);
+    // The benchmark's peers share a fixed key: they run no job, and only prove the ring's
+    // per-stream check costs what it costs in a job.
+    let key = graft_common::group_key::GroupKey::derive(&[0; 32], "bench", 1);
+    let rx = inbox.open(
+        "bench",
+        1,
+        crate::ring::Gate {
+            key: key.clone(),
+            left: ((rank + w - 1) % w) as u32,
+        },
+    );
+    let probe_key = graft_common::group_key::random().map_err(|e| anyhow::anyhow!(e))?;
     let svc = graft_proto::v1::collective_service_server::CollectiveServiceServer::new(
-        CollectiveApi::new(inbox.clone(), timeout),
+        CollectiveApi::new(inbox.clone(), timeout).with_probe_key(probe_key),
     )
     .max_decoding_message_size(graft_proto::MAX_MESSAGE_BYTES)
     .max_encoding_message_size(graft_proto::MAX_MESSAGE_BYTES);
@@ -119,6 +130,7 @@ pub async fn run_peer(a: PeerArgs) -> anyhow::Result<()> {
             w,
             "bench",
             1,
+            key,
             client,
             addrs[right].0.clone(),
             rx,
@@ -153,7 +165,7 @@ pub async fn run_peer(a: PeerArgs) -> anyhow::Result<()> {
             );
         }
     } else {
-        reduce_s = star_peer(&a, &grad).await?;
+        reduce_s = star_peer(&a, &grad, &grpc_addr.to_string(), probe_key).await?;
     }
 
     // Raw TCP round the same ring: send S bytes right while receiving S bytes from the left.
@@ -214,7 +226,12 @@ pub async fn run_peer(a: PeerArgs) -> anyhow::Result<()> {
 
 /// The star: this peer registers with the coordinator as a worker of the bench job and
 /// reduces through its ReduceGradients, step after step.
-async fn star_peer(a: &PeerArgs, grad: &[f32]) -> anyhow::Result<Vec<f64>> {
+async fn star_peer(
+    a: &PeerArgs,
+    grad: &[f32],
+    collective: &str,
+    probe_key: [u8; graft_common::group_key::KEY_BYTES],
+) -> anyhow::Result<Vec<f64>> {
     let url = a
         .coordinator
         .clone()
@@ -230,8 +247,10 @@ async fn star_peer(a: &PeerArgs, grad: &[f32]) -> anyhow::Result<Vec<f64>> {
             protocol_version: graft_proto::PROTOCOL_VERSION,
             name: format!("bench-{}", a.rank),
             device: "cpu".into(),
-            collective_addr: String::new(),
+            // The coordinator admits only a worker that answers its probe here.
+            collective_addr: collective.to_string(),
             held: None,
+            probe_key: probe_key.to_vec(),
         })
         .await?
         .into_inner();

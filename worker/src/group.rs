@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use graft_common::group_key::GroupKey;
 use graft_proto::v1 as pb;
 use graft_transfer::methods::Batch;
 use graft_transfer::shard;
@@ -12,7 +13,7 @@ use graft_transfer::spec::AllReduce;
 use crate::error::WorkerError;
 use crate::reducer::{Reducer, RingReducer, StarReducer};
 use crate::replica::Replica;
-use crate::ring::{Inbox, Ring};
+use crate::ring::{Gate, Inbox, Ring};
 use crate::rpc::{self, Shard};
 use crate::trainer::JobContext;
 
@@ -66,7 +67,16 @@ impl Group {
         let (rank, world, generation) = (a.rank, a.world_size.max(1), a.generation);
         let job = a.job_id.clone();
         let (reducer, mailbox): (Box<dyn Reducer>, _) = if ring {
-            let inbox = ctx.inbox.open(&job, generation);
+            let key = GroupKey::from_bytes(&a.group_key).map_err(WorkerError::Protocol)?;
+            let left = (rank + world - 1) % world;
+            let inbox = ctx.inbox.open(
+                &job,
+                generation,
+                Gate {
+                    key: key.clone(),
+                    left,
+                },
+            );
             let guard = MailboxGuard(ctx.inbox.clone(), job.clone());
             let right = ((rank + 1) % world) as usize;
             let right_addr = a.peers.get(right).cloned().unwrap_or_default();
@@ -102,6 +112,7 @@ impl Group {
                 world as usize,
                 &job,
                 generation,
+                key,
                 client,
                 right_addr,
                 inbox,

@@ -60,7 +60,9 @@ pub async fn main_with(args: WorkerArgs) -> anyhow::Result<()> {
     let timeout = std::time::Duration::from_millis(config.collective_timeout_ms);
     let inbox = std::sync::Arc::new(ring::Inbox::default());
     let handover = handover::Handover::default();
+    let probe_key = graft_common::group_key::random().map_err(|e| anyhow::anyhow!(e))?;
     let peer = agent::Peer {
+        probe_key,
         addr: config.advertise.clone().unwrap_or_else(|| {
             if server.addr.ip().is_unspecified() {
                 format!(":{}", server.addr.port())
@@ -74,7 +76,9 @@ pub async fn main_with(args: WorkerArgs) -> anyhow::Result<()> {
         timeout,
         handover: handover.clone(),
     };
-    let collective = ring::CollectiveApi::new(inbox.clone(), timeout).with_handover(handover);
+    let collective = ring::CollectiveApi::new(inbox.clone(), timeout)
+        .with_handover(handover)
+        .with_probe_key(probe_key);
     let (ready, serving) = server
         .start(
             serve_stop.clone(),

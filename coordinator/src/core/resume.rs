@@ -23,7 +23,8 @@ impl Coordinator {
     /// # Errors
     /// [`CoordinatorError::Store`] when the store cannot be read.
     pub fn new(config: CoordinatorConfig, store: Store) -> Result<Self, CoordinatorError> {
-        let mut state = State::new(Limits::of(&config));
+        let seed = graft_common::group_key::random().map_err(CoordinatorError::Internal)?;
+        let mut state = State::new(Limits::of(&config), seed);
         let at = Now {
             mono_ms: 0,
             unix_ms: now_ms(),
@@ -76,7 +77,13 @@ fn reserve_orphan_ids(
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let n = name.strip_prefix("job-")?.parse::<u64>().ok()?;
+            // `job-N-<suffix>` (and `job-N` of stores written before ids had a suffix).
+            let n = name
+                .strip_prefix("job-")?
+                .split('-')
+                .next()?
+                .parse::<u64>()
+                .ok()?;
             (!records.iter().any(|r| r.id.0 == name)).then_some((n, name))
         })
         .collect();

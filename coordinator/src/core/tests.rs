@@ -239,5 +239,9 @@ async fn job_directories_the_store_does_not_know_keep_their_ids() {
     std::fs::create_dir_all(tmp.path().join("jobs/not-a-job")).expect("dir");
     let c = coordinator(&tmp, 60_000, 0);
     let id = submit(&c, spec((1, 1), 5));
-    assert_eq!(id.0, "job-5");
+    assert!(id.0.starts_with("job-5-"), "{id}");
+    // The random part makes ids unique even across stores: the next is not this one again.
+    let next = submit(&c, spec((1, 1), 5));
+    assert!(next.0.starts_with("job-6-"), "{next}");
+    assert_ne!(id.0[6..], next.0[6..]);
 }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::jobs::async_stream;
+use crate::admission;
 use crate::core::Coordinator;
 use crate::job::JobId;
 use crate::reduce;
@@ -49,7 +50,9 @@ fn check_version(v: u32) -> Result<(), Status> {
 /// does not know which of its addresses the others can reach; the coordinator does).
 fn collective_addr(given: &str, remote: Option<std::net::SocketAddr>) -> Result<String, Status> {
     if given.is_empty() {
-        return Ok(String::new());
+        return Err(Status::invalid_argument(
+            "collective_addr: empty; a worker names where its CollectiveService listens",
+        ));
     }
     let Some(port) = given.strip_prefix(':') else {
         return Ok(given.to_string());
@@ -91,7 +94,17 @@ impl ClusterService for ClusterApi {
         let remote = req.remote_addr();
         let r = req.into_inner();
         check_version(r.protocol_version)?;
+        admission::check_name("name", &r.name, admission::MAX_NAME_CHARS)?;
+        admission::check_device(&r.device)?;
         let collective = collective_addr(&r.collective_addr, remote)?;
+        admission::check_addr("collective_addr", &collective)?;
+        // Before the state knows of it: a worker is scheduled only once it answers here.
+        admission::probe(
+            &collective,
+            &r.probe_key,
+            self.coord.config.cluster_token.as_deref(),
+        )
+        .await?;
         let (id, secret) = self
             .coord
             .register_holding(r.name, r.device, collective, r.held)?;
@@ -388,6 +401,11 @@ impl ClusterService for ClusterApi {
         let secret = worker_secret(&req);
         let r = req.into_inner();
         self.coord.authorize(&r.worker_id, &secret)?;
+        if r.stats.is_none() && r.fingerprint.is_empty() {
+            return Err(Status::invalid_argument(
+                "a step report carries the step's stats, a fingerprint, or both",
+            ));
+        }
         let mut stop_at = 0;
         if let Some(st) = r.stats {
             if r.step == 0 {

@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use graft_proto::MAX_MESSAGE_BYTES;
 use graft_proto::v1 as pb;
 use graft_proto::v1::job_service_server::JobService;
 use tokio::sync::broadcast::error::RecvError;
@@ -14,7 +15,7 @@ use crate::checkpoint::CheckpointDir;
 use crate::core::Coordinator;
 use crate::error::CoordinatorError;
 use crate::initial;
-use crate::job::JobId;
+use crate::job::{JobId, JobRecord};
 use crate::jobdata::JobData;
 use graft_common::wire::spec_from_pb;
 use graft_transfer::JobSpec;
@@ -55,9 +56,12 @@ impl JobService for JobApi {
         &self,
         req: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        within_limit(req.get_ref())?;
         let spec = spec_of(req.into_inner())?;
         spec.validate()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Before the data is loaded: a job the cluster can never run costs nothing.
+        Coordinator::check_admissible(&spec, self.coord.config.max_workers)?;
         let dir = self.coord.config.datasets_dir();
         let spec2 = spec.clone();
         let config = self.coord.config.clone();
@@ -96,10 +100,24 @@ impl JobService for JobApi {
 
     async fn list_jobs(
         &self,
-        _req: Request<pb::ListJobsRequest>,
+        req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let jobs = self.coord.list()?.iter().map(|r| r.to_pb()).collect();
-        Ok(Response::new(pb::ListJobsResponse { jobs }))
+        let r = req.into_inner();
+        let (page, next) = page_of(self.coord.list()?, r.page_size, &r.page_token)?;
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: page.iter().map(JobRecord::to_pb).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn delete_job(
+        &self,
+        req: Request<pb::DeleteJobRequest>,
+    ) -> Result<Response<pb::DeleteJobResponse>, Status> {
+        let rec = self.coord.delete(&req.into_inner().job_id)?;
+        Ok(Response::new(pb::DeleteJobResponse {
+            job: Some(rec.to_pb()),
+        }))
     }
 
     async fn cancel_job(
@@ -257,5 +275,108 @@ impl From<graft_common::wire::WireError> for CoordinatorError {
             field: e.field,
             reason: e.reason,
         }
+    }
+}
+
+/// How much of one request the server reads before it cuts the stream: a request between
+/// [`MAX_MESSAGE_BYTES`] and this is read whole and refused with a clear answer.
+pub const READ_LIMIT_BYTES: usize = 4 * MAX_MESSAGE_BYTES;
+
+/// Refuses a request over [`MAX_MESSAGE_BYTES`], naming the limit.
+///
+/// # Errors
+/// `RESOURCE_EXHAUSTED`.
+fn within_limit(m: &impl prost::Message) -> Result<(), Status> {
+    let n = m.encoded_len();
+    if n > MAX_MESSAGE_BYTES {
+        return Err(Status::resource_exhausted(format!(
+            "the request is {n} bytes; the coordinator takes at most {MAX_MESSAGE_BYTES} bytes \
+             ({} MiB) per message",
+            MAX_MESSAGE_BYTES >> 20
+        )));
+    }
+    Ok(())
+}
+
+/// Jobs in one answer when the request names no page size, and at most.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// The page of `all` (oldest first) after `token`, and the token of the next page. A token
+/// is the creation time and id of the page's last job, so pages stay right while jobs are
+/// submitted or deleted between calls.
+fn page_of(
+    all: Vec<JobRecord>,
+    size: u32,
+    token: &str,
+) -> Result<(Vec<JobRecord>, String), Status> {
+    let size = match size as usize {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    };
+    let key = |r: &JobRecord| (r.created_unix_ms, r.id.0.len(), r.id.0.clone());
+    let after = if token.is_empty() {
+        None
+    } else {
+        let (ms, id) = token
+            .split_once('/')
+            .and_then(|(ms, id)| Some((ms.parse::<u64>().ok()?, id)))
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "page_token: {:?} is not a token a ListJobs answer gave",
+                    token.escape_debug().to_string()
+                ))
+            })?;
+        Some((ms, id.len(), id.to_string()))
+    };
+    let mut rest: Vec<JobRecord> = all
+        .into_iter()
+        .filter(|r| after.as_ref().is_none_or(|a| key(r) > *a))
+        .collect();
+    let next = if rest.len() > size {
+        rest.truncate(size);
+        rest.last()
+            .map(|r| format!("{}/{}", r.created_unix_ms, r.id.0))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok((rest, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_cover_every_job_once_in_order_and_a_bad_token_is_refused() {
+        let all: Vec<JobRecord> = (0..7u64)
+            .map(|i| {
+                let mut r = JobRecord::new(
+                    JobId(format!("job-{i}-x")),
+                    crate::testing::moons_spec((1, 1), 1),
+                    1,
+                );
+                r.created_unix_ms = 1_000 + i / 2;
+                r
+            })
+            .collect();
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        loop {
+            let (page, next) = page_of(all.clone(), 3, &token).expect("page");
+            assert!(page.len() <= 3);
+            seen.extend(page.into_iter().map(|r| r.id.0));
+            if next.is_empty() {
+                break;
+            }
+            token = next;
+        }
+        let want: Vec<String> = all.iter().map(|r| r.id.0.clone()).collect();
+        assert_eq!(seen, want);
+        let (page, next) = page_of(all.clone(), 0, "").expect("default size");
+        assert_eq!((page.len(), next.as_str()), (7, ""));
+        let e = page_of(all, 3, "nonsense").expect_err("bad token");
+        assert!(e.message().starts_with("page_token"), "{e:?}");
     }
 }

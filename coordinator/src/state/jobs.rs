@@ -29,6 +29,33 @@ pub(super) fn submitted(
     Ok(Reply::Record(record))
 }
 
+/// Forgets a finished job: its record leaves the state and the store, and its directory
+/// goes. A job that has not ended is refused (cancel it first), so that no worker, round or
+/// upload can still refer to it.
+pub(super) fn delete(
+    state: &mut State,
+    id: &JobId,
+    out: &mut Vec<Action>,
+) -> Result<Reply, CoordinatorError> {
+    let job_state = state
+        .jobs
+        .get(id)
+        .map(|j| j.record.state)
+        .ok_or_else(|| CoordinatorError::UnknownJob(id.to_string()))?;
+    if !job_state.is_terminal() {
+        return Err(CoordinatorError::Conflict(format!(
+            "job {id} is {}; only a finished job can be deleted (cancel it first)",
+            state_word(job_state)
+        )));
+    }
+    let entry = state
+        .jobs
+        .remove(id)
+        .ok_or_else(|| CoordinatorError::UnknownJob(id.to_string()))?;
+    out.push(Action::Forget(id.clone()));
+    Ok(Reply::Record(entry.record))
+}
+
 pub(super) fn cancel(
     state: &mut State,
     now: Now,

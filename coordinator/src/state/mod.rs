@@ -57,6 +57,8 @@ pub struct Limits {
     pub step_timeout_ms: u64,
     /// A group below `workers.min` waits this long for workers before its job fails.
     pub regroup_timeout_ms: u64,
+    /// No more workers than this are registered at once.
+    pub max_workers: u32,
 }
 
 /// State handed to the workers when a job starts (a checkpoint, or weights from a file).
@@ -200,6 +202,9 @@ pub struct State {
     pub draining: bool,
     /// Its timeouts.
     pub limits: Limits,
+    /// Drawn once per coordinator process: each group's key is derived from it, so that
+    /// keys are unguessable and the transitions stay free of randomness.
+    pub group_seed: [u8; graft_common::group_key::KEY_BYTES],
 }
 
 impl State {
@@ -215,14 +220,15 @@ impl State {
         free.into_iter().map(|(w, _)| w.clone()).collect()
     }
 
-    /// An empty state.
-    pub fn new(limits: Limits) -> Self {
+    /// An empty state whose group keys derive from `group_seed`.
+    pub fn new(limits: Limits, group_seed: [u8; graft_common::group_key::KEY_BYTES]) -> Self {
         Self {
             workers: BTreeMap::new(),
             jobs: BTreeMap::new(),
             next_worker: 1,
             draining: false,
             limits,
+            group_seed,
         }
     }
 }
@@ -261,6 +267,11 @@ pub enum EventKind {
     },
     /// A user cancels a job.
     CancelRequested {
+        /// The job.
+        job: JobId,
+    },
+    /// A user deletes a finished job, with its files.
+    DeleteRequested {
         /// The job.
         job: JobId,
     },
@@ -438,6 +449,9 @@ pub enum Action {
     Refuse(CoordinatorError),
     /// Write a job's record to the store.
     Persist(JobRecord),
+    /// Remove a deleted job's record from the store, and its directory (checkpoints,
+    /// manifests, curves).
+    Forget(JobId),
     /// Send an event to a job's watchers (in order, before the state lock is released).
     Publish(JobId, pb::JobEvent),
     /// Render and write a job's training curves.
@@ -492,6 +506,7 @@ pub fn apply(state: &mut State, event: Event) -> Vec<Action> {
             start,
         } => jobs::submitted(state, now, *record, data, start, &mut out),
         EventKind::CancelRequested { job } => jobs::cancel(state, now, &job, &mut out),
+        EventKind::DeleteRequested { job } => jobs::delete(state, &job, &mut out),
         EventKind::JobFailed { job, reason } => {
             jobs::end_job(
                 state,

@@ -31,6 +31,10 @@ pub struct Held {
     pub step: u64,
     /// Its parameters' fingerprint.
     pub fingerprint: String,
+    /// Why its group fell apart, as the survivor saw it.
+    pub why: String,
+    /// The rank of the neighbour the survivor's failure points at.
+    pub suspect: Option<u32>,
 }
 
 /// A group that is re-forming.
@@ -185,6 +189,13 @@ pub(super) fn assignment(
             })
             .collect(),
         state_from,
+        group_key: graft_common::group_key::GroupKey::derive(
+            &state.group_seed,
+            &job.record.id.0,
+            generation,
+        )
+        .as_bytes()
+        .to_vec(),
     })
 }
 
@@ -458,13 +469,31 @@ pub(super) fn poll(
             .and_then(|r| r.members.iter().position(|m| m == worker))
             .unwrap_or(0);
         let name = names(state, std::slice::from_ref(worker)).join("");
+        // The member the survivor's failure points at is named first: that is the one that
+        // most likely died or hung, not the survivor that reports it.
+        let suspect = h
+            .suspect
+            .and_then(|r| {
+                let run = state.jobs.get(&id)?.run.as_ref()?;
+                let m = run.members.get(r as usize)?;
+                Some(format!(
+                    "{}, rank {r}, failed the ring of {name}, rank {rank}",
+                    names(state, std::slice::from_ref(m)).join("")
+                ))
+            })
+            .unwrap_or_else(|| format!("{name}, rank {rank}, lost its group"));
+        let why = if h.why.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", h.why.escape_debug())
+        };
         begin(
             state,
             now,
             &id,
             "group-failed",
             &[],
-            format!("{name}, rank {rank}, lost its group after step {step}"),
+            format!("{suspect} after step {step}{why}"),
             out,
         );
         if let Some(g) = state

@@ -84,12 +84,16 @@ impl Outcome {
 impl Script {
     fn new() -> Self {
         Self {
-            state: State::new(Limits {
-                heartbeat_timeout_ms: HEARTBEAT_MS,
-                gather_window_ms: WINDOW_MS,
-                step_timeout_ms: STEP_TIMEOUT_MS,
-                regroup_timeout_ms: REGROUP_TIMEOUT_MS,
-            }),
+            state: State::new(
+                Limits {
+                    heartbeat_timeout_ms: HEARTBEAT_MS,
+                    gather_window_ms: WINDOW_MS,
+                    step_timeout_ms: STEP_TIMEOUT_MS,
+                    regroup_timeout_ms: REGROUP_TIMEOUT_MS,
+                    max_workers: 8,
+                },
+                [9; graft_common::group_key::KEY_BYTES],
+            ),
             now: Now {
                 mono_ms: 0,
                 unix_ms: 1_700_000_000_000,
@@ -187,6 +191,18 @@ impl Script {
         step: u64,
         fp: &str,
     ) -> (Option<pb::Assignment>, bool) {
+        self.poll_blaming(w, job, (generation, step), fp, ("", None))
+    }
+
+    /// [`Script::poll_held`] from a worker whose ring failed `why`, pointing at `suspect`.
+    fn poll_blaming(
+        &mut self,
+        w: &WorkerId,
+        job: &JobId,
+        (generation, step): (u64, u64),
+        fp: &str,
+        (why, suspect): (&str, Option<u32>),
+    ) -> (Option<pb::Assignment>, bool) {
         match self
             .send(EventKind::AssignmentPolled {
                 worker: w.clone(),
@@ -196,6 +212,8 @@ impl Script {
                     Held {
                         step,
                         fingerprint: fp.into(),
+                        why: why.into(),
+                        suspect,
                     },
                 )),
             })
@@ -471,6 +489,14 @@ fn a_lost_worker_regroups_the_survivors_who_keep_their_replicas_and_old_messages
         "replicas continue"
     );
     assert!(!ga.has_initial_state);
+    // The new generation has its own key, the same for both members.
+    let key = |generation| {
+        graft_common::group_key::GroupKey::derive(&s.state.group_seed, &id.0, generation)
+            .as_bytes()
+            .to_vec()
+    };
+    assert_eq!((&ga.group_key, &gc.group_key), (&key(2), &key(2)));
+    assert_ne!(key(1), key(2));
     let job = s.job(&id);
     assert_eq!(job.record.state, JobState::Running);
     assert_eq!(
@@ -522,12 +548,22 @@ fn a_member_whose_ring_failed_starts_the_regroup_and_the_one_behind_fetches_the_
         });
         assert!(matches!(r.reply(), Reply::StopAt(0)));
     }
-    let (none, drop) = s.poll_held(b, &id, 1, 4, "behind");
+    let (none, drop) = s.poll_blaming(
+        b,
+        &id,
+        (1, 4),
+        "behind",
+        ("step 4: rank 2 at 127.0.0.1:7003 took nothing", Some(2)),
+    );
     assert!(none.is_none() && !drop);
     let job = s.job(&id);
     assert_eq!(job.record.state, JobState::Reconfiguring);
+    // The change names the member that failed the ring, not the survivor that reports it.
+    let gamma = format!("{c}");
     assert!(
-        job.record.reason.contains("lost its group after step 4"),
+        job.record.reason.contains(&gamma)
+            && job.record.reason.contains("rank 2, failed the ring of")
+            && job.record.reason.contains("after step 4: step 4: rank 2"),
         "{}",
         job.record.reason
     );
@@ -942,4 +978,27 @@ fn a_member_that_holds_no_replica_does_not_hold_up_the_regroup_and_is_no_member_
         .refusal();
     assert!(e.to_string().contains("not in the group"), "{e}");
     assert_eq!(s.job(&id).record.state, JobState::Running);
+}
+
+#[test]
+fn no_more_workers_than_max_workers_are_registered_and_the_refusal_names_the_setting() {
+    let mut s = Script::new();
+    let ws: Vec<WorkerId> = (0..8).map(|i| s.register(&format!("w{i}"))).collect();
+    let e = s
+        .send(EventKind::WorkerRegistered {
+            id: WorkerId("w-one-too-many".into()),
+            secret: "s".into(),
+            name: "one too many".into(),
+            device: "cpu".into(),
+            collective: "127.0.0.1:7999".into(),
+            held: None,
+        })
+        .refusal();
+    assert!(e.to_string().contains("max_workers"), "{e}");
+    assert!(
+        !s.state
+            .workers
+            .contains_key(&WorkerId("w-one-too-many".into()))
+    );
+    assert_eq!(s.state.workers.len(), ws.len());
 }

@@ -38,6 +38,13 @@ pub(super) fn register(
             "worker id {id} drawn twice"
         )));
     }
+    if state.workers.len() >= state.limits.max_workers as usize {
+        return Err(CoordinatorError::Exhausted(format!(
+            "the cluster has its {} workers (the coordinator's max_workers); this one is not \
+             admitted until one leaves",
+            state.limits.max_workers
+        )));
+    }
 
     tracing::info!(worker = %id, %name, %device, %collective, "worker registered");
     state.workers.insert(

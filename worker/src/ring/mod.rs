@@ -40,4 +40,4 @@ mod tests;
 
 pub use protocol::{Ring, RingError, RingSum, StepFeed};
 pub use schedule::segment;
-pub use transport::{Collective, CollectiveApi, Inbox, Incoming, RING_WINDOW, connect};
+pub use transport::{Collective, CollectiveApi, Gate, Inbox, Incoming, RING_WINDOW, connect};

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use graft_common::group_key::{GroupKey, NONCE_BYTES, StreamClaim, random};
 use graft_proto::CHUNK_BYTES;
 use graft_proto::chunk::{checksum, f32_to_bytes};
 use graft_proto::v1 as pb;
@@ -29,6 +30,8 @@ pub enum RingError {
         what: String,
         /// The timeout.
         secs: f64,
+        /// The neighbour that was silent (none when this rank's own gradient was late).
+        peer: Option<usize>,
     },
     /// A neighbour sent something that does not belong to this step.
     #[error("step {step}: refused a message from rank {from}: {reason}")]
@@ -71,6 +74,20 @@ pub enum RingError {
     Local(String, u64),
 }
 
+impl RingError {
+    /// The neighbour the failure points at: the rank that was silent, refused, or sent what
+    /// does not belong (none when this rank itself failed the step).
+    #[must_use]
+    pub fn peer(&self) -> Option<usize> {
+        match self {
+            Self::Timeout { peer, .. } => *peer,
+            Self::Refused { from, .. } => Some(*from),
+            Self::Send { to, .. } => Some(*to),
+            Self::NonFinite { .. } | Self::Local(..) => None,
+        }
+    }
+}
+
 /// The group's sums of one step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RingSum {
@@ -90,6 +107,8 @@ pub struct Ring {
     pub world: usize,
     job: String,
     generation: u64,
+    /// The group's key: the first message of each stream proves it to the right neighbour.
+    key: GroupKey,
     right: Option<Collective>,
     right_addr: String,
     inbox: mpsc::Receiver<Incoming>,
@@ -115,6 +134,7 @@ impl Ring {
         world: usize,
         job: &str,
         generation: u64,
+        key: GroupKey,
         right: Option<Collective>,
         right_addr: String,
         inbox: mpsc::Receiver<Incoming>,
@@ -125,6 +145,7 @@ impl Ring {
             world,
             job: job.to_string(),
             generation,
+            key,
             right,
             right_addr,
             inbox,
@@ -176,6 +197,8 @@ impl Ring {
             stats: None,
             step,
             generation: self.generation,
+            nonce: Vec::new(),
+            proof: Vec::new(),
         }
     }
 
@@ -314,9 +337,21 @@ impl Ring {
                             return Err(self.send_error(step, &mut call, "the stream closed").await);
                         };
                         if let Some(mut m) = pending.pop_front() {
-                            // The first message of the stream says whose it is.
+                            // The first message of the stream says whose it is, and
+                            // proves it.
                             if !sent_first {
                                 m.job_id.clone_from(&self.job);
+                                let nonce = random::<NONCE_BYTES>().map_err(|e| local(&e))?;
+                                m.proof = self.key.prove(
+                                    StreamClaim {
+                                        job: &self.job,
+                                        generation: self.generation,
+                                        step,
+                                        from_rank: self.rank as u32,
+                                    },
+                                    &nonce,
+                                );
+                                m.nonce = nonce.to_vec();
                                 sent_first = true;
                             }
                             permit.send(m);
@@ -360,14 +395,14 @@ impl Ring {
                         }
                     }
                     () = tokio::time::sleep_until(deadline) => {
-                        let what = if need_bucket || own_stats.is_none() {
-                            "this rank's own gradient did not come".to_string()
+                        let (what, peer) = if need_bucket || own_stats.is_none() {
+                            ("this rank's own gradient did not come".to_string(), None)
                         } else if !pending.is_empty() {
-                            format!("rank {} at {} took nothing", self.right_rank(), self.right_addr)
+                            (format!("rank {} at {} took nothing", self.right_rank(), self.right_addr), Some(self.right_rank()))
                         } else {
-                            format!("rank {} sent nothing", self.left())
+                            (format!("rank {} sent nothing", self.left()), Some(self.left()))
                         };
-                        return Err(RingError::Timeout { step, what, secs });
+                        return Err(RingError::Timeout { step, what, secs, peer });
                     }
                 }
             }
@@ -445,6 +480,7 @@ impl Ring {
                         self.right_addr
                     ),
                     secs,
+                    peer: Some(self.right_rank()),
                 });
             }
         }

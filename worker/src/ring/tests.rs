@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use graft_common::auth::Bearer;
+use graft_common::group_key::GroupKey;
 use graft_common::reduce::reduce_in_rank_order;
 use graft_proto::v1 as pb;
 use graft_proto::v1::collective_service_server::CollectiveService;
@@ -17,6 +18,16 @@ use super::*;
 
 /// W in-process ring members on loopback, each behind its own gRPC server.
 async fn rings(world: usize, generation: u64, timeout: Duration, chunk: usize) -> Vec<Ring> {
+    rings_at(world, generation, timeout, chunk).await.0
+}
+
+/// [`rings`], and the members' collective addresses.
+async fn rings_at(
+    world: usize,
+    generation: u64,
+    timeout: Duration,
+    chunk: usize,
+) -> (Vec<Ring>, Vec<SocketAddr>) {
     let mut addrs: Vec<SocketAddr> = Vec::new();
     let mut boxes = Vec::new();
     for _ in 0..world {
@@ -37,7 +48,7 @@ async fn rings(world: usize, generation: u64, timeout: Duration, chunk: usize) -
     }
     let mut out = Vec::new();
     for (r, inbox) in boxes.iter().enumerate() {
-        let rx = inbox.open("job", generation);
+        let rx = inbox.open("job", generation, gate(r, world, generation));
         let right = (r + 1) % world;
         let addr = addrs[right].to_string();
         let client = if world > 1 {
@@ -50,11 +61,32 @@ async fn rings(world: usize, generation: u64, timeout: Duration, chunk: usize) -
             None
         };
         out.push(
-            Ring::new(r, world, "job", generation, client, addr, rx, timeout)
-                .with_chunk_bytes(chunk),
+            Ring::new(
+                r,
+                world,
+                "job",
+                generation,
+                key(generation),
+                client,
+                addr,
+                rx,
+                timeout,
+            )
+            .with_chunk_bytes(chunk),
         );
     }
-    out
+    (out, addrs)
+}
+
+fn key(generation: u64) -> GroupKey {
+    GroupKey::derive(&[5; 32], "job", generation)
+}
+
+fn gate(rank: usize, world: usize, generation: u64) -> Gate {
+    Gate {
+        key: key(generation),
+        left: ((rank + world - 1) % world) as u32,
+    }
 }
 
 fn grad(seed: u64, len: usize) -> Vec<f32> {
@@ -176,6 +208,13 @@ impl CollectiveService for NeverAnswers {
         self.0.fetch_replica(req).await
     }
 
+    async fn probe(
+        &self,
+        req: Request<pb::ProbeRequest>,
+    ) -> Result<Response<pb::ProbeResponse>, Status> {
+        self.0.probe(req).await
+    }
+
     async fn ring(
         &self,
         req: Request<Streaming<pb::RingMessage>>,
@@ -229,9 +268,10 @@ async fn a_stopped_job_does_not_wait_for_a_confirmation_that_never_comes() {
                 2,
                 "job",
                 1,
+                key(1),
                 Some(client),
                 addrs[right].clone(),
-                inbox.open("job", 1),
+                inbox.open("job", 1, gate(r, 2, 1)),
                 timeout,
             )
             .with_abort(abort.clone()),
@@ -281,4 +321,215 @@ async fn a_message_of_another_step_is_refused() {
         ea.contains("step 5") || eb.contains("step 4"),
         "rank 0: {ea}; rank 1: {eb}"
     );
+}
+
+/// #8 finding 1: a stream that does not prove the group's key, that another rank than the
+/// left neighbour sends, or that repeats a step already taken is refused before the step
+/// reads any of it, and the steps go on to the same sums as an untouched ring's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_ring_streams_are_refused_and_the_steps_go_on() {
+    let timeout = Duration::from_secs(10);
+    let (mut rs, addrs) = rings_at(2, 1, timeout, 1 << 20).await;
+    let mut calm = rings(2, 1, timeout, 1 << 20).await;
+    let grads: Vec<Vec<f32>> = (0..2).map(|r| grad(r, 100)).collect();
+    for o in step(&mut rs, 0, &grads, &[100]).await {
+        o.expect("step 0");
+    }
+    let mut client = connect(
+        &addrs[1].to_string(),
+        Bearer::new(None).expect("bearer"),
+        timeout,
+        1,
+    )
+    .await
+    .expect("connect");
+    let proved = |key: &GroupKey, step: u64, from_rank: u32| {
+        let nonce = [1u8; graft_common::group_key::NONCE_BYTES];
+        pb::RingMessage {
+            job_id: "job".into(),
+            generation: 1,
+            step,
+            from_rank,
+            nonce: nonce.to_vec(),
+            proof: key.prove(
+                graft_common::group_key::StreamClaim {
+                    job: "job",
+                    generation: 1,
+                    step,
+                    from_rank,
+                },
+                &nonce,
+            ),
+            ..Default::default()
+        }
+    };
+    let forged = [
+        // The finding as it was sent: no proof at all.
+        pb::RingMessage {
+            job_id: "job".into(),
+            generation: 1,
+            step: 1_000_000_000,
+            from_rank: 999,
+            ..Default::default()
+        },
+        pb::RingMessage {
+            job_id: "job".into(),
+            generation: 1,
+            step: 1,
+            from_rank: 0,
+            ..Default::default()
+        },
+        // Another group's key.
+        proved(&GroupKey::derive(&[6; 32], "job", 1), 1, 0),
+        proved(&key(2), 1, 0),
+        // The right key, but not from the left neighbour.
+        proved(&key(1), 1, 1),
+        // The right key and sender, at a step already taken.
+        proved(&key(1), 0, 0),
+    ];
+    for (i, m) in forged.into_iter().enumerate() {
+        let e = client
+            .ring(tokio_stream::iter(vec![m]))
+            .await
+            .expect_err("a forged stream");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "case {i}: {e:?}");
+    }
+    for s in 1..3 {
+        let got = step(&mut rs, s, &grads, &[100]).await;
+        let want = step(&mut calm, s, &grads, &[100]).await;
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(
+                g.as_ref().expect("step after the forgeries"),
+                w.as_ref().expect("calm step")
+            );
+        }
+    }
+}
+
+/// A frame an insider (a sender that holds the group's key) might send: any bucket, pass,
+/// step, offset, length, checksum or stats.
+fn arbitrary_frame() -> impl proptest::strategy::Strategy<Value = pb::RingMessage> {
+    use proptest::prelude::*;
+    let chunk = (
+        0u64..300,
+        0u64..300,
+        prop::collection::vec(any::<u8>(), 0..64),
+        any::<bool>(),
+        0u64..3,
+        0u64..3,
+    )
+        .prop_map(
+            |(offset, total_len, data, good_crc, step, generation)| pb::TensorChunk {
+                offset,
+                total_len,
+                step,
+                generation,
+                crc32: if good_crc {
+                    graft_proto::chunk::checksum(&data)
+                } else {
+                    7
+                },
+                data: data.into(),
+            },
+        );
+    let stats = (0u32..3, any::<f64>(), any::<u64>(), any::<u64>()).prop_map(
+        |(rank, loss_sum, samples, correct)| pb::RankStats {
+            rank,
+            stats: Some(pb::StepStats {
+                loss_sum,
+                samples,
+                correct,
+            }),
+            stop_at: 0,
+        },
+    );
+    (
+        0u32..3,
+        0u32..3,
+        0u32..3,
+        0i32..4,
+        prop::option::of(chunk),
+        prop::option::of(stats),
+        0u64..3,
+        0u64..3,
+    )
+        .prop_map(
+            |(from_rank, bucket, segment, phase, chunk, stats, step, generation)| pb::RingMessage {
+                from_rank,
+                bucket,
+                segment,
+                phase,
+                chunk,
+                stats,
+                step,
+                generation,
+                ..Default::default()
+            },
+        )
+}
+
+proptest::proptest! {
+    // Each case runs a real step with a timeout: 24 in CI, PROPTEST_CASES for a long run.
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24),
+        failure_persistence: None,
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// The ring's frame decoder against a sender that proves the key but sends anything:
+    /// the step ends with an error naming what was wrong (or, for a stream that happens to
+    /// be right, with a sum), never a panic or a hang past the timeout.
+    #[test]
+    fn an_insiders_arbitrary_frames_end_the_step_cleanly(
+        frames in proptest::collection::vec(arbitrary_frame(), 1..8),
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let timeout = Duration::from_millis(300);
+            let (mut rs, addrs) = rings_at(2, 1, timeout, 1 << 20).await;
+            let mut receiver = rs.pop().expect("rank 1");
+            let mut client = connect(
+                &addrs[1].to_string(),
+                Bearer::new(None).expect("bearer"),
+                timeout,
+                1,
+            )
+            .await
+            .expect("connect");
+            let mut frames = frames;
+            let nonce = [9u8; graft_common::group_key::NONCE_BYTES];
+            frames[0].job_id = "job".into();
+            frames[0].from_rank = 0;
+            frames[0].step = 0;
+            frames[0].generation = 1;
+            frames[0].nonce = nonce.to_vec();
+            frames[0].proof = key(1).prove(
+                graft_common::group_key::StreamClaim {
+                    job: "job",
+                    generation: 1,
+                    step: 0,
+                    from_rank: 0,
+                },
+                &nonce,
+            );
+            let send = tokio::spawn(async move { client.ring(tokio_stream::iter(frames)).await });
+            let (btx, brx) = mpsc::unbounded_channel();
+            let (stx, srx) = oneshot::channel();
+            btx.send(grad(1, 100)).expect("feed");
+            stx.send((stats(1), 0)).expect("feed");
+            let started = std::time::Instant::now();
+            let out = receiver
+                .all_reduce(0, 1, StepFeed { buckets: brx, stats: srx })
+                .await;
+            assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+            if let Err(e) = &out {
+                assert!(e.to_string().contains("step 0"), "{e}");
+            }
+            let _ = send.await;
+        });
+    }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use graft_common::auth::Bearer;
+use graft_common::group_key::{GroupKey, StreamClaim};
 use graft_proto::MAX_MESSAGE_BYTES;
 use graft_proto::v1 as pb;
 use graft_proto::v1::collective_service_client::CollectiveServiceClient;
@@ -31,6 +32,54 @@ struct Mailbox {
     job: String,
     generation: u64,
     tx: mpsc::Sender<Incoming>,
+    /// Who may send here: the group's key and the left neighbour's rank.
+    gate: Gate,
+    /// The step of the last stream let in: steps only go forward within a generation.
+    last_step: Option<u64>,
+}
+
+/// What a stream must prove before the job reads any of it.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    /// The group's key, from the assignment.
+    pub key: GroupKey,
+    /// The rank of the receiver's left neighbour, the only one that sends to it.
+    pub left: u32,
+}
+
+impl Mailbox {
+    /// Whether `first` opens a stream of this group's left neighbour: it proves the key, and
+    /// it is for a step after the last one taken (a recorded stream cannot come again).
+    fn admit(&mut self, first: &pb::RingMessage) -> Result<(), Status> {
+        let claim = StreamClaim {
+            job: &first.job_id,
+            generation: first.generation,
+            step: first.step,
+            from_rank: first.from_rank,
+        };
+        if first.from_rank != self.gate.left {
+            return Err(Status::permission_denied(format!(
+                "a ring stream of job {} generation {} comes only from rank {}, not from rank {}",
+                self.job, self.generation, self.gate.left, first.from_rank
+            )));
+        }
+        if !self.gate.key.verify(claim, &first.nonce, &first.proof) {
+            return Err(Status::permission_denied(format!(
+                "the stream does not prove the group key of job {} generation {}",
+                self.job, self.generation
+            )));
+        }
+        if let Some(last) = self.last_step
+            && first.step <= last
+        {
+            return Err(Status::permission_denied(format!(
+                "a ring stream for step {} of job {} generation {} came already",
+                first.step, self.job, self.generation
+            )));
+        }
+        self.last_step = Some(first.step);
+        Ok(())
+    }
 }
 
 /// Where the worker's `CollectiveService` hands incoming ring streams to the job that runs
@@ -48,8 +97,9 @@ pub struct Inbox {
 }
 
 impl Inbox {
-    /// Opens the mailbox of `job` at `generation`; streams for it queue here until read.
-    pub fn open(&self, job: &str, generation: u64) -> mpsc::Receiver<Incoming> {
+    /// Opens the mailbox of `job` at `generation`; streams for it that pass `gate` queue here
+    /// until read.
+    pub fn open(&self, job: &str, generation: u64, gate: Gate) -> mpsc::Receiver<Incoming> {
         // Two: the step being read and the next one, which the left neighbour may open as
         // soon as it has sent its part of this one.
         let (tx, rx) = mpsc::channel(2);
@@ -58,6 +108,8 @@ impl Inbox {
                 job: job.to_string(),
                 generation,
                 tx,
+                gate,
+                last_step: None,
             });
         }
         self.changed.notify_waiters();
@@ -84,28 +136,31 @@ impl Inbox {
         self.stopping.cancel();
     }
 
-    /// The queue of `job` at `generation`, waiting up to `wait` for this worker to open it
-    /// (a neighbour may start the first step before this worker has taken the assignment).
+    /// The queue for the stream `first` opens, waiting up to `wait` for this worker to open
+    /// its job's mailbox (a neighbour may start the first step before this worker has taken
+    /// the assignment). A stream that does not pass the mailbox's gate is refused here, so
+    /// that it never reaches, and never fails, the step.
     async fn sender(
         &self,
-        job: &str,
-        generation: u64,
+        first: &pb::RingMessage,
         wait: Duration,
     ) -> Result<mpsc::Sender<Incoming>, Status> {
+        let (job, generation) = (first.job_id.as_str(), first.generation);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             {
-                let slot = self
+                let mut slot = self
                     .slot
                     .lock()
                     .map_err(|_| Status::internal("ring inbox lock poisoned"))?;
-                if let Some(m) = slot.as_ref()
+                if let Some(m) = slot.as_mut()
                     && m.job == job
                 {
                     if m.generation == generation {
+                        m.admit(first)?;
                         return Ok(m.tx.clone());
                     }
                     if generation < m.generation {
@@ -144,6 +199,8 @@ pub struct CollectiveApi {
     inbox: Arc<Inbox>,
     wait: Duration,
     handover: crate::handover::Handover,
+    /// Answers the coordinator's admission probe (`RegisterRequest.probe_key`).
+    probe_key: [u8; graft_common::group_key::KEY_BYTES],
 }
 
 impl CollectiveApi {
@@ -154,7 +211,15 @@ impl CollectiveApi {
             inbox,
             wait,
             handover: crate::handover::Handover::default(),
+            probe_key: [0; graft_common::group_key::KEY_BYTES],
         }
+    }
+
+    /// Answers admission probes with `key`, the one the worker registers with.
+    #[must_use]
+    pub fn with_probe_key(mut self, key: [u8; graft_common::group_key::KEY_BYTES]) -> Self {
+        self.probe_key = key;
+        self
     }
 
     /// Serves the replica snapshots of `handover` (`FetchReplica`).
@@ -180,6 +245,16 @@ impl CollectiveService for CollectiveApi {
         ))))
     }
 
+    async fn probe(
+        &self,
+        req: Request<pb::ProbeRequest>,
+    ) -> Result<Response<pb::ProbeResponse>, Status> {
+        let challenge = req.into_inner().challenge;
+        Ok(Response::new(pb::ProbeResponse {
+            proof: graft_common::group_key::probe_proof(&self.probe_key, &challenge),
+        }))
+    }
+
     async fn ring(
         &self,
         req: Request<Streaming<pb::RingMessage>>,
@@ -189,10 +264,7 @@ impl CollectiveService for CollectiveApi {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("empty ring stream"))?;
-        let tx = self
-            .inbox
-            .sender(&first.job_id, first.generation, self.wait)
-            .await?;
+        let tx = self.inbox.sender(&first, self.wait).await?;
         let (done, finished) = oneshot::channel();
         tx.send(Incoming {
             first,
