@@ -34,10 +34,10 @@ pub fn read(path: &Path) -> Result<JobSpec, JobFileError> {
 /// The parse error, naming the key.
 pub fn parse(text: &str) -> Result<JobSpec, String> {
     // Parse once with `toml` first: its errors name the line and the key precisely.
-    toml::from_str::<JobSpec>(text).map_err(|e| e.to_string().trim().to_string())?;
-    // `config` below holds integers as i64 and names no key for one that does not fit;
-    // a plain table does, with the line.
+    // A plain table first: it holds integers as i64, as `config` below does, and names the
+    // line and key of one that does not fit (`config` names none, and the spec takes u64).
     toml::from_str::<toml::Table>(text).map_err(|e| e.to_string().trim().to_string())?;
+    toml::from_str::<JobSpec>(text).map_err(|e| e.to_string().trim().to_string())?;
     let c = config::Config::builder()
         .add_source(config::File::from_str(text, config::FileFormat::Toml))
         .add_source(

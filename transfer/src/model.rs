@@ -318,7 +318,7 @@ impl Architecture {
                 }
                 Ok((t, width, label_head_hidden(&self.model)))
             }
-            ModelSpec::DigitsCnn => {
+            ModelSpec::DigitsCnn {} => {
                 let [c, h, w] = match self.input_shape.as_slice() {
                     [c, h, w] => [*c, *h, *w],
                     other => {
@@ -630,7 +630,7 @@ impl Architecture {
 pub fn label_head_hidden(model: &ModelSpec) -> Vec<usize> {
     match model {
         ModelSpec::Mlp { .. } => Vec::new(),
-        ModelSpec::DigitsCnn => vec![100, 100],
+        ModelSpec::DigitsCnn {} => vec![100, 100],
     }
 }
 
@@ -660,11 +660,11 @@ mod tests {
 
     #[test]
     fn digits_cnn_matches_the_paper_on_28x28() {
-        let a = Architecture::new(&ModelSpec::DigitsCnn, &[1, 28, 28], 10).expect("valid");
+        let a = Architecture::new(&ModelSpec::DigitsCnn {}, &[1, 28, 28], 10).expect("valid");
         let fc1 = &a.params[a.index_of("label_head.fc1.weight").expect("exists")];
         assert_eq!(fc1.shape, vec![768, 100]);
-        assert!(Architecture::new(&ModelSpec::DigitsCnn, &[2], 2).is_err());
-        assert!(Architecture::new(&ModelSpec::DigitsCnn, &[1, 8, 8], 10).is_err());
+        assert!(Architecture::new(&ModelSpec::DigitsCnn {}, &[2], 2).is_err());
+        assert!(Architecture::new(&ModelSpec::DigitsCnn {}, &[1, 8, 8], 10).is_err());
     }
 
     #[test]
@@ -696,7 +696,7 @@ mod tests {
                 },
                 vec![1, 28, 28],
             ),
-            (ModelSpec::DigitsCnn, vec![1, 28, 28]),
+            (ModelSpec::DigitsCnn {}, vec![1, 28, 28]),
         ] {
             let a = Architecture::new(&model, &shape, 10).expect("valid");
             let p = a.tensors(&a.init(0), &device, &[]);

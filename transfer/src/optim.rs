@@ -167,7 +167,7 @@ pub fn learning_rate(
     stage_steps: u64,
 ) -> f64 {
     match schedule {
-        ScheduleSpec::Constant => base,
+        ScheduleSpec::Constant {} => base,
         ScheduleSpec::Step { step_size, gamma } => {
             base * gamma.powi((step_in_stage / (*step_size).max(1)) as i32)
         }
@@ -221,7 +221,7 @@ mod tests {
 
     #[test]
     fn schedules() {
-        assert_eq!(learning_rate(0.1, &ScheduleSpec::Constant, 50, 100), 0.1);
+        assert_eq!(learning_rate(0.1, &ScheduleSpec::Constant {}, 50, 100), 0.1);
         let s = ScheduleSpec::Step {
             step_size: 10,
             gamma: 0.5,

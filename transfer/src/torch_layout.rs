@@ -436,7 +436,7 @@ mod tests {
 
     #[test]
     fn digits_cnn_matches_the_pytorch_network_of_the_paper() {
-        let a = Architecture::new(&ModelSpec::DigitsCnn, &[1, 28, 28], 10).expect("valid");
+        let a = Architecture::new(&ModelSpec::DigitsCnn {}, &[1, 28, 28], 10).expect("valid");
         let seq = sequential(&a).expect("sequential");
         let kinds: Vec<String> = seq
             .modules

@@ -44,7 +44,7 @@ pub fn spec_to_pb(s: &JobSpec) -> pb::JobSpec {
         ModelSpec::Mlp { hidden } => pb::model_spec::Kind::Mlp(pb::MlpSpec {
             hidden: hidden.iter().map(|&h| h as u64).collect(),
         }),
-        ModelSpec::DigitsCnn => pb::model_spec::Kind::DigitsCnn(pb::DigitsCnnSpec {}),
+        ModelSpec::DigitsCnn {} => pb::model_spec::Kind::DigitsCnn(pb::DigitsCnnSpec {}),
     };
     let method = method_to_pb(&s.method);
     let optimizer = match &s.optimizer {
@@ -74,7 +74,7 @@ pub fn spec_to_pb(s: &JobSpec) -> pb::JobSpec {
         }),
     };
     let schedule = match &s.schedule {
-        ScheduleSpec::Constant => pb::schedule_spec::Kind::Constant(pb::ConstantSchedule {}),
+        ScheduleSpec::Constant {} => pb::schedule_spec::Kind::Constant(pb::ConstantSchedule {}),
         ScheduleSpec::Step { step_size, gamma } => {
             pb::schedule_spec::Kind::Step(pb::StepSchedule {
                 step_size: *step_size,
@@ -170,7 +170,7 @@ impl TryFrom<&pb::JobSpec> for WireSpec {
                     .map(|(i, &h)| usize_of(h, &format!("model.hidden[{i}]")))
                     .collect::<Result<_, _>>()?,
             },
-            pb::model_spec::Kind::DigitsCnn(_) => ModelSpec::DigitsCnn,
+            pb::model_spec::Kind::DigitsCnn(_) => ModelSpec::DigitsCnn {},
         };
         let method = method_from_pb(
             p.method
@@ -217,7 +217,7 @@ impl TryFrom<&pb::JobSpec> for WireSpec {
             },
         };
         let schedule = match p.schedule.as_ref().and_then(|s| s.kind.as_ref()) {
-            None | Some(pb::schedule_spec::Kind::Constant(_)) => ScheduleSpec::Constant,
+            None | Some(pb::schedule_spec::Kind::Constant(_)) => ScheduleSpec::Constant {},
             Some(pb::schedule_spec::Kind::Step(s)) => ScheduleSpec::Step {
                 step_size: s.step_size,
                 gamma: s.gamma,

@@ -102,7 +102,7 @@ mod tests {
 
     #[test]
     fn patterns_select_layers() {
-        let a = Architecture::new(&ModelSpec::DigitsCnn, &[1, 28, 28], 10).expect("valid");
+        let a = Architecture::new(&ModelSpec::DigitsCnn {}, &[1, 28, 28], 10).expect("valid");
         let names = |m: Vec<bool>| -> Vec<String> {
             a.params
                 .iter()

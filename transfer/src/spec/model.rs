@@ -14,8 +14,10 @@ pub enum ModelSpec {
         /// Widths of the hidden layers (the feature extractor).
         hidden: Vec<usize>,
     },
-    /// The digits CNN of the DANN paper (Ganin et al. 2016).
-    DigitsCnn,
+    /// The digits CNN of the DANN paper (Ganin et al. 2016). Braced, so that
+    /// `deny_unknown_fields` refuses stray keys: serde ignores them on a unit variant of an
+    /// internally tagged enum.
+    DigitsCnn {},
 }
 
 impl ModelSpec {
@@ -32,7 +34,7 @@ impl ModelSpec {
                     ));
                 }
             }
-            ModelSpec::DigitsCnn => {}
+            ModelSpec::DigitsCnn {} => {}
         }
         Ok(())
     }

@@ -5,12 +5,12 @@ use serde::{Deserialize, Serialize};
 use super::error::{SpecError, bad};
 
 /// The learning-rate schedule, applied within each stage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ScheduleSpec {
-    /// The base rate throughout.
-    #[default]
-    Constant,
+    /// The base rate throughout. Braced, so that stray keys are refused (as for
+    /// `ModelSpec::DigitsCnn`).
+    Constant {},
     /// Multiply by `gamma` every `step_size` steps.
     Step {
         /// Steps between decays.
@@ -29,6 +29,12 @@ pub enum ScheduleSpec {
     },
 }
 
+impl Default for ScheduleSpec {
+    fn default() -> Self {
+        Self::Constant {}
+    }
+}
+
 fn default_alpha() -> f64 {
     super::defaults::SCHEDULE_ALPHA
 }
@@ -39,7 +45,7 @@ fn default_beta() -> f64 {
 impl ScheduleSpec {
     pub(super) fn validate(&self) -> Result<(), SpecError> {
         match self {
-            ScheduleSpec::Constant => {}
+            ScheduleSpec::Constant {} => {}
             ScheduleSpec::Step { step_size, gamma } => {
                 if *step_size == 0 {
                     return Err(bad("schedule.step_size", "must be > 0"));

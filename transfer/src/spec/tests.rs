@@ -61,6 +61,31 @@ fn unknown_keys_under_supervised_are_refused() {
     assert_eq!(good().method, MethodSpec::Supervised {});
 }
 
+/// Every table refuses keys it does not know, also the kinds that take no keys at all.
+#[test]
+fn unknown_keys_under_digits_cnn_and_a_constant_schedule_are_refused() {
+    let cnn = GOOD.replace("[model]\nkind = \"mlp\"", "[model]\nkind = \"digits_cnn\"");
+    let cnn = cnn
+        .lines()
+        .filter(|l| !l.starts_with("hidden"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let spec: JobSpec = toml::from_str(&cnn).expect("digits_cnn parses");
+    assert_eq!(spec.model, crate::spec::ModelSpec::DigitsCnn {});
+    let e = toml::from_str::<JobSpec>(&cnn.replace(
+        "kind = \"digits_cnn\"",
+        "kind = \"digits_cnn\"\nhidden = [5]",
+    ))
+    .expect_err("digits_cnn takes no hidden");
+    assert!(e.to_string().contains("hidden"), "{e}");
+    let constant = format!("{GOOD}\n[schedule]\nkind = \"constant\"\n");
+    let spec: JobSpec = toml::from_str(&constant).expect("constant parses");
+    assert_eq!(spec.schedule, crate::spec::ScheduleSpec::Constant {});
+    let e = toml::from_str::<JobSpec>(&format!("{constant}gamma = 0.5\n"))
+        .expect_err("constant takes no gamma");
+    assert!(e.to_string().contains("gamma"), "{e}");
+}
+
 #[test]
 fn errors_name_the_field() {
     let mut s = good();
