@@ -41,7 +41,7 @@ fn mnist_mlp_on_two_workers_reaches_97_percent_and_exports() {
     let curves = std::fs::read_to_string(c.state.join("jobs").join(&id).join("curves.svg"))
         .expect("curves.svg next to the checkpoints");
     assert!(
-        curves.contains("<polyline") && curves.contains("target_accuracy"),
+        curves.contains("<polyline") && curves.contains("target accuracy"),
         "{curves}"
     );
 
