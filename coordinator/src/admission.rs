@@ -23,26 +23,31 @@ pub const MAX_DEVICE_CHARS: usize = 32;
 /// The longest address taken (a DNS name is at most 253 characters, plus a port).
 pub const MAX_ADDR_CHARS: usize = 260;
 
-/// A name people read in logs and tables: bounded, and printable (no control characters,
-/// which would let it rewrite a terminal or forge log lines).
+/// What is wrong with a name people read in logs and tables, if anything: it must be
+/// bounded, and printable (no control characters, which would let it rewrite a terminal or
+/// forge log lines).
+pub fn name_problem(name: &str, max_chars: usize) -> Option<String> {
+    let n = name.chars().count();
+    if n > max_chars {
+        return Some(format!("{n} characters, at most {max_chars} are taken"));
+    }
+    name.chars().find(|c| c.is_control()).map(|c| {
+        format!(
+            "control character {c:?} in {:?}; only printable characters are taken",
+            name.escape_debug().to_string()
+        )
+    })
+}
+
+/// [`name_problem`] as a refusal naming `what`.
 ///
 /// # Errors
 /// `INVALID_ARGUMENT` naming `what` and what is wrong.
 pub fn check_name(what: &str, name: &str, max_chars: usize) -> Result<(), Status> {
-    let n = name.chars().count();
-    if n > max_chars {
-        return Err(Status::invalid_argument(format!(
-            "{what}: {n} characters, at most {max_chars} are taken"
-        )));
+    match name_problem(name, max_chars) {
+        Some(why) => Err(Status::invalid_argument(format!("{what}: {why}"))),
+        None => Ok(()),
     }
-    if let Some(c) = name.chars().find(|c| c.is_control()) {
-        return Err(Status::invalid_argument(format!(
-            "{what}: control character {:?} in {:?}; only printable characters are taken",
-            c,
-            name.escape_debug().to_string()
-        )));
-    }
-    Ok(())
 }
 
 /// A device name as workers report them: `cpu`, `libtorch-cpu` or `cuda:N` with N < 1024.

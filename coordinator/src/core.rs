@@ -197,16 +197,12 @@ impl Coordinator {
     /// # Errors
     /// [`CoordinatorError::InvalidSpec`] naming the field.
     pub fn check_admissible(spec: &JobSpec, max_workers: u32) -> Result<(), CoordinatorError> {
-        crate::admission::check_name("name", &spec.name, MAX_JOB_NAME_CHARS).map_err(|s| {
-            CoordinatorError::InvalidSpec {
+        if let Some(reason) = crate::admission::name_problem(&spec.name, MAX_JOB_NAME_CHARS) {
+            return Err(CoordinatorError::InvalidSpec {
                 field: "name".into(),
-                reason: s
-                    .message()
-                    .strip_prefix("name: ")
-                    .unwrap_or(s.message())
-                    .to_string(),
-            }
-        })?;
+                reason,
+            });
+        }
         if spec.workers.min > max_workers {
             return Err(CoordinatorError::InvalidSpec {
                 field: "workers.min".into(),
@@ -248,7 +244,6 @@ impl Coordinator {
     /// # Errors
     /// [`CoordinatorError::Store`] when the job cannot be persisted (then it does not exist).
     pub fn submit(&self, spec: JobSpec, data: JobData) -> Result<JobRecord, CoordinatorError> {
-        Self::check_admissible(&spec, self.config.max_workers)?;
         // A directory of that name would be another job's (a store lost with its ids):
         // never share it, so that pruning only ever deletes the checkpoints a job wrote.
         let id = loop {
@@ -738,10 +733,18 @@ impl Coordinator {
 /// `bytes` random bytes from the operating system, as hex: ids and secrets nobody can guess
 /// from the ones they have seen.
 fn random_hex(bytes: usize) -> Result<String, CoordinatorError> {
-    let mut buf = vec![0u8; bytes];
+    Ok(random_bytes(bytes)?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// `n` bytes of the operating system's randomness.
+fn random_bytes(n: usize) -> Result<Vec<u8>, CoordinatorError> {
+    let mut buf = vec![0u8; n];
     getrandom::fill(&mut buf)
         .map_err(|e| CoordinatorError::Internal(format!("no randomness: {e}")))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(buf)
 }
 
 /// The longest job name taken.
@@ -751,10 +754,7 @@ pub const MAX_JOB_NAME_CHARS: usize = 256;
 /// read aloud and to type, 5 bits of the operating system's randomness each.
 fn random_base32(chars: usize) -> Result<String, CoordinatorError> {
     const DIGITS: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
-    let mut buf = vec![0u8; chars];
-    getrandom::fill(&mut buf)
-        .map_err(|e| CoordinatorError::Internal(format!("no randomness: {e}")))?;
-    Ok(buf
+    Ok(random_bytes(chars)?
         .iter()
         .map(|b| char::from(DIGITS[usize::from(b & 31)]))
         .collect())

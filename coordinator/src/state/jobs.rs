@@ -29,6 +29,15 @@ pub(super) fn submitted(
     Ok(Reply::Record(record))
 }
 
+/// The state of job `id`.
+fn state_of(state: &State, id: &JobId) -> Result<JobState, CoordinatorError> {
+    state
+        .jobs
+        .get(id)
+        .map(|j| j.record.state)
+        .ok_or_else(|| CoordinatorError::UnknownJob(id.to_string()))
+}
+
 /// Forgets a finished job: its record leaves the state and the store, and its directory
 /// goes. A job that has not ended is refused (cancel it first), so that no worker, round or
 /// upload can still refer to it.
@@ -37,11 +46,7 @@ pub(super) fn delete(
     id: &JobId,
     out: &mut Vec<Action>,
 ) -> Result<Reply, CoordinatorError> {
-    let job_state = state
-        .jobs
-        .get(id)
-        .map(|j| j.record.state)
-        .ok_or_else(|| CoordinatorError::UnknownJob(id.to_string()))?;
+    let job_state = state_of(state, id)?;
     if !job_state.is_terminal() {
         return Err(CoordinatorError::Conflict(format!(
             "job {id} is {}; only a finished job can be deleted (cancel it first)",
@@ -62,11 +67,7 @@ pub(super) fn cancel(
     id: &JobId,
     out: &mut Vec<Action>,
 ) -> Result<Reply, CoordinatorError> {
-    let job_state = state
-        .jobs
-        .get(id)
-        .map(|j| j.record.state)
-        .ok_or_else(|| CoordinatorError::UnknownJob(id.to_string()))?;
+    let job_state = state_of(state, id)?;
     if job_state.is_terminal() {
         return Err(CoordinatorError::Conflict(format!(
             "job {id} has already ended ({})",
