@@ -28,6 +28,39 @@ pub fn read(path: &Path) -> Result<JobSpec, JobFileError> {
     parse(&text).map_err(err)
 }
 
+/// Makes the relative dataset paths of a job file absolute from the folder it is in (`base`),
+/// for `graft local`: its coordinator runs here, and a user names their files as they see
+/// them from the job file, as compose files do. A job sent by `graft submit` keeps its paths,
+/// which the coordinator reads under its data directory.
+pub fn resolve_paths(spec: &mut JobSpec, base: &Path) {
+    let absolute = |p: &mut String| {
+        if Path::new(p.as_str()).is_relative() {
+            *p = base.join(p.as_str()).display().to_string();
+        }
+    };
+    for d in &mut spec.datasets {
+        if let Some(p) = &mut d.path {
+            absolute(p);
+        }
+        if let Some(p) = &mut d.labels {
+            absolute(p);
+        }
+    }
+}
+
+/// The folder of a job file, absolute, for [`resolve_paths`].
+///
+/// # Errors
+/// When the working directory cannot be read.
+pub fn folder_of(path: &Path) -> std::io::Result<std::path::PathBuf> {
+    let dir = path.parent().unwrap_or(Path::new(""));
+    std::path::absolute(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    })
+}
+
 /// Parses job-file text with the environment overrides.
 ///
 /// # Errors
@@ -58,9 +91,12 @@ mod tests {
 
     #[test]
     fn example_files_parse() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples"));
         let mut n = 0;
-        for entry in std::fs::read_dir(dir).expect("examples/ exists") {
+        let entries = std::fs::read_dir(dir)
+            .expect("examples/ exists")
+            .chain(std::fs::read_dir(dir.join("own-data")).expect("examples/own-data/ exists"));
+        for entry in entries {
             let p = entry.expect("entry").path();
             if p.extension().is_some_and(|e| e == "toml") {
                 let spec = read(&p).unwrap_or_else(|e| panic!("{e}"));
@@ -70,6 +106,53 @@ mod tests {
             }
         }
         assert!(n >= 2, "examples/ holds job files");
+    }
+
+    #[test]
+    fn local_paths_are_read_from_the_job_files_folder_and_absolute_ones_kept() {
+        let mut spec = parse(
+            r#"name = "x"
+[model]
+kind = "mlp"
+hidden = [4]
+[method]
+kind = "supervised"
+[[datasets]]
+path = "data/x.npy"
+format = "npy-pair"
+labels = "data/y.npy"
+role = "source"
+[[datasets]]
+path = "/srv/eval.csv"
+label_column = 2
+role = "eval"
+[optimizer]
+kind = "sgd"
+lr = 0.1
+[training]
+global_batch_size = 8
+steps = 1
+"#,
+        )
+        .expect("parses");
+        resolve_paths(&mut spec, Path::new("/home/me/jobs"));
+        assert_eq!(
+            spec.datasets[0].path.as_deref(),
+            Some("/home/me/jobs/data/x.npy")
+        );
+        assert_eq!(
+            spec.datasets[0].labels.as_deref(),
+            Some("/home/me/jobs/data/y.npy")
+        );
+        assert_eq!(spec.datasets[1].path.as_deref(), Some("/srv/eval.csv"));
+        assert_eq!(
+            spec.datasets[1].label_column,
+            Some(graft_transfer::spec::ColumnRef::Index(2))
+        );
+        assert_eq!(
+            folder_of(Path::new("job.toml")).expect("cwd"),
+            std::path::absolute(".").expect("cwd")
+        );
     }
 
     #[test]

@@ -710,7 +710,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             regroup_timeout_ms,
             json,
         } => {
-            let spec = jobfile::read(file)?;
+            let mut spec = jobfile::read(file)?;
+            jobfile::resolve_paths(
+                &mut spec,
+                &jobfile::folder_of(file).context("the job file's folder")?,
+            );
             let run = LocalRun {
                 workers: *workers,
                 device,

@@ -37,6 +37,14 @@ pub fn json_line(job: &pb::Job, seconds: f64) -> String {
             "used": e.used,
             "index_hash": e.index_hash.to_string(),
         })).collect::<Vec<_>>(),
+        "datasets": job.datasets.iter().map(|d| json!({
+            "source": d.source,
+            "role": d.role,
+            "samples": d.samples,
+            "sample_shape": d.sample_shape,
+            "classes": d.classes,
+            "stated": d.stated,
+        })).collect::<Vec<_>>(),
     })
     .to_string()
 }
@@ -89,6 +97,14 @@ pub fn human(o: &Outcome) -> String {
     s.push('\n');
     if !j.reason.is_empty() {
         s.push_str(&format!("  reason: {}\n", j.reason));
+    }
+    for d in &j.datasets {
+        // The class names and the path come from a user's files: shown escaped.
+        s.push_str(&format!(
+            "  {:<18} {}\n",
+            format!("{} data", d.role),
+            d.stated.escape_debug()
+        ));
     }
     let mut keys: Vec<&String> = j.metrics.keys().collect();
     keys.sort();

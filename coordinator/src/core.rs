@@ -252,7 +252,8 @@ impl Coordinator {
                 break id;
             }
         };
-        let record = JobRecord::new(id, spec, data.total_steps());
+        let mut record = JobRecord::new(id, spec, data.total_steps());
+        record.datasets = data.datasets.clone();
         self.store.put(&record)?;
         let start = data
             .init_params

@@ -120,6 +120,9 @@ pub struct JobRecord {
     /// Steps the ledger in `epochs` has counted.
     #[serde(default)]
     pub ledger_step: u64,
+    /// What each dataset holds, as loaded at submission (empty in records of older versions).
+    #[serde(default)]
+    pub datasets: Vec<DatasetInfo>,
 }
 
 /// Why and when a job's group changed.
@@ -149,6 +152,79 @@ impl MembershipChange {
             workers: self.workers.clone(),
             detail: self.detail.clone(),
             unix_ms: self.unix_ms,
+        }
+    }
+}
+
+/// What one dataset of a job holds, as loaded at submission: a user can check that a file
+/// was read as meant (its classes, its shape, its scaling) without reading the logs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetInfo {
+    /// The catalog name and split, or the path the job gave.
+    pub source: String,
+    /// Its role in the job.
+    pub role: String,
+    /// Samples the job uses (after holdout, labels_per_class and limit).
+    pub samples: u64,
+    /// Per-sample shape as the model sees it.
+    pub sample_shape: Vec<usize>,
+    /// The class of each label, in label order.
+    pub classes: Vec<String>,
+    /// What was read, in one line.
+    pub stated: String,
+}
+
+impl DatasetInfo {
+    /// The record of dataset `spec` as loaded into `data`, whose samples were `read` in shape
+    /// before resizing; `classes` and `stated` are a file's own, absent for catalog sets.
+    pub fn of(
+        spec: &graft_transfer::spec::DatasetSpec,
+        data: &graft_transfer::data::Dataset,
+        read: &[usize],
+        classes: Option<Vec<String>>,
+        stated: Option<String>,
+    ) -> Self {
+        let shape = |s: &[usize]| {
+            s.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("×")
+        };
+        let mut stated = stated.unwrap_or_else(|| {
+            format!(
+                "{}: {} samples of {}, {} classes",
+                spec.source(),
+                data.len(),
+                shape(read),
+                data.num_classes
+            )
+        });
+        if read != data.sample_shape.as_slice() {
+            stated.push_str(&format!(
+                "; resized to {} for the model",
+                shape(&data.sample_shape)
+            ));
+        }
+        Self {
+            source: spec.source(),
+            role: spec.role.as_str().to_string(),
+            samples: data.len() as u64,
+            sample_shape: data.sample_shape.clone(),
+            classes: classes
+                .unwrap_or_else(|| (0..data.num_classes).map(|k| k.to_string()).collect()),
+            stated,
+        }
+    }
+
+    /// The wire form.
+    pub fn to_pb(&self) -> pb::DatasetInfo {
+        pb::DatasetInfo {
+            source: self.source.clone(),
+            role: self.role.clone(),
+            samples: self.samples,
+            sample_shape: self.sample_shape.iter().map(|&d| d as u64).collect(),
+            classes: self.classes.clone(),
+            stated: self.stated.clone(),
         }
     }
 }
@@ -210,6 +286,7 @@ impl JobRecord {
             changes: Vec::new(),
             epochs: Vec::new(),
             ledger_step: 0,
+            datasets: Vec::new(),
         }
     }
 
@@ -236,6 +313,7 @@ impl JobRecord {
             generation: self.generation,
             membership_changes: self.changes.iter().map(MembershipChange::to_pb).collect(),
             epochs: self.epochs.iter().map(EpochUse::to_pb).collect(),
+            datasets: self.datasets.iter().map(DatasetInfo::to_pb).collect(),
         }
     }
 }

@@ -8,16 +8,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use graft_transfer::data::files::{self, FileFormat, FileOptions, LabelColumn};
 use graft_transfer::data::{Dataset, MoonsConfig, catalog};
 use graft_transfer::methods::{
     DataKey, EvalSet, Method, MethodData, Stage, method_for, plan_stages,
 };
 use graft_transfer::optim::Optimizer;
-use graft_transfer::spec::{AttributeSource, DatasetSpec, MethodSpec, Role};
+use graft_transfer::spec::{AttributeSource, ColumnRef, DatasetSpec, MethodSpec, Role};
 use graft_transfer::zeroshot::{ClassVectors, builtin_table};
 use graft_transfer::{Architecture, JobSpec, Params, weights};
 
 use crate::error::CoordinatorError;
+use crate::job::DatasetInfo;
 
 /// Largest network a job may train (1 GiB of f32 per replica), so that a job file cannot make
 /// the coordinator or the workers allocate without bound.
@@ -37,6 +39,8 @@ pub struct JobData {
     pub train: BTreeMap<DataKey, Arc<Dataset>>,
     /// Evaluation sets in job order.
     pub eval: Vec<EvalSet>,
+    /// What each dataset of the job holds, in job order (for the job's status).
+    pub datasets: Vec<DatasetInfo>,
     /// Weights to start from (a source model from a file).
     pub init_params: Option<Params>,
     /// Length of the flattened gradient of each stage: asked for at every round, so worked
@@ -66,20 +70,103 @@ fn invalid(field: &str, reason: impl Into<String>) -> CoordinatorError {
     }
 }
 
-fn load_one(
+/// A path of a job file: as it is when absolute, else under the data directory.
+fn resolve(data_dir: &Path, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        data_dir.join(p)
+    }
+}
+
+/// Seeds the holdout of a file: the job's seed and the file, so that the two datasets that
+/// name the same file (its `train` and its `test`) draw the same permutation.
+fn holdout_seed(spec: &JobSpec, path: &str) -> u64 {
+    path.bytes()
+        .fold(spec.seed ^ 0x686f_6c64_6f75_7421, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+}
+
+/// Reads a dataset the job names by path, and its held-out part or the rest where it asks.
+/// Returns the samples, the names of the file's classes and what was read.
+fn load_file(
     spec: &JobSpec,
     i: usize,
     d: &DatasetSpec,
+    path: &str,
     data_dir: &Path,
-) -> Result<Dataset, CoordinatorError> {
-    let defaults = MoonsConfig::default();
-    let moons = MoonsConfig {
-        samples: d.samples.unwrap_or(defaults.samples),
-        noise: d.noise.unwrap_or(defaults.noise),
-        rotation_deg: d.rotation_deg.unwrap_or(defaults.rotation_deg),
-        seed: spec.seed,
+) -> Result<(Dataset, Vec<String>, String), CoordinatorError> {
+    let opts = FileOptions {
+        format: d.format.as_deref().and_then(FileFormat::parse),
+        labels: d.labels.as_deref().map(|l| resolve(data_dir, l)),
+        x_key: d.x_key.clone(),
+        y_key: d.y_key.clone(),
+        label_column: d.label_column.as_ref().map(|c| match c {
+            ColumnRef::Index(k) => LabelColumn::Index(*k),
+            ColumnRef::Name(n) => LabelColumn::Name(n.clone()),
+        }),
+        header: d.header,
+        channels: d.channels,
+        image_size: d.image_size,
     };
-    let mut ds = catalog::load(&d.name, &d.split, data_dir, &moons).map_err(|e| field_err(i, e))?;
+    let file = files::load_file(&resolve(data_dir, path), &opts).map_err(|e| field_err(i, e))?;
+    let mut stated = file.stated;
+    let ds = match d.holdout {
+        None => file.dataset,
+        Some(fraction) => {
+            let (kept, held) = files::holdout(&file.dataset, fraction, holdout_seed(spec, path))
+                .map_err(|e| field_err(i, e))?;
+            let (part, what) = if d.split == "test" {
+                (held, "held out")
+            } else {
+                (kept, "kept")
+            };
+            stated.push_str(&format!(
+                "; the {} samples {what} of holdout {fraction}",
+                part.len()
+            ));
+            part
+        }
+    };
+    Ok((ds, file.classes, stated))
+}
+
+/// A dataset of the job, as loaded: the samples, and for a file the names of its classes
+/// and what was read.
+struct Loaded<'a> {
+    index: usize,
+    spec: &'a DatasetSpec,
+    data: Dataset,
+    classes: Option<Vec<String>>,
+    stated: Option<String>,
+}
+
+fn load_one<'a>(
+    spec: &JobSpec,
+    i: usize,
+    d: &'a DatasetSpec,
+    data_dir: &Path,
+) -> Result<Loaded<'a>, CoordinatorError> {
+    let (mut ds, classes, stated) = match &d.path {
+        Some(path) => {
+            let (ds, classes, stated) = load_file(spec, i, d, path, data_dir)?;
+            (ds, Some(classes), Some(stated))
+        }
+        None => {
+            let defaults = MoonsConfig::default();
+            let moons = MoonsConfig {
+                samples: d.samples.unwrap_or(defaults.samples),
+                noise: d.noise.unwrap_or(defaults.noise),
+                rotation_deg: d.rotation_deg.unwrap_or(defaults.rotation_deg),
+                seed: spec.seed,
+            };
+            let ds =
+                catalog::load(&d.name, &d.split, data_dir, &moons).map_err(|e| field_err(i, e))?;
+            (ds, None, None)
+        }
+    };
     if let Some(k) = d.labels_per_class {
         ds = ds
             .labels_per_class(k, spec.seed ^ i as u64)
@@ -103,7 +190,50 @@ fn load_one(
         };
         ds = ds.resize_to(&shape).map_err(|e| field_err(i, e))?;
     }
-    Ok(ds)
+    Ok(Loaded {
+        index: i,
+        spec: d,
+        data: ds,
+        classes,
+        stated,
+    })
+}
+
+/// Gives every file of the job the same classes: the union of their class names, so that a
+/// label means one class in the source, the target and the evaluation sets even where one
+/// file lacks a class. Names that are all numbers keep their value as the label (`7` is
+/// class 7, as in the catalog's sets); other names are sorted.
+fn align_classes(loaded: &mut [Loaded<'_>]) {
+    let mut names: Vec<String> = loaded
+        .iter()
+        .filter_map(|l| l.classes.as_ref())
+        .flatten()
+        .cloned()
+        .collect();
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        return;
+    }
+    let numbers: Option<Vec<u64>> = names.iter().map(|n| n.parse::<u64>().ok()).collect();
+    let union: Vec<String> = match numbers.and_then(|v| v.into_iter().max()) {
+        Some(max) if (max as usize) < files::MAX_CLASSES => {
+            (0..=max).map(|k| k.to_string()).collect()
+        }
+        _ => names,
+    };
+    for l in loaded.iter_mut() {
+        let Some(own) = &l.classes else { continue };
+        let to: Vec<u32> = own
+            .iter()
+            .map(|n| union.iter().position(|u| u == n).unwrap_or(0) as u32)
+            .collect();
+        for label in &mut l.data.labels {
+            *label = to.get(*label as usize).copied().unwrap_or(0);
+        }
+        l.data.num_classes = union.len();
+        l.classes = Some(union.clone());
+    }
 }
 
 /// The training set a dataset of the job feeds, if any.
@@ -196,15 +326,12 @@ impl JobData {
     /// # Errors
     /// [`CoordinatorError::InvalidSpec`] naming the dataset or field that cannot be used.
     pub fn load(spec: &JobSpec, data_dir: &Path) -> Result<Self, CoordinatorError> {
-        let mut loaded: Vec<(usize, &DatasetSpec, Dataset)> = Vec::new();
+        let mut loaded: Vec<Loaded<'_>> = Vec::new();
         for (i, d) in spec.datasets.iter().enumerate() {
-            loaded.push((i, d, load_one(spec, i, d, data_dir)?));
+            loaded.push(load_one(spec, i, d, data_dir)?);
         }
-        let num_classes = loaded
-            .iter()
-            .map(|(_, _, ds)| ds.num_classes)
-            .max()
-            .unwrap_or(0);
+        align_classes(&mut loaded);
+        let num_classes = loaded.iter().map(|l| l.data.num_classes).max().unwrap_or(0);
         let method_data = MethodData {
             class_vectors: class_vectors(spec, num_classes, data_dir)?,
         };
@@ -218,8 +345,8 @@ impl JobData {
             .ok_or_else(|| invalid("method", "has no training stage"))?;
         let input_shape = loaded
             .iter()
-            .find(|(_, d, _)| train_key(d).as_ref() == Some(&first_key))
-            .map(|(_, _, ds)| ds.sample_shape.clone())
+            .find(|l| train_key(l.spec).as_ref() == Some(&first_key))
+            .map(|l| l.data.sample_shape.clone())
             .ok_or_else(|| invalid("datasets", format!("needs a training set for {first_key}")))?;
         let layout = method.layout(num_classes);
         let arch = Architecture::with_layout(&spec.model, &input_shape, num_classes, &layout)
@@ -235,8 +362,14 @@ impl JobData {
         }
         let mut train = BTreeMap::new();
         let mut eval = Vec::new();
-        for (i, d, ds) in loaded {
-            let mut ds = ds.resize_to(&input_shape).map_err(|e| field_err(i, e))?;
+        let mut datasets = Vec::new();
+        for l in loaded {
+            let (i, d) = (l.index, l.spec);
+            let read = l.data.sample_shape.clone();
+            let mut ds = l
+                .data
+                .resize_to(&input_shape)
+                .map_err(|e| field_err(i, e))?;
             if let (MethodSpec::ZeroShot { unseen_classes, .. }, Role::Source) =
                 (&spec.method, d.role)
             {
@@ -254,6 +387,7 @@ impl JobData {
             if d.standardize {
                 ds.standardize().map_err(|e| field_err(i, e))?;
             }
+            datasets.push(DatasetInfo::of(d, &ds, &read, l.classes, l.stated));
             match train_key(d) {
                 None => eval.push(EvalSet {
                     label: d.metric_label(),
@@ -322,6 +456,7 @@ impl JobData {
             stages,
             train,
             eval,
+            datasets,
             init_params,
             trainable_lens,
         })

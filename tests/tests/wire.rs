@@ -7,6 +7,7 @@
 //! another language builds its messages, without graft's own conversion (`spec_to_pb`),
 //! which fills in every field and so could not show a default missing.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use graft_common::wire::spec_from_pb;
@@ -190,7 +191,24 @@ fn job_of(t: &Table) -> pb::JobSpec {
             .map(|d| {
                 let d = d.as_table().expect("a dataset table");
                 pb::DatasetSpec {
-                    name: string(d, "name").expect("dataset name"),
+                    name: string(d, "name").unwrap_or_default(),
+                    path: string(d, "path"),
+                    format: string(d, "format"),
+                    labels: string(d, "labels"),
+                    x_key: string(d, "x_key"),
+                    y_key: string(d, "y_key"),
+                    label_column: match d.get("label_column") {
+                        None => None,
+                        Some(Value::String(n)) => {
+                            Some(pb::dataset_spec::LabelColumn::LabelColumnName(n.clone()))
+                        }
+                        Some(v) => Some(pb::dataset_spec::LabelColumn::LabelColumnIndex(
+                            v.as_integer().expect("a column index") as u64,
+                        )),
+                    },
+                    header: boolean(d, "header"),
+                    channels: uint(d, "channels").map(|v| v as u32),
+                    holdout: float(d, "holdout"),
                     split: string(d, "split").unwrap_or_default(),
                     role: role(&string(d, "role").expect("role")),
                     labels_per_class: uint(d, "labels_per_class").map(|v| v as u32),
@@ -266,9 +284,12 @@ fn job_of(t: &Table) -> pb::JobSpec {
 
 #[test]
 fn every_example_sent_with_only_the_fields_its_file_sets_is_the_files_job() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples"));
     let mut seen = 0;
-    for e in std::fs::read_dir(dir).expect("examples/") {
+    let files = std::fs::read_dir(dir)
+        .expect("examples/")
+        .chain(std::fs::read_dir(dir.join("own-data")).expect("examples/own-data/"));
+    for e in files {
         let path = e.expect("entry").path();
         if path.extension().and_then(|x| x.to_str()) != Some("toml") {
             continue;
@@ -283,7 +304,7 @@ fn every_example_sent_with_only_the_fields_its_file_sets_is_the_files_job() {
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         seen += 1;
     }
-    assert!(seen >= 15, "only {seen} examples");
+    assert!(seen >= 18, "only {seen} examples");
 }
 
 #[test]

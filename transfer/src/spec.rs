@@ -25,7 +25,7 @@ mod workers;
 
 pub use allreduce::AllReduce;
 pub use checkpoint::CheckpointSpec;
-pub use dataset::{DatasetSpec, Role};
+pub use dataset::{ColumnRef, DatasetSpec, Role};
 pub use error::SpecError;
 pub use evaluation::EvaluationSpec;
 pub use job::JobSpec;

@@ -2,8 +2,8 @@
 
 use graft_proto::v1 as pb;
 use graft_transfer::spec::{
-    AllReduce, CheckpointSpec, DatasetSpec, EvaluationSpec, JobSpec, ModelSpec, OptimizerSpec,
-    Role, ScheduleSpec, TrainingSpec, WorkersSpec, defaults,
+    AllReduce, CheckpointSpec, ColumnRef, DatasetSpec, EvaluationSpec, JobSpec, ModelSpec,
+    OptimizerSpec, Role, ScheduleSpec, TrainingSpec, WorkersSpec, defaults,
 };
 
 use super::method::{method_from_pb, method_to_pb};
@@ -107,6 +107,20 @@ pub fn spec_to_pb(s: &JobSpec) -> pb::JobSpec {
                 samples: d.samples.map(|v| v as u64),
                 noise: d.noise,
                 rotation_deg: d.rotation_deg,
+                path: d.path.clone(),
+                format: d.format.clone(),
+                labels: d.labels.clone(),
+                x_key: d.x_key.clone(),
+                y_key: d.y_key.clone(),
+                label_column: d.label_column.as_ref().map(|c| match c {
+                    ColumnRef::Index(i) => {
+                        pb::dataset_spec::LabelColumn::LabelColumnIndex(*i as u64)
+                    }
+                    ColumnRef::Name(n) => pb::dataset_spec::LabelColumn::LabelColumnName(n.clone()),
+                }),
+                header: d.header,
+                channels: d.channels.map(|v| v.min(u32::MAX as usize) as u32),
+                holdout: d.holdout,
             })
             .collect(),
         optimizer: Some(pb::OptimizerSpec {
@@ -183,6 +197,23 @@ impl TryFrom<&pb::JobSpec> for WireSpec {
             let f = |k: &str| format!("datasets[{i}].{k}");
             datasets.push(DatasetSpec {
                 name: d.name.clone(),
+                path: d.path.clone(),
+                format: d.format.clone(),
+                labels: d.labels.clone(),
+                x_key: d.x_key.clone(),
+                y_key: d.y_key.clone(),
+                label_column: match &d.label_column {
+                    None => None,
+                    Some(pb::dataset_spec::LabelColumn::LabelColumnName(n)) => {
+                        Some(ColumnRef::Name(n.clone()))
+                    }
+                    Some(pb::dataset_spec::LabelColumn::LabelColumnIndex(i)) => {
+                        Some(ColumnRef::Index(usize_of(*i, &f("label_column"))?))
+                    }
+                },
+                header: d.header,
+                channels: d.channels.map(|v| v as usize),
+                holdout: d.holdout,
                 split: or_default_str(&d.split, defaults::SPLIT),
                 role: role_from_pb(d.role, &f("role"))?,
                 labels_per_class: d.labels_per_class.map(|v| v as usize),
@@ -317,6 +348,21 @@ name = "usps"
 split = "test"
 role = "eval"
 label = "usps"
+[[datasets]]
+path = "mine/t.csv"
+label_column = "digit"
+header = true
+holdout = 0.25
+split = "test"
+role = "eval"
+label = "mine"
+[[datasets]]
+path = "mine/images"
+format = "image-folder"
+channels = 3
+image_size = 28
+role = "eval"
+label = "pictures"
 [optimizer]
 kind = "adam"
 lr = 0.001

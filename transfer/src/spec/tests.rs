@@ -137,18 +137,8 @@ fn errors_name_the_field() {
 fn fine_tuning_needs_a_source_stage_or_a_file() {
     let mut s = good();
     s.datasets.push(DatasetSpec {
-        name: "usps".into(),
-        split: "train".into(),
-        role: Role::TargetLabelled,
         labels_per_class: Some(10),
-        limit: None,
-        label: None,
-        task: None,
-        image_size: None,
-        standardize: false,
-        samples: None,
-        noise: None,
-        rotation_deg: None,
+        ..DatasetSpec::catalog("usps", "train", Role::TargetLabelled)
     });
     s.method = MethodSpec::FineTuning {
         source_steps: None,
@@ -317,4 +307,65 @@ fn method_parameters_are_checked_by_name() {
         "{PAIR_BASE}[method]\nkind = \"conservative\"\nsource_steps = 3\npenalty = \"feature_l2\"\nlambda = 0.5\n"
     ));
     good.validate().expect("valid");
+}
+
+#[test]
+fn a_dataset_by_path_is_checked_for_its_format_keys_and_split() {
+    let with_file = |extra: &str| -> JobSpec {
+        let text = GOOD.replacen(
+            "[[datasets]]",
+            &format!("[[datasets]]\npath = \"mine/train.npz\"\nrole = \"eval\"\nlabel = \"mine\"\n{extra}\n\n[[datasets]]"),
+            1,
+        );
+        toml::from_str(&text).expect("parses")
+    };
+    with_file("").validate().expect("a plain npz path is fine");
+    with_file("holdout = 0.2")
+        .validate()
+        .expect("train of a holdout");
+    with_file("holdout = 0.2\nsplit = \"test\"")
+        .validate()
+        .expect("test of a holdout");
+    for (extra, field, says) in [
+        ("split = \"test\"", "datasets[0].split", "holdout"),
+        ("holdout = 1.5", "datasets[0].holdout", "between 0 and 1"),
+        (
+            "holdout = 0.2\nsplit = \"all\"",
+            "datasets[0].split",
+            "with holdout",
+        ),
+        (
+            "format = \"parquet\"",
+            "datasets[0].format",
+            "unknown format",
+        ),
+        ("label_column = 3", "datasets[0].label_column", "csv"),
+        ("channels = 3", "datasets[0].channels", "image-folder"),
+        ("samples = 10", "datasets[0].samples", "generated"),
+        ("name = \"mnist\"", "datasets[0].name", "not both"),
+    ] {
+        let e = with_file(extra).validate().expect_err(extra);
+        assert_eq!(e.field, field, "{extra}: {e}");
+        assert!(e.to_string().contains(says), "{extra}: {e}");
+    }
+    // A pair needs its labels file; a catalog set takes no file keys.
+    let mut s = with_file("format = \"npy-pair\"");
+    assert_eq!(field_of(&s), "datasets[0].labels");
+    s.datasets[0].labels = Some("mine/y.npy".into());
+    s.validate().expect("a pair with its labels");
+    let mut s = good();
+    s.datasets[0].holdout = Some(0.5);
+    assert_eq!(field_of(&s), "datasets[0].holdout");
+    let mut s = good();
+    s.datasets[0].name = String::new();
+    assert_eq!(field_of(&s), "datasets[0].name");
+    // An index or a header name for a CSV label column.
+    let s = with_file("format = \"csv\"\nlabel_column = 0");
+    assert_eq!(s.datasets[0].label_column, Some(ColumnRef::Index(0)));
+    let s = with_file("format = \"csv\"\nlabel_column = \"digit\"");
+    assert_eq!(
+        s.datasets[0].label_column,
+        Some(ColumnRef::Name("digit".into()))
+    );
+    s.validate().expect("csv with a named label column");
 }
