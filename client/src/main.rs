@@ -87,6 +87,10 @@ enum BenchCmd {
         /// `ring` or `star` (a comma-separated list runs each).
         #[arg(long, value_delimiter = ',', default_values = ["ring"])]
         algorithm: Vec<String>,
+        /// The ring's transports: `tcp` (raw TCP links, the default of jobs), `grpc` (a
+        /// gRPC stream per step); a comma-separated list runs each. The star ignores it.
+        #[arg(long, value_delimiter = ',', default_values = ["tcp", "grpc"])]
+        transport: Vec<String>,
         /// Timed iterations (default: more for small sizes).
         #[arg(long)]
         iters: Option<usize>,
@@ -748,13 +752,18 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             workers,
             bytes,
             algorithm,
+            transport,
             iters,
             json,
         }) => {
+            if let Some(t) = transport.iter().find(|t| *t != "tcp" && *t != "grpc") {
+                anyhow::bail!("--transport: {t:?} is not tcp or grpc");
+            }
             if !json {
                 println!(
-                    "{:<9} {:>7} {:>12} {:>11} {:>11} {:>11} {:>13} {:>8}",
+                    "{:<9} {:>9} {:>7} {:>12} {:>11} {:>11} {:>11} {:>13} {:>8}",
                     "algorithm",
+                    "transport",
                     "workers",
                     "bytes",
                     "seconds",
@@ -768,19 +777,28 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 if alg != "ring" && alg != "star" {
                     anyhow::bail!("--algorithm: {alg:?} is not ring or star");
                 }
-                for &w in workers {
+                let transports: &[String] = if alg == "star" {
+                    &transport[..1]
+                } else {
+                    transport
+                };
+                for (tr, &w) in transports
+                    .iter()
+                    .flat_map(|t| workers.iter().map(move |w| (t, w)))
+                {
                     if w < 2 {
                         anyhow::bail!("--workers: an all-reduce needs at least 2 processes");
                     }
                     for &b in bytes {
                         let n = iters.unwrap_or_else(|| graft_client::perf::iters_for(b));
-                        let r = graft_client::perf::allreduce_once(alg, w, b, n).await?;
+                        let r = graft_client::perf::allreduce_once(alg, tr, w, b, n).await?;
                         if *json {
                             println!("{}", serde_json::to_string(&r)?);
                         } else {
                             println!(
-                                "{:<9} {:>7} {:>12} {:>11.6} {:>11.3} {:>11.3} {:>13.3} {:>7.0}%",
+                                "{:<9} {:>9} {:>7} {:>12} {:>11.6} {:>11.3} {:>11.3} {:>13.3} {:>7.0}%",
                                 r.algorithm,
+                                r.transport,
                                 r.workers,
                                 r.bytes,
                                 r.seconds,

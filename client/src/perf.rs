@@ -1,8 +1,8 @@
 //! `graft bench allreduce` and `graft bench train`: figures for docs/PERFORMANCE.md.
 //!
 //! `allreduce` starts W real processes on loopback (`graft-worker bench-peer`, hidden) that sum a
-//! gradient of S bytes with graft's ring (their own CollectiveService servers) or star (a
-//! real coordinator's ReduceGradients), and in the same run stream raw bytes round the same
+//! gradient of S bytes with graft's ring (over raw TCP links or gRPC streams between their own
+//! servers) or star (a real coordinator's ReduceGradients), and in the same run stream raw bytes round the same
 //! ring over plain TCP, every link busy at once: the transport's bound on this machine,
 //! against which the ring's bus bandwidth is read.
 //!
@@ -25,6 +25,9 @@ use crate::local::{LocalCluster, LocalOptions};
 pub struct AllReduceRow {
     /// `ring` or `star`.
     pub algorithm: String,
+    /// The ring's transport, `tcp` or `grpc` (the star's is always gRPC).
+    #[serde(default)]
+    pub transport: String,
     /// Processes.
     pub workers: usize,
     /// Gradient bytes.
@@ -104,6 +107,7 @@ max = {workers}
 /// When a peer fails; its stderr is in the message.
 pub async fn allreduce_once(
     algorithm: &str,
+    transport: &str,
     workers: usize,
     bytes: u64,
     iters: usize,
@@ -139,6 +143,7 @@ pub async fn allreduce_once(
             .args(["--bytes", &real_bytes.to_string()])
             .args(["--iters", &iters.to_string()])
             .args(["--algorithm", algorithm])
+            .args(["--transport", transport])
             .arg("--dir")
             .arg(dir.path())
             .stdin(Stdio::null())
@@ -181,6 +186,11 @@ pub async fn allreduce_once(
     let algbw = real_bytes as f64 / seconds / gib;
     Ok(AllReduceRow {
         algorithm: algorithm.to_string(),
+        transport: if algorithm == "star" {
+            "grpc".to_string()
+        } else {
+            transport.to_string()
+        },
         workers,
         bytes: real_bytes,
         seconds,

@@ -26,6 +26,9 @@ const RING_LABEL: &[u8] = b"graft-ring-v1";
 const DERIVE_LABEL: &[u8] = b"graft-group-key-v1";
 /// The same for the admission probe.
 const PROBE_LABEL: &[u8] = b"graft-probe-v1";
+/// What a raw-TCP ring link proves at connect time (the receiver's challenge, not the
+/// sender's nonce: a recorded handshake answers no later one).
+const LINK_LABEL: &[u8] = b"graft-ring-link-v1";
 
 /// A worker's answer to the coordinator's admission `challenge` under its `probe_key`.
 #[must_use]
@@ -113,6 +116,55 @@ impl GroupKey {
     #[must_use]
     pub fn verify(&self, claim: StreamClaim<'_>, nonce: &[u8], proof: &[u8]) -> bool {
         nonce.len() == NONCE_BYTES && self.ring_mac(claim, nonce).verify_slice(proof).is_ok()
+    }
+
+    /// The proof that opens a raw-TCP ring link of `job` at `generation` from `from_rank`,
+    /// answering the receiver's `challenge`.
+    #[must_use]
+    pub fn prove_link(
+        &self,
+        job: &str,
+        generation: u64,
+        from_rank: u32,
+        challenge: &[u8],
+    ) -> Vec<u8> {
+        self.link_mac(job, generation, from_rank, challenge)
+            .finalize()
+            .into_bytes()
+            .to_vec()
+    }
+
+    /// Whether `proof` is this key's answer to `challenge` for that link (in constant time).
+    #[must_use]
+    pub fn verify_link(
+        &self,
+        job: &str,
+        generation: u64,
+        from_rank: u32,
+        challenge: &[u8],
+        proof: &[u8],
+    ) -> bool {
+        challenge.len() == NONCE_BYTES
+            && self
+                .link_mac(job, generation, from_rank, challenge)
+                .verify_slice(proof)
+                .is_ok()
+    }
+
+    fn link_mac(
+        &self,
+        job: &str,
+        generation: u64,
+        from_rank: u32,
+        challenge: &[u8],
+    ) -> Hmac<Sha256> {
+        let mut mac = mac_of(&self.0);
+        mac.update(LINK_LABEL);
+        field(&mut mac, job.as_bytes());
+        mac.update(&generation.to_le_bytes());
+        mac.update(&from_rank.to_le_bytes());
+        field(&mut mac, challenge);
+        mac
     }
 
     fn ring_mac(&self, claim: StreamClaim<'_>, nonce: &[u8]) -> Hmac<Sha256> {
@@ -217,5 +269,30 @@ mod tests {
         assert!(e.contains("31"), "{e}");
         assert_eq!(format!("{a:?}"), "GroupKey(…)");
         assert_ne!(random::<NONCE_BYTES>(), random::<NONCE_BYTES>());
+    }
+
+    #[test]
+    fn a_link_proof_holds_only_for_its_key_link_and_challenge() {
+        let key = GroupKey::derive(&[3u8; KEY_BYTES], "job-1", 2);
+        let challenge = [9u8; NONCE_BYTES];
+        let proof = key.prove_link("job-1", 2, 1, &challenge);
+        assert!(key.verify_link("job-1", 2, 1, &challenge, &proof));
+        assert!(!key.verify_link("job-1", 2, 0, &challenge, &proof));
+        assert!(!key.verify_link("job-1", 3, 1, &challenge, &proof));
+        assert!(!key.verify_link("job-2", 2, 1, &challenge, &proof));
+        assert!(!key.verify_link("job-1", 2, 1, &[8u8; NONCE_BYTES], &proof));
+        let other = GroupKey::derive(&[4u8; KEY_BYTES], "job-1", 2);
+        assert!(!other.verify_link("job-1", 2, 1, &challenge, &proof));
+        // Not interchangeable with a stream's proof of the same numbers.
+        let stream = key.prove(
+            StreamClaim {
+                job: "job-1",
+                generation: 2,
+                step: 0,
+                from_rank: 1,
+            },
+            &challenge,
+        );
+        assert!(!key.verify_link("job-1", 2, 1, &challenge, &stream));
     }
 }

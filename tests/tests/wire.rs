@@ -279,6 +279,12 @@ fn job_of(t: &Table) -> pb::JobSpec {
             Some("star") => pb::AllReduce::Star,
             Some(other) => panic!("allreduce {other}"),
         }) as i32,
+        ring_transport: (match string(t, "ring_transport").as_deref() {
+            None => pb::RingTransport::Unspecified,
+            Some("tcp") => pb::RingTransport::Tcp,
+            Some("grpc") => pb::RingTransport::Grpc,
+            Some(other) => panic!("ring_transport {other}"),
+        }) as i32,
     }
 }
 

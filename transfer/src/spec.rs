@@ -23,7 +23,7 @@ mod schedule;
 mod training;
 mod workers;
 
-pub use allreduce::AllReduce;
+pub use allreduce::{AllReduce, RingTransport};
 pub use checkpoint::CheckpointSpec;
 pub use dataset::{ColumnRef, DatasetSpec, Role};
 pub use error::SpecError;

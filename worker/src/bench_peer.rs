@@ -1,6 +1,6 @@
 //! `graft-worker bench-peer` (hidden): one of the W processes of `graft bench allreduce`.
-//! It sums a gradient of S bytes with this crate's ring (its own CollectiveService) or
-//! through a real coordinator's star, then streams raw bytes round the same ring over plain
+//! It sums a gradient of S bytes with this crate's ring (over raw TCP links or gRPC streams
+//! to its own CollectiveService, which share one port) or through a real coordinator's star, then streams raw bytes round the same ring over plain
 //! TCP, every link busy at once: the transport's bound, against which the ring is read.
 
 use std::path::{Path, PathBuf};
@@ -30,6 +30,9 @@ pub struct PeerArgs {
     /// `ring` or `star`.
     #[arg(long)]
     pub algorithm: String,
+    /// The ring's transport: `tcp` or `grpc`.
+    #[arg(long, default_value = "tcp")]
+    pub transport: String,
     /// Where the peers leave their addresses.
     #[arg(long)]
     pub dir: PathBuf,
@@ -70,7 +73,9 @@ async fn peer_addrs(dir: &Path, n: usize) -> anyhow::Result<Vec<(String, String)
 /// # Errors
 /// When a peer cannot be reached or the reduction fails.
 pub async fn run_peer(a: PeerArgs) -> anyhow::Result<()> {
-    use crate::ring::{CollectiveApi, Inbox, RING_WINDOW, Ring, StepFeed, connect};
+    use crate::ring::{
+        CollectiveApi, Inbox, RING_WINDOW, RightLink, Ring, StepFeed, TcpLink, connect,
+    };
     let (w, rank) = (a.workers, a.rank);
     let n = (a.bytes / 4) as usize;
     let timeout = Duration::from_secs(120);
@@ -101,7 +106,7 @@ pub async fn run_peer(a: PeerArgs) -> anyhow::Result<()> {
             .initial_connection_window_size(RING_WINDOW)
             .max_frame_size(Some(1 << 20))
             .add_service(svc)
-            .serve_with_incoming(graft_common::net::nodelay_incoming(grpc)),
+            .serve_with_incoming(crate::ring::split_incoming(grpc, inbox.clone(), timeout)),
     );
     let tmp = a.dir.join(format!(".peer-{rank}"));
     std::fs::write(&tmp, format!("{grpc_addr} {}", tcp.local_addr()?))?;
@@ -112,8 +117,10 @@ pub async fn run_peer(a: PeerArgs) -> anyhow::Result<()> {
     let mut reduce_s = Vec::new();
 
     if a.algorithm == "ring" {
-        let client = if w > 1 {
-            Some(
+        let client = if w < 2 {
+            None
+        } else if a.transport == "grpc" {
+            Some(RightLink::from(
                 connect(
                     &addrs[right].0,
                     graft_common::auth::Bearer::new(None)?,
@@ -121,9 +128,20 @@ pub async fn run_peer(a: PeerArgs) -> anyhow::Result<()> {
                     right,
                 )
                 .await?,
-            )
+            ))
         } else {
-            None
+            Some(RightLink::Tcp(
+                TcpLink::connect(
+                    &addrs[right].0,
+                    "bench",
+                    1,
+                    rank as u32,
+                    &key,
+                    timeout,
+                    right,
+                )
+                .await?,
+            ))
         };
         let mut ring = Ring::new(
             rank,

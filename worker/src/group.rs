@@ -13,7 +13,7 @@ use graft_transfer::spec::AllReduce;
 use crate::error::WorkerError;
 use crate::reducer::{Reducer, RingReducer, StarReducer};
 use crate::replica::Replica;
-use crate::ring::{Gate, Inbox, Ring};
+use crate::ring::{Gate, Inbox, RightLink, Ring};
 use crate::rpc::{self, Shard};
 use crate::trainer::JobContext;
 
@@ -89,12 +89,29 @@ impl Group {
                 // A neighbour that died before the group formed is not waited for until the
                 // collective timeout: the coordinator stops the generation, and so do we.
                 let abort = ctx.abort.clone();
-                let connect = crate::ring::connect(
-                    &right_addr,
+                let tcp = a
+                    .spec
+                    .as_ref()
+                    .is_none_or(|s| s.ring_transport != pb::RingTransport::Grpc as i32);
+                let (addr, bearer, wait) = (
+                    right_addr.clone(),
                     ctx.bearer.clone(),
                     ctx.collective_timeout,
-                    right,
                 );
+                let (job, key) = (job.clone(), key.clone());
+                let connect = async move {
+                    if tcp {
+                        crate::ring::TcpLink::connect(
+                            &addr, &job, generation, rank, &key, wait, right,
+                        )
+                        .await
+                        .map(RightLink::Tcp)
+                    } else {
+                        crate::ring::connect(&addr, bearer, wait, right)
+                            .await
+                            .map(RightLink::from)
+                    }
+                };
                 Some(ctx.rt.block_on(async move {
                     tokio::select! {
                         r = connect => r,

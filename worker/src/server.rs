@@ -83,6 +83,7 @@ impl WorkerServer {
             .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
             .await;
         tracing::info!(addr = %self.addr, "worker serving health and the ring");
+        let links = (collective.inbox(), collective.wait());
         // Peers send the cluster token, as workers do to the coordinator.
         let collective = tonic::service::interceptor::InterceptedService::new(
             graft_proto::v1::collective_service_server::CollectiveServiceServer::new(collective)
@@ -103,7 +104,8 @@ impl WorkerServer {
             .build_v1()
             .inspect_err(|e| tracing::error!(error = %e, "no gRPC reflection"))
             .ok();
-        let incoming = graft_common::net::nodelay_incoming(self.listener);
+        // Ring links (raw TCP) and gRPC share the port: the links are served apart.
+        let incoming = crate::ring::split_incoming(self.listener, links.0, links.1);
         let task = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .initial_stream_window_size(crate::ring::RING_WINDOW)

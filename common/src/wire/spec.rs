@@ -3,7 +3,7 @@
 use graft_proto::v1 as pb;
 use graft_transfer::spec::{
     AllReduce, CheckpointSpec, ColumnRef, DatasetSpec, EvaluationSpec, JobSpec, ModelSpec,
-    OptimizerSpec, Role, ScheduleSpec, TrainingSpec, WorkersSpec, defaults,
+    OptimizerSpec, RingTransport, Role, ScheduleSpec, TrainingSpec, WorkersSpec, defaults,
 };
 
 use super::method::{method_from_pb, method_to_pb};
@@ -150,6 +150,10 @@ pub fn spec_to_pb(s: &JobSpec) -> pb::JobSpec {
         allreduce: match s.allreduce {
             AllReduce::Ring => pb::AllReduce::Ring,
             AllReduce::Star => pb::AllReduce::Star,
+        } as i32,
+        ring_transport: match s.ring_transport {
+            RingTransport::Tcp => pb::RingTransport::Tcp,
+            RingTransport::Grpc => pb::RingTransport::Grpc,
         } as i32,
     }
 }
@@ -300,6 +304,16 @@ impl TryFrom<&pb::JobSpec> for WireSpec {
                     return Err(WireError {
                         field: "allreduce".into(),
                         reason: format!("unknown value {}", p.allreduce),
+                    });
+                }
+            },
+            ring_transport: match pb::RingTransport::try_from(p.ring_transport) {
+                Ok(pb::RingTransport::Unspecified | pb::RingTransport::Tcp) => RingTransport::Tcp,
+                Ok(pb::RingTransport::Grpc) => RingTransport::Grpc,
+                Err(_) => {
+                    return Err(WireError {
+                        field: "ring_transport".into(),
+                        reason: format!("unknown value {}", p.ring_transport),
                     });
                 }
             },

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{SpecError, bad};
 use super::{
     AllReduce, CheckpointSpec, DatasetSpec, EvaluationSpec, MAX_GENERATED, MethodSpec, ModelSpec,
-    OptimizerSpec, Role, ScheduleSpec, TrainingSpec, WorkersSpec,
+    OptimizerSpec, RingTransport, Role, ScheduleSpec, TrainingSpec, WorkersSpec,
 };
 
 /// A whole job.
@@ -42,6 +42,9 @@ pub struct JobSpec {
     /// How the group sums its gradients.
     #[serde(default)]
     pub allreduce: AllReduce,
+    /// What carries the ring's chunks (the ring only).
+    #[serde(default)]
+    pub ring_transport: RingTransport,
 }
 
 impl JobSpec {

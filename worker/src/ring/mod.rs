@@ -1,7 +1,8 @@
 //! The ring all-reduce between workers (Baidu's / Horovod's / NCCL's ring).
 //!
-//! Every step, rank `r` of `W` streams to rank `r + 1` (its right neighbour) over one gRPC
-//! client stream (`CollectiveService.Ring`) and takes one from rank `r - 1`. Each gradient
+//! Every step, rank `r` of `W` streams to rank `r + 1` (its right neighbour) and takes one
+//! stream from rank `r - 1`: over the generation's raw-TCP link (`ring_transport = "tcp"`,
+//! the default), or as one gRPC client stream (`CollectiveService.Ring`) per step. Each gradient
 //! bucket is cut into `W` segments and each segment into chunks. Reduce-scatter: for
 //! `W - 1` passes a rank adds the segment it receives to its own and sends the sum on, so
 //! that afterwards rank `r` holds the group's sum of segment `r + 1`; all-gather: for
@@ -24,7 +25,9 @@
 //!   passes and element offsets, and the cursor that walks the incoming stream.
 //! - `transport`: the worker's `CollectiveService` ([`CollectiveApi`]), the [`Inbox`]
 //!   that hands incoming streams to the job, and the client side ([`connect`],
-//!   [`Collective`]).
+//!   [`Collective`], [`RightLink`]).
+//! - `tcp`: the same streams over one raw-TCP connection per link and generation, the
+//!   default data plane ([`TcpLink`], [`split_incoming`]); `tcp::frame` is its byte layout.
 //! - `kernel`: the element-wise add or store of a received chunk with its non-finite
 //!   check, and the joining of the summed buckets.
 //! - `protocol`: one rank of the ring ([`Ring`]) and its step loop
@@ -33,6 +36,7 @@
 mod kernel;
 mod protocol;
 mod schedule;
+pub mod tcp;
 mod transport;
 
 #[cfg(test)]
@@ -40,4 +44,7 @@ mod tests;
 
 pub use protocol::{Ring, RingError, RingSum, StepFeed};
 pub use schedule::segment;
-pub use transport::{Collective, CollectiveApi, Gate, Inbox, Incoming, RING_WINDOW, connect};
+pub use tcp::{TcpLink, split_incoming};
+pub use transport::{
+    Collective, CollectiveApi, Gate, Inbox, Incoming, RING_WINDOW, RightLink, connect,
+};

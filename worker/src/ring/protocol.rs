@@ -12,11 +12,11 @@ use graft_proto::chunk::{checksum, f32_to_bytes};
 use graft_proto::v1 as pb;
 use graft_transfer::StepStats;
 use tokio::sync::{mpsc, oneshot};
-use tonic::{Response, Status};
+use tonic::Status;
 
 use super::kernel::{add_or_store, join};
 use super::schedule::{Cursor, advance, segment, skip_empty};
-use super::transport::{Collective, Incoming, next_incoming};
+use super::transport::{Incoming, RightLink, next_incoming};
 
 /// Why a ring step failed.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +109,7 @@ pub struct Ring {
     generation: u64,
     /// The group's key: the first message of each stream proves it to the right neighbour.
     key: GroupKey,
-    right: Option<Collective>,
+    right: Option<RightLink>,
     right_addr: String,
     inbox: mpsc::Receiver<Incoming>,
     timeout: Duration,
@@ -135,7 +135,7 @@ impl Ring {
         job: &str,
         generation: u64,
         key: GroupKey,
-        right: Option<Collective>,
+        right: Option<RightLink>,
         right_addr: String,
         inbox: mpsc::Receiver<Incoming>,
         timeout: Duration,
@@ -256,12 +256,10 @@ impl Ring {
         }
         let right = self
             .right
-            .clone()
+            .as_ref()
             .ok_or_else(|| local("no connection to the right neighbour"))?;
         let (tx, rx) = mpsc::channel::<pb::RingMessage>(4);
-        let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
-        let mut client = right;
-        let mut call = tokio::spawn(async move { client.ring(outbound).await });
+        let mut call = right.open(step, rx);
         let mut pending: VecDeque<pb::RingMessage> = VecDeque::new();
         let mut tx = Some(tx);
 
@@ -443,7 +441,7 @@ impl Ring {
     async fn confirm(
         &self,
         step: u64,
-        call: &mut tokio::task::JoinHandle<Result<Response<pb::RingAck>, Status>>,
+        call: &mut tokio::task::JoinHandle<Result<(), Status>>,
     ) -> Result<(), RingError> {
         let secs = self.timeout.as_secs_f64();
         let local = |e: &str| RingError::Local(e.to_string(), step);
@@ -461,7 +459,7 @@ impl Ring {
             }
         };
         match answer {
-            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(s))) => {
                 return Err(RingError::Send {
                     step,
@@ -490,7 +488,7 @@ impl Ring {
     async fn send_error(
         &self,
         step: u64,
-        call: &mut tokio::task::JoinHandle<Result<Response<pb::RingAck>, Status>>,
+        call: &mut tokio::task::JoinHandle<Result<(), Status>>,
         fallback: &str,
     ) -> RingError {
         let status = match tokio::time::timeout(Duration::from_secs(1), call).await {

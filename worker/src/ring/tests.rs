@@ -16,13 +16,28 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::*;
 
-/// W in-process ring members on loopback, each behind its own gRPC server.
+/// W in-process ring members on loopback, each behind its own gRPC server, linked by gRPC
+/// streams.
 async fn rings(world: usize, generation: u64, timeout: Duration, chunk: usize) -> Vec<Ring> {
     rings_at(world, generation, timeout, chunk).await.0
 }
 
 /// [`rings`], and the members' collective addresses.
 async fn rings_at(
+    world: usize,
+    generation: u64,
+    timeout: Duration,
+    chunk: usize,
+) -> (Vec<Ring>, Vec<SocketAddr>) {
+    rings_over(false, world, generation, timeout, chunk).await
+}
+
+/// Both transports, gRPC streams first.
+const TRANSPORTS: [bool; 2] = [false, true];
+
+/// W ring members linked over raw TCP (`tcp`) or gRPC streams, and their addresses.
+async fn rings_over(
+    tcp: bool,
     world: usize,
     generation: u64,
     timeout: Duration,
@@ -42,23 +57,41 @@ async fn rings_at(
                 .add_service(
                     graft_proto::v1::collective_service_server::CollectiveServiceServer::new(api),
                 )
-                .serve_with_incoming(graft_common::net::nodelay_incoming(listener)),
+                .serve_with_incoming(split_incoming(listener, inbox.clone(), timeout)),
         );
         boxes.push(inbox);
     }
+    let receivers: Vec<_> = boxes
+        .iter()
+        .enumerate()
+        .map(|(r, inbox)| inbox.open("job", generation, gate(r, world, generation)))
+        .collect();
     let mut out = Vec::new();
-    for (r, inbox) in boxes.iter().enumerate() {
-        let rx = inbox.open("job", generation, gate(r, world, generation));
+    for (r, rx) in receivers.into_iter().enumerate() {
         let right = (r + 1) % world;
         let addr = addrs[right].to_string();
-        let client = if world > 1 {
-            Some(
+        let client = if world < 2 {
+            None
+        } else if tcp {
+            Some(RightLink::Tcp(
+                TcpLink::connect(
+                    &addr,
+                    "job",
+                    generation,
+                    r as u32,
+                    &key(generation),
+                    timeout,
+                    right,
+                )
+                .await
+                .expect("link"),
+            ))
+        } else {
+            Some(RightLink::from(
                 connect(&addr, Bearer::new(None).expect("bearer"), timeout, right)
                     .await
                     .expect("connect"),
-            )
-        } else {
-            None
+            ))
         };
         out.push(
             Ring::new(
@@ -134,8 +167,13 @@ async fn step(
 /// bucket and in several; every rank gets bit-identical results.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ring_sum_equals_star_sum() {
-    for world in 2..=6usize {
-        let mut rs = rings(world, 1, Duration::from_secs(10), 20).await;
+    for (tcp, world) in TRANSPORTS
+        .into_iter()
+        .flat_map(|t| (2..=6usize).map(move |w| (t, w)))
+    {
+        let mut rs = rings_over(tcp, world, 1, Duration::from_secs(10), 20)
+            .await
+            .0;
         let mut s = 0u64;
         for len in [1usize, world - 1, world, world + 1, 37, 1001, 4099] {
             for plan in [vec![len], vec![len / 3, len - len / 3]] {
@@ -155,7 +193,7 @@ async fn ring_sum_equals_star_sum() {
                     let o = o
                         .as_ref()
                         .unwrap_or_else(|e| panic!("W={world} len={len} rank {r}: {e}"));
-                    assert_eq!(o, &first, "W={world} len={len}: rank {r} differs");
+                    assert_eq!(o, &first, "tcp={tcp} W={world} len={len}: rank {r} differs");
                 }
                 assert_eq!(first.stats, star.stats, "W={world} len={len}");
                 assert_eq!(first.stop_at, 9);
@@ -176,20 +214,77 @@ async fn ring_sum_equals_star_sum() {
 /// A rank that never joins the step fails it on its neighbours within the timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_silent_neighbour_fails_the_step_within_the_timeout() {
-    let timeout = Duration::from_millis(400);
-    let mut rs = rings(3, 1, timeout, 1 << 20).await;
-    let grads: Vec<Vec<f32>> = (0..3).map(|r| grad(r, 100)).collect();
+    for tcp in TRANSPORTS {
+        let timeout = Duration::from_millis(400);
+        let mut rs = rings_over(tcp, 3, 1, timeout, 1 << 20).await.0;
+        let grads: Vec<Vec<f32>> = (0..3).map(|r| grad(r, 100)).collect();
+        let started = std::time::Instant::now();
+        let (live, _silent) = rs.split_at_mut(2);
+        let out = step(live, 0, &grads, &[100]).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "tcp={tcp}: {:?}",
+            started.elapsed()
+        );
+        for (r, o) in out.iter().enumerate() {
+            let e = o.as_ref().expect_err("must fail").to_string();
+            assert!(e.contains("step 0"), "tcp={tcp} rank {r}: {e}");
+        }
+    }
+}
+
+/// Over raw TCP, a member that goes away fails its neighbours' next step at once (the
+/// connection ends), not at the collective timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_tcp_link_fails_the_step_at_once() {
+    let timeout = Duration::from_secs(20);
+    let mut rs = rings_over(true, 2, 1, timeout, 64).await.0;
+    let grads: Vec<Vec<f32>> = (0..2).map(|r| grad(r, 1000)).collect();
+    for o in step(&mut rs, 0, &grads, &[1000]).await {
+        o.expect("step 0");
+    }
+    drop(rs.pop());
     let started = std::time::Instant::now();
-    let (live, _silent) = rs.split_at_mut(2);
-    let out = step(live, 0, &grads, &[100]).await;
+    let out = step(&mut rs, 1, &grads, &[1000]).await;
+    let e = out[0].as_ref().expect_err("rank 0 fails").to_string();
     assert!(
         started.elapsed() < Duration::from_secs(3),
-        "{:?}",
+        "{:?}: {e}",
         started.elapsed()
     );
-    for (r, o) in out.iter().enumerate() {
-        let e = o.as_ref().expect_err("must fail").to_string();
-        assert!(e.contains("step 0"), "rank {r}: {e}");
+    assert!(e.contains("step 1"), "{e}");
+}
+
+/// Over raw TCP, a link that does not prove the generation's key, or comes from another
+/// rank than the left neighbour, is refused at connect time with the reason, and the ring's
+/// own links go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_tcp_links_are_refused_at_connect_and_the_steps_go_on() {
+    let timeout = Duration::from_secs(5);
+    let (mut rs, addrs) = rings_over(true, 2, 1, timeout, 1 << 20).await;
+    let target = addrs[1].to_string();
+    for (what, k, from, says) in [
+        (
+            "another group's key",
+            GroupKey::derive(&[6; 32], "job", 1),
+            0u32,
+            "does not prove",
+        ),
+        ("the next generation's key", key(2), 0, "does not prove"),
+        ("not the left neighbour", key(1), 1, "only from rank 0"),
+    ] {
+        let e = TcpLink::connect(&target, "job", 1, from, &k, timeout, 1)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{what}: accepted"))
+            .to_string();
+        assert!(e.contains(says), "{what}: {e}");
+    }
+    let grads: Vec<Vec<f32>> = (0..2).map(|r| grad(r, 100)).collect();
+    for s in 0..2 {
+        for o in step(&mut rs, s, &grads, &[100]).await {
+            o.expect("the ring's own links");
+        }
     }
 }
 
@@ -269,7 +364,7 @@ async fn a_stopped_job_does_not_wait_for_a_confirmation_that_never_comes() {
                 "job",
                 1,
                 key(1),
-                Some(client),
+                Some(RightLink::from(client)),
                 addrs[right].clone(),
                 inbox.open("job", 1, gate(r, 2, 1)),
                 timeout,
@@ -298,7 +393,15 @@ async fn a_stopped_job_does_not_wait_for_a_confirmation_that_never_comes() {
 /// A stream of another step is refused, naming both steps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_message_of_another_step_is_refused() {
-    let mut rs = rings(2, 1, Duration::from_secs(2), 1 << 20).await;
+    for tcp in TRANSPORTS {
+        another_step_is_refused(tcp).await;
+    }
+}
+
+async fn another_step_is_refused(tcp: bool) {
+    let mut rs = rings_over(tcp, 2, 1, Duration::from_secs(2), 1 << 20)
+        .await
+        .0;
     let grads: Vec<Vec<f32>> = (0..2).map(|r| grad(r, 10)).collect();
     let (a, b) = rs.split_at_mut(1);
     let feed = |r: usize| {

@@ -23,8 +23,8 @@ use super::RingError;
 
 /// One stream from the left neighbour, waiting to be read by the job's reducer.
 pub struct Incoming {
-    first: pb::RingMessage,
-    rest: Pin<Box<dyn Stream<Item = Result<pb::RingMessage, Status>> + Send>>,
+    pub(super) first: pb::RingMessage,
+    pub(super) rest: Pin<Box<dyn Stream<Item = Result<pb::RingMessage, Status>> + Send>>,
     pub(super) done: oneshot::Sender<Result<(), Status>>,
 }
 
@@ -78,6 +78,28 @@ impl Mailbox {
             )));
         }
         self.last_step = Some(first.step);
+        Ok(())
+    }
+
+    /// Whether a raw-TCP link from `from_rank` answers `challenge` with this group's key
+    /// (the link then carries every step of the generation; it keeps its steps in order).
+    fn admit_link(&self, from_rank: u32, challenge: &[u8], proof: &[u8]) -> Result<(), Status> {
+        if from_rank != self.gate.left {
+            return Err(Status::permission_denied(format!(
+                "a ring link of job {} generation {} comes only from rank {}, not from rank {from_rank}",
+                self.job, self.generation, self.gate.left
+            )));
+        }
+        if !self
+            .gate
+            .key
+            .verify_link(&self.job, self.generation, from_rank, challenge, proof)
+        {
+            return Err(Status::permission_denied(format!(
+                "the link does not prove the group key of job {} generation {}",
+                self.job, self.generation
+            )));
+        }
         Ok(())
     }
 }
@@ -145,7 +167,36 @@ impl Inbox {
         first: &pb::RingMessage,
         wait: Duration,
     ) -> Result<mpsc::Sender<Incoming>, Status> {
-        let (job, generation) = (first.job_id.as_str(), first.generation);
+        self.mailbox_of(&first.job_id, first.generation, wait, |m| m.admit(first))
+            .await
+    }
+
+    /// The queue for a raw-TCP link of `job` at `generation` from `from_rank` that answered
+    /// `challenge` with `proof`, waiting for the mailbox as [`Self::sender`] does.
+    pub(super) async fn link_sender(
+        &self,
+        job: &str,
+        generation: u64,
+        from_rank: u32,
+        challenge: &[u8],
+        proof: &[u8],
+        wait: Duration,
+    ) -> Result<mpsc::Sender<Incoming>, Status> {
+        self.mailbox_of(job, generation, wait, |m| {
+            m.admit_link(from_rank, challenge, proof)
+        })
+        .await
+    }
+
+    /// The queue of the mailbox of `job` at `generation` once it is open and `admit` lets the
+    /// caller in; refused at once for a generation that is over here.
+    async fn mailbox_of(
+        &self,
+        job: &str,
+        generation: u64,
+        wait: Duration,
+        mut admit: impl FnMut(&mut Mailbox) -> Result<(), Status>,
+    ) -> Result<mpsc::Sender<Incoming>, Status> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let changed = self.changed.notified();
@@ -160,7 +211,7 @@ impl Inbox {
                     && m.job == job
                 {
                     if m.generation == generation {
-                        m.admit(first)?;
+                        admit(m)?;
                         return Ok(m.tx.clone());
                     }
                     if generation < m.generation {
@@ -213,6 +264,16 @@ impl CollectiveApi {
             handover: crate::handover::Handover::default(),
             probe_key: [0; graft_common::group_key::KEY_BYTES],
         }
+    }
+
+    /// The inbox it hands streams to (raw-TCP links are handed there too).
+    pub fn inbox(&self) -> Arc<Inbox> {
+        self.inbox.clone()
+    }
+
+    /// How long a stream for a mailbox not open yet waits for it.
+    pub fn wait(&self) -> Duration {
+        self.wait
     }
 
     /// Answers admission probes with `key`, the one the worker registers with.
@@ -291,6 +352,40 @@ pub const RING_WINDOW: u32 = 16 << 20;
 
 /// A client of a neighbour's collective service.
 pub type Collective = CollectiveServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// How a rank reaches its right neighbour: a gRPC `Ring` stream per step, or the
+/// generation's raw-TCP link ([`TcpLink`](super::tcp::TcpLink)).
+pub enum RightLink {
+    /// `CollectiveService.Ring`, one client stream per step.
+    Grpc(Box<Collective>),
+    /// Frames over one connection per generation.
+    Tcp(super::tcp::TcpLink),
+}
+
+impl From<Collective> for RightLink {
+    fn from(c: Collective) -> Self {
+        Self::Grpc(Box::new(c))
+    }
+}
+
+impl RightLink {
+    /// Sends the messages of `step` as `rx` yields them; resolves with the neighbour's
+    /// outcome of the step.
+    pub(super) fn open(
+        &self,
+        step: u64,
+        rx: mpsc::Receiver<pb::RingMessage>,
+    ) -> tokio::task::JoinHandle<Result<(), Status>> {
+        match self {
+            Self::Grpc(c) => {
+                let mut client = (**c).clone();
+                let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
+                tokio::spawn(async move { client.ring(outbound).await.map(|_| ()) })
+            }
+            Self::Tcp(link) => link.open(step, rx),
+        }
+    }
+}
 
 /// Connects to `addr` (`host:port`), retrying until `wait` has passed.
 ///
