@@ -40,7 +40,8 @@ fn bench_allreduce_prints_its_fields_and_busbw_follows_algbw() {
         "3",
         "--json",
     ]);
-    assert_eq!(rows.len(), 4, "{rows:?}");
+    // The ring over both transports, the star once.
+    assert_eq!(rows.len(), 6, "{rows:?}");
     for row in &rows {
         let w = num(row, "workers");
         let bytes = num(row, "bytes");
@@ -60,12 +61,17 @@ fn bench_allreduce_prints_its_fields_and_busbw_follows_algbw() {
             "{row}"
         );
     }
-    let algorithms: Vec<&str> = rows
+    let kinds: Vec<(&str, &str)> = rows
         .iter()
-        .filter_map(|r| r["algorithm"].as_str())
+        .filter_map(|r| Some((r["algorithm"].as_str()?, r["transport"].as_str()?)))
         .collect();
-    assert_eq!(algorithms.iter().filter(|a| **a == "ring").count(), 2);
-    assert_eq!(algorithms.iter().filter(|a| **a == "star").count(), 2);
+    for kind in [("ring", "tcp"), ("ring", "grpc"), ("star", "grpc")] {
+        assert_eq!(
+            kinds.iter().filter(|k| **k == kind).count(),
+            2,
+            "{kind:?}: {rows:?}"
+        );
+    }
 }
 
 #[test]
