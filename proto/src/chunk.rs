@@ -86,13 +86,19 @@ pub fn f32_to_bytes(values: &[f32]) -> Vec<u8> {
     // the memory itself: one copy into an unzeroed buffer (a zeroed one costs a pass, and a
     // page fault per fresh page, before the copy).
     let mut out = Vec::with_capacity(values.len() * 4);
+    extend_f32_bytes(&mut out, values);
+    out
+}
+
+/// Appends `values` to `out` as little-endian bytes (a plain copy on a little-endian
+/// machine), so that a caller can encode into a buffer it keeps.
+pub fn extend_f32_bytes(out: &mut Vec<u8>, values: &[f32]) {
     #[cfg(target_endian = "little")]
     out.extend_from_slice(bytemuck::cast_slice(values));
     #[cfg(not(target_endian = "little"))]
     for v in values {
         out.extend_from_slice(&v.to_le_bytes());
     }
-    out
 }
 
 /// Decodes little-endian f32 bytes; the caller has checked the length is a multiple of 4.

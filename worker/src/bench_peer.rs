@@ -154,10 +154,15 @@ pub async fn run_peer(a: PeerArgs) -> anyhow::Result<()> {
             rx,
             timeout,
         );
+        let mut spare = Vec::new();
         for i in 0..=a.iters {
             let (btx, brx) = tokio::sync::mpsc::unbounded_channel();
             let (stx, srx) = tokio::sync::oneshot::channel();
-            let g = grad.clone();
+            // Last iteration's sum holds this one's gradient: a fresh gradient-sized
+            // allocation per iteration would time the kernel zeroing its pages.
+            let mut g = std::mem::take(&mut spare);
+            g.clear();
+            g.extend_from_slice(&grad);
             let started = Instant::now();
             let _ = btx.send(g);
             let _ = stx.send((
@@ -181,6 +186,7 @@ pub async fn run_peer(a: PeerArgs) -> anyhow::Result<()> {
                 "the ring returned {} values",
                 sum.sum.len()
             );
+            spare = sum.sum;
         }
     } else {
         reduce_s = star_peer(&a, &grad, &grpc_addr.to_string(), probe_key).await?;

@@ -28,12 +28,14 @@
 //!   [`Collective`], [`RightLink`]).
 //! - `tcp`: the same streams over one raw-TCP connection per link and generation, the
 //!   default data plane ([`TcpLink`], [`split_incoming`]); `tcp::frame` is its byte layout.
+//! - `pool`: chunk buffers kept across steps (fresh ones cost the kernel's page zeroing).
 //! - `kernel`: the element-wise add or store of a received chunk with its non-finite
 //!   check, and the joining of the summed buckets.
 //! - `protocol`: one rank of the ring ([`Ring`]) and its step loop
 //!   ([`Ring::all_reduce`]): what it sends, what it accepts, and how a step is confirmed.
 
 mod kernel;
+mod pool;
 mod protocol;
 mod schedule;
 pub mod tcp;

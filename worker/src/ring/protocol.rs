@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use graft_common::group_key::{GroupKey, NONCE_BYTES, StreamClaim, random};
 use graft_proto::CHUNK_BYTES;
-use graft_proto::chunk::{checksum, f32_to_bytes};
+use graft_proto::chunk::checksum;
 use graft_proto::v1 as pb;
 use graft_transfer::StepStats;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 use super::kernel::{add_or_store, join};
+use super::pool::BufferPool;
 use super::schedule::{Cursor, advance, segment, skip_empty};
 use super::transport::{Incoming, RightLink, next_incoming};
 
@@ -115,6 +116,8 @@ pub struct Ring {
     timeout: Duration,
     chunk_elems: usize,
     abort: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// The buffers of the chunks this rank sends, reused from step to step.
+    pool: BufferPool,
 }
 
 /// What one step of the ring is fed by the training thread.
@@ -152,6 +155,7 @@ impl Ring {
             timeout,
             chunk_elems: CHUNK_BYTES / 4,
             abort: None,
+            pool: BufferPool::default(),
         }
     }
 
@@ -179,7 +183,7 @@ impl Ring {
         total: usize,
         values: &[f32],
     ) -> pb::RingMessage {
-        let data = f32_to_bytes(values);
+        let data = self.pool.f32_bytes(values);
         pb::RingMessage {
             job_id: String::new(),
             from_rank: self.rank as u32,
@@ -192,7 +196,7 @@ impl Ring {
                 step,
                 generation: self.generation,
                 crc32: checksum(&data),
-                data: data.into(),
+                data,
             }),
             stats: None,
             step,

@@ -36,6 +36,7 @@ use tonic::Status;
 
 use self::frame::{Ack, FrameError};
 use super::RingError;
+use super::pool::BufferPool;
 use super::transport::{Inbox, Incoming};
 
 /// The first bytes of a ring link; no HTTP/2 connection starts with them.
@@ -351,8 +352,9 @@ async fn read_steps(
 ) {
     let mut current: Option<(u64, mpsc::Sender<Result<pb::RingMessage, Status>>)> = None;
     let mut last: Option<u64> = None;
+    let pool = BufferPool::default();
     let why = loop {
-        let m = match frame::read_message(&mut reader).await {
+        let m = match frame::read_message(&mut reader, &pool).await {
             Ok(m) => m,
             Err(e) => break e.to_string(),
         };

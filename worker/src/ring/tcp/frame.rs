@@ -5,9 +5,9 @@
 
 use graft_proto::MAX_MESSAGE_BYTES;
 use graft_proto::v1 as pb;
-use prost::bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::super::pool::BufferPool;
 use super::{MAGIC, VERSION};
 
 /// What is wrong with a link's bytes.
@@ -216,13 +216,16 @@ pub async fn write_message<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Reads one frame as the message the step loop checks. The values are read into a fresh
-/// buffer that is not zeroed first.
+/// Reads one frame as the message the step loop checks. The values are read into a buffer
+/// of `pool` (not zeroed first), which returns there when the step loop is done with it.
 ///
 /// # Errors
 /// [`FrameError`] when the link fails, the kind is unknown or the length is over the
 /// message limit.
-pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> Result<pb::RingMessage, FrameError> {
+pub async fn read_message<R: AsyncRead + Unpin>(
+    r: &mut R,
+    pool: &BufferPool,
+) -> Result<pb::RingMessage, FrameError> {
     let kind = r.read_u8().await?;
     let step = r.read_u64_le().await?;
     let generation = r.read_u64_le().await?;
@@ -247,7 +250,7 @@ pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> Result<pb::RingMes
                     "a chunk of {len} bytes, over the limit of {MAX_MESSAGE_BYTES}"
                 )));
             }
-            let mut data = BytesMut::with_capacity(len);
+            let mut data = pool.take(len);
             while data.len() < len {
                 let want = (len - data.len()) as u64;
                 if (&mut *r).take(want).read_buf(&mut data).await? == 0 {
@@ -260,7 +263,7 @@ pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> Result<pb::RingMes
                 step,
                 generation,
                 crc32,
-                data: data.freeze(),
+                data: pool.bytes(data),
             });
         }
         STATS => {
@@ -334,8 +337,18 @@ mod tests {
                 .expect("writes");
         }
         let mut r = wire.as_slice();
-        assert_eq!(read_message(&mut r).await.expect("chunk"), chunk_msg());
-        assert_eq!(read_message(&mut r).await.expect("stats"), stats);
+        assert_eq!(
+            read_message(&mut r, &BufferPool::default())
+                .await
+                .expect("chunk"),
+            chunk_msg()
+        );
+        assert_eq!(
+            read_message(&mut r, &BufferPool::default())
+                .await
+                .expect("stats"),
+            stats
+        );
         assert!(r.is_empty());
 
         let h = hello("job-1-abc", 7, 2);
@@ -394,18 +407,20 @@ mod tests {
             .expect("writes");
         let mut bad_kind = wire.clone();
         bad_kind[0] = 9;
-        let e = read_message(&mut bad_kind.as_slice())
+        let e = read_message(&mut bad_kind.as_slice(), &BufferPool::default())
             .await
             .expect_err("kind");
         assert!(e.to_string().contains("kind 9"), "{e}");
         let mut huge = wire.clone();
         let at = MAX_HEADER - 4;
         huge[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        let e = read_message(&mut huge.as_slice()).await.expect_err("huge");
+        let e = read_message(&mut huge.as_slice(), &BufferPool::default())
+            .await
+            .expect_err("huge");
         assert!(e.to_string().contains("over the limit"), "{e}");
         let cut = &wire[..wire.len() - 1];
         assert!(matches!(
-            read_message(&mut &cut[..]).await,
+            read_message(&mut &cut[..], &BufferPool::default()).await,
             Err(FrameError::Io(_))
         ));
         let empty = pb::RingMessage {
