@@ -387,6 +387,11 @@ impl JobData {
             if d.standardize {
                 ds.standardize().map_err(|e| field_err(i, e))?;
             }
+            if let Some(n) = d.normalize {
+                for v in &mut ds.features {
+                    *v = (*v - n.mean) / n.std;
+                }
+            }
             datasets.push(DatasetInfo::of(d, &ds, &read, l.classes, l.stated));
             match train_key(d) {
                 None => eval.push(EvalSet {
@@ -564,5 +569,49 @@ steps = 5
         // A set without the option keeps its values.
         let source = &jd.train[&DataKey::role(Role::Source)];
         assert!(source.features.iter().all(|&x| (0.0..=1.0).contains(&x)));
+    }
+
+    /// `normalize` maps every value of the set, after resizing, through (x − mean) / std,
+    /// and leaves the other sets as they were.
+    #[test]
+    fn a_fixed_normalisation_maps_every_value_of_its_set() {
+        let job = |normalize: &str| -> JobSpec {
+            toml::from_str(&format!(
+                r#"
+name = "norm"
+[model]
+kind = "mlp"
+hidden = [4]
+[method]
+kind = "supervised"
+[[datasets]]
+name = "moons"
+role = "source"
+[[datasets]]
+name = "moons"
+split = "test"
+role = "eval"
+{normalize}
+[optimizer]
+kind = "sgd"
+lr = 0.1
+[training]
+global_batch_size = 8
+steps = 1
+"#
+            ))
+            .expect("parses")
+        };
+        let plain = JobData::load(&job(""), Path::new("/nonexistent")).expect("moons");
+        let spec = job("normalize = { mean = 1.0, std = 2.0 }");
+        spec.validate().expect("valid");
+        let norm = JobData::load(&spec, Path::new("/nonexistent")).expect("moons");
+        let (a, b) = (&plain.eval[0].data.features, &norm.eval[0].data.features);
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b.iter()) {
+            assert!((y - (x - 1.0) / 2.0).abs() < 1e-6, "{x} -> {y}");
+        }
+        let source = DataKey::role(Role::Source);
+        assert_eq!(plain.train[&source].features, norm.train[&source].features);
     }
 }

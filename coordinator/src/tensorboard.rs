@@ -21,8 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use graft_proto::v1 as pb;
-use graft_transfer::methods::grl_lambda;
-use graft_transfer::spec::MethodSpec;
+use graft_transfer::methods::GrlSchedule;
 use prost::Message;
 
 use crate::job::{JobId, now_ms};
@@ -115,12 +114,7 @@ impl Scalars {
     /// in its stage.
     pub fn of(state: &State, job: &JobId, event: &pb::JobEvent) -> Option<Self> {
         let entry = state.jobs.get(job)?;
-        let dann = match &entry.record.spec.method {
-            MethodSpec::Dann {
-                lambda_max, gamma, ..
-            } => Some((*lambda_max, *gamma)),
-            _ => None,
-        };
+        let dann = GrlSchedule::of(&entry.record.spec.method);
         match event.event.as_ref()? {
             pb::job_event::Event::Progress(p) => {
                 let mut values = vec![
@@ -129,11 +123,11 @@ impl Scalars {
                     ("train/learning_rate".to_string(), p.lr),
                 ];
                 let step0 = p.step.saturating_sub(1);
-                if let (Some((max, gamma)), Some((_, stage))) =
+                if let (Some(schedule), Some((_, stage))) =
                     (dann, entry.data.as_ref().and_then(|d| d.stage_of(step0)))
                 {
-                    let progress = (step0 - stage.first_step) as f64 / stage.steps.max(1) as f64;
-                    values.push(("train/lambda".to_string(), grl_lambda(max, gamma, progress)));
+                    let lambda = schedule.lambda(step0 - stage.first_step, stage.steps);
+                    values.push(("train/lambda".to_string(), lambda));
                 }
                 Some(Self {
                     step: p.step,

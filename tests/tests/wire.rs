@@ -131,6 +131,14 @@ fn method(m: &Table) -> pb::method_spec::Kind {
             domain_hidden: uints(m, "domain_hidden").unwrap_or_default(),
             target_batch_size: uint(m, "target_batch_size"),
             linear_domain_head: uints(m, "domain_hidden").is_some_and(|h| h.is_empty()),
+            trade_off: float(m, "trade_off"),
+            ramp: (match string(m, "ramp").as_deref() {
+                None => pb::GrlRamp::Unspecified,
+                Some("progress") => pb::GrlRamp::Progress,
+                Some("steps") => pb::GrlRamp::Steps,
+                Some(other) => panic!("ramp {other}"),
+            }) as i32,
+            ramp_steps: uint(m, "ramp_steps"),
         }),
         "zero_shot" => {
             let a = table(m, "attributes").expect("attributes");
@@ -209,6 +217,10 @@ fn job_of(t: &Table) -> pb::JobSpec {
                     header: boolean(d, "header"),
                     channels: uint(d, "channels").map(|v| v as u32),
                     holdout: float(d, "holdout"),
+                    normalize: table(d, "normalize").map(|n| pb::Normalize {
+                        mean: float(n, "mean").expect("mean") as f32,
+                        std: float(n, "std").expect("std") as f32,
+                    }),
                     split: string(d, "split").unwrap_or_default(),
                     role: role(&string(d, "role").expect("role")),
                     labels_per_class: uint(d, "labels_per_class").map(|v| v as u32),

@@ -25,12 +25,12 @@ mod workers;
 
 pub use allreduce::{AllReduce, RingTransport};
 pub use checkpoint::CheckpointSpec;
-pub use dataset::{ColumnRef, DatasetSpec, Role};
+pub use dataset::{ColumnRef, DatasetSpec, Normalize, Role};
 pub use error::SpecError;
 pub use evaluation::EvaluationSpec;
 pub use job::JobSpec;
 pub use limits::{MAX_EPOCHS, MAX_GENERATED, MAX_STEPS, MAX_WIDTH};
-pub use method::{AttributeSource, MethodSpec, Penalty, Scoring, TaskSpec};
+pub use method::{AttributeSource, GrlRamp, MethodSpec, Penalty, Scoring, TaskSpec};
 pub use model::ModelSpec;
 pub use optimizer::OptimizerSpec;
 pub use schedule::ScheduleSpec;

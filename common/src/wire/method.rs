@@ -2,7 +2,9 @@
 
 use graft_proto::v1 as pb;
 use graft_transfer::methods::{DataKey, Stage, StreamPlan};
-use graft_transfer::spec::{AttributeSource, MethodSpec, Penalty, Scoring, TaskSpec, defaults};
+use graft_transfer::spec::{
+    AttributeSource, GrlRamp, MethodSpec, Penalty, Scoring, TaskSpec, defaults,
+};
 use graft_transfer::torch_layout::WeightsLayout;
 use graft_transfer::zeroshot::ClassVectors;
 
@@ -148,12 +150,21 @@ pub fn method_to_pb(m: &MethodSpec) -> pb::method_spec::Kind {
             gamma,
             domain_hidden,
             target_batch_size,
+            trade_off,
+            ramp,
+            ramp_steps,
         } => Kind::Dann(pb::DannSpec {
             lambda_max: Some(*lambda_max),
             gamma: Some(*gamma),
             domain_hidden: domain_hidden.iter().map(|&h| h as u64).collect(),
             linear_domain_head: domain_hidden.is_empty(),
             target_batch_size: target_batch_size.map(|b| b as u64),
+            trade_off: Some(*trade_off),
+            ramp: match ramp {
+                GrlRamp::Progress => pb::GrlRamp::Progress,
+                GrlRamp::Steps => pb::GrlRamp::Steps,
+            } as i32,
+            ramp_steps: *ramp_steps,
         }),
         MethodSpec::ZeroShot {
             unseen_classes,
@@ -295,6 +306,18 @@ pub fn method_from_pb(k: &pb::method_spec::Kind) -> Result<MethodSpec, WireError
                 .target_batch_size
                 .map(|b| usize_of(b, "method.target_batch_size"))
                 .transpose()?,
+            trade_off: d.trade_off.unwrap_or(defaults::DANN_TRADE_OFF),
+            ramp: match pb::GrlRamp::try_from(d.ramp) {
+                Ok(pb::GrlRamp::Unspecified | pb::GrlRamp::Progress) => GrlRamp::Progress,
+                Ok(pb::GrlRamp::Steps) => GrlRamp::Steps,
+                Err(_) => {
+                    return Err(WireError {
+                        field: "method.ramp".into(),
+                        reason: format!("unknown value {}", d.ramp),
+                    });
+                }
+            },
+            ramp_steps: d.ramp_steps,
         },
         Kind::ZeroShot(z) => MethodSpec::ZeroShot {
             scoring: if z.likelihood {

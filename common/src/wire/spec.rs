@@ -3,7 +3,8 @@
 use graft_proto::v1 as pb;
 use graft_transfer::spec::{
     AllReduce, CheckpointSpec, ColumnRef, DatasetSpec, EvaluationSpec, JobSpec, ModelSpec,
-    OptimizerSpec, RingTransport, Role, ScheduleSpec, TrainingSpec, WorkersSpec, defaults,
+    Normalize, OptimizerSpec, RingTransport, Role, ScheduleSpec, TrainingSpec, WorkersSpec,
+    defaults,
 };
 
 use super::method::{method_from_pb, method_to_pb};
@@ -121,6 +122,10 @@ pub fn spec_to_pb(s: &JobSpec) -> pb::JobSpec {
                 header: d.header,
                 channels: d.channels.map(|v| v.min(u32::MAX as usize) as u32),
                 holdout: d.holdout,
+                normalize: d.normalize.map(|n| pb::Normalize {
+                    mean: n.mean,
+                    std: n.std,
+                }),
             })
             .collect(),
         optimizer: Some(pb::OptimizerSpec {
@@ -218,6 +223,10 @@ impl TryFrom<&pb::JobSpec> for WireSpec {
                 header: d.header,
                 channels: d.channels.map(|v| v as usize),
                 holdout: d.holdout,
+                normalize: d.normalize.map(|n| Normalize {
+                    mean: n.mean,
+                    std: n.std,
+                }),
                 split: or_default_str(&d.split, defaults::SPLIT),
                 role: role_from_pb(d.role, &f("role"))?,
                 labels_per_class: d.labels_per_class.map(|v| v as usize),
@@ -393,6 +402,67 @@ max = 3
         .expect("parses");
         assert!(spec.datasets[1].standardize && !spec.datasets[2].standardize);
         assert_eq!(spec_from_pb(&spec_to_pb(&spec)).expect("converts"), spec);
+    }
+
+    #[test]
+    fn dann_options_and_a_fixed_normalisation_round_trip() {
+        let spec: JobSpec = toml::from_str(
+            r#"
+name = "tllib"
+ring_transport = "grpc"
+[model]
+kind = "digits_cnn"
+[method]
+kind = "dann"
+trade_off = 0.7
+ramp = "steps"
+ramp_steps = 1500
+[[datasets]]
+name = "mnist"
+role = "source"
+normalize = { mean = 0.5, std = 0.5 }
+[[datasets]]
+name = "usps"
+role = "target_unlabelled"
+[[datasets]]
+name = "usps"
+split = "test"
+role = "eval"
+[optimizer]
+kind = "sgd"
+lr = 0.01
+momentum = 0.9
+nesterov = true
+weight_decay = 0.001
+[training]
+global_batch_size = 64
+steps = 5
+"#,
+        )
+        .expect("parses");
+        spec.validate().expect("valid");
+        let back = spec_from_pb(&spec_to_pb(&spec)).expect("converts");
+        assert_eq!(back, spec);
+        // Unset on the wire: the file's defaults (progress ramp, trade-off 1, tcp).
+        let mut p = spec_to_pb(&spec);
+        if let Some(pb::method_spec::Kind::Dann(d)) =
+            p.method.as_mut().and_then(|m| m.kind.as_mut())
+        {
+            d.trade_off = None;
+            d.ramp = 0;
+            d.ramp_steps = None;
+        }
+        p.ring_transport = 0;
+        let plain = spec_from_pb(&p).expect("converts");
+        let graft_transfer::spec::MethodSpec::Dann {
+            trade_off, ramp, ..
+        } = plain.method
+        else {
+            panic!("dann")
+        };
+        assert_eq!(trade_off, 1.0);
+        assert_eq!(ramp, graft_transfer::spec::GrlRamp::Progress);
+        assert_eq!(plain.ring_transport, RingTransport::Tcp);
     }
 
     #[test]

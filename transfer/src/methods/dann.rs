@@ -13,7 +13,7 @@ use super::{
 };
 use crate::model::{Architecture, HeadDef, Layout};
 use crate::params::Params;
-use crate::spec::{JobSpec, MethodSpec, Role};
+use crate::spec::{GrlRamp, JobSpec, MethodSpec, Role, defaults};
 
 /// Prefix of the domain head.
 pub const DOMAIN_HEAD: &str = "domain_head";
@@ -24,8 +24,8 @@ pub struct Dann {
     length: Length,
     batch: usize,
     target_batch: usize,
-    lambda_max: f64,
-    gamma: f64,
+    schedule: GrlSchedule,
+    trade_off: f64,
     domain_hidden: Vec<usize>,
 }
 
@@ -33,6 +33,51 @@ pub struct Dann {
 /// cannot swamp the features before they are useful.
 pub fn grl_lambda(max: f64, gamma: f64, p: f64) -> f64 {
     max * (2.0 / (1.0 + (-gamma * p).exp()) - 1.0)
+}
+
+/// How a job's reversal weight rises, as the workers and the coordinator's curves both
+/// compute it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GrlSchedule {
+    /// The weight it rises to.
+    pub lambda_max: f64,
+    /// γ of `ramp = "progress"`.
+    pub gamma: f64,
+    /// Over progress or over steps.
+    pub ramp: GrlRamp,
+    /// The scale of `ramp = "steps"`.
+    pub ramp_steps: u64,
+}
+
+impl GrlSchedule {
+    /// The schedule of a DANN spec (none for other methods).
+    pub fn of(method: &MethodSpec) -> Option<Self> {
+        match method {
+            MethodSpec::Dann {
+                lambda_max,
+                gamma,
+                ramp,
+                ramp_steps,
+                ..
+            } => Some(Self {
+                lambda_max: *lambda_max,
+                gamma: *gamma,
+                ramp: *ramp,
+                ramp_steps: ramp_steps.unwrap_or(defaults::DANN_RAMP_STEPS).max(1),
+            }),
+            _ => None,
+        }
+    }
+
+    /// λ at step `i` (0-based) of a stage of `steps` steps.
+    pub fn lambda(&self, i: u64, steps: u64) -> f64 {
+        match self.ramp {
+            GrlRamp::Progress => {
+                grl_lambda(self.lambda_max, self.gamma, i as f64 / steps.max(1) as f64)
+            }
+            GrlRamp::Steps => grl_lambda(self.lambda_max, 1.0, i as f64 / self.ramp_steps as f64),
+        }
+    }
 }
 
 /// The gradient-reversal layer: identity forward, −λ × the gradient backward.
@@ -56,26 +101,30 @@ fn bce_sum(z: Tensor<2>, target: bool) -> Tensor<1> {
 impl Dann {
     /// The method for a job whose `method.kind = "dann"`.
     pub fn new(spec: &JobSpec) -> Self {
-        let (lambda_max, gamma, domain_hidden, target_batch) = match &spec.method {
+        let (domain_hidden, target_batch, trade_off) = match &spec.method {
             MethodSpec::Dann {
-                lambda_max,
-                gamma,
                 domain_hidden,
                 target_batch_size,
-            } => (
-                *lambda_max,
-                *gamma,
-                domain_hidden.clone(),
-                *target_batch_size,
+                trade_off,
+                ..
+            } => (domain_hidden.clone(), *target_batch_size, *trade_off),
+            _ => (
+                defaults::DOMAIN_HIDDEN.to_vec(),
+                None,
+                defaults::DANN_TRADE_OFF,
             ),
-            _ => (1.0, 10.0, vec![100], None),
         };
         Self {
             length: training_length(spec),
             batch: spec.training.global_batch_size,
             target_batch: target_batch.unwrap_or(spec.training.global_batch_size),
-            lambda_max,
-            gamma,
+            schedule: GrlSchedule::of(&spec.method).unwrap_or(GrlSchedule {
+                lambda_max: defaults::LAMBDA_MAX,
+                gamma: defaults::DANN_GAMMA,
+                ramp: GrlRamp::Progress,
+                ramp_steps: defaults::DANN_RAMP_STEPS,
+            }),
+            trade_off,
             domain_hidden,
         }
     }
@@ -118,7 +167,8 @@ impl Method for Dann {
         ctx: &StepContext,
         device: &Device,
     ) -> BatchLoss {
-        let lambda = grl_lambda(self.lambda_max, self.gamma, ctx.progress()) as f32;
+        let lambda = self.schedule.lambda(ctx.step_in_stage, ctx.stage_steps) as f32;
+        let trade_off = self.trade_off as f32;
         let head = arch.head_index(DOMAIN_HEAD).unwrap_or(usize::MAX);
         let mut loss = zero_loss(device);
         let mut correct = 0;
@@ -135,7 +185,7 @@ impl Method for Dann {
                 correct = c;
             }
             let z = arch.head(params, head, reverse_gradient(out.features, lambda));
-            let d = bce_sum(z, s == 1).mul_scalar(0.5 * ctx.stream_scale(s));
+            let d = bce_sum(z, s == 1).mul_scalar(0.5 * trade_off * ctx.stream_scale(s));
             loss = loss + d;
         }
         BatchLoss { loss, correct }

@@ -23,7 +23,7 @@ mod step;
 
 use burn::tensor::{Device, Tensor};
 pub use conservative::Conservative;
-pub use dann::{Dann, grl_lambda, reverse_gradient};
+pub use dann::{Dann, GrlSchedule, grl_lambda, reverse_gradient};
 pub use evaluation::{EvalInputs, EvalSet, Evaluation, evaluate_label_head, evaluate_sets};
 pub use fine_tuning::FineTuning;
 pub use layer_transfer::LayerTransfer;

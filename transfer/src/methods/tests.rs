@@ -747,3 +747,73 @@ fn generalised_zero_shot_scores_every_class_as_the_job_does() {
     assert_eq!(by_nearest["gzsl_unseen_accuracy"], 0.0);
     assert!(by_nearest.contains_key("zsl_unseen_accuracy_by_likelihood"));
 }
+
+#[test]
+fn dann_trade_off_scales_the_domain_gradient_and_the_steps_ramp_follows_tllib() {
+    // Only the domain loss flows (no labelled samples): the domain head's gradient scales
+    // with the trade-off, and a trade-off of 0 leaves the head nothing to learn.
+    let method = |extra: &str| {
+        Dann::new(&spec_with(&format!(
+            "kind = \"dann\"\nlambda_max = 1.0\ngamma = 10.0\ndomain_hidden = [8]\n{extra}"
+        )))
+    };
+    let one = method("");
+    let arch = arch_for(&one, 2);
+    let params = arch.init(4);
+    let mask = vec![true; arch.params.len()];
+    let batches = [
+        Batch {
+            dim: 3,
+            ..Batch::default()
+        },
+        Batch {
+            features: vec![0.1, 0.2, 0.3, -0.4, 0.5, 0.1],
+            labels: vec![0, 0],
+            dim: 3,
+        },
+    ];
+    let ctx = step_ctx(0, vec![1, 2]);
+    let g1 = grads_by_name(&one, &arch, &params, &mask, &batches, &ctx);
+    let g3 = grads_by_name(
+        &method("trade_off = 3.0"),
+        &arch,
+        &params,
+        &mask,
+        &batches,
+        &ctx,
+    );
+    let g0 = grads_by_name(
+        &method("trade_off = 0.0"),
+        &arch,
+        &params,
+        &mask,
+        &batches,
+        &ctx,
+    );
+    let name = "domain_head.fc2.weight";
+    assert!(norm(&g1[name]) > 0.0);
+    for (a, b) in g3[name].iter().zip(&g1[name]) {
+        assert!((a - 3.0 * b).abs() < 1e-5, "{a} vs 3 × {b}");
+    }
+    assert_eq!(norm(&g0[name]), 0.0);
+
+    // TLlib's warm start: 2/(1+e^(−i/1000)) − 1, whatever the stage's length; the paper's
+    // ramp over progress is unchanged.
+    let steps =
+        GrlSchedule::of(&spec_with("kind = \"dann\"\nramp = \"steps\"").method).expect("dann");
+    assert_eq!(steps.lambda(0, 5000), 0.0);
+    let at = |i: u64| 2.0 / (1.0 + (-(i as f64) / 1000.0).exp()) - 1.0;
+    for (i, len) in [(1000, 5000), (1000, 100_000), (2500, 5000)] {
+        assert!(
+            (steps.lambda(i, len) - at(i)).abs() < 1e-12,
+            "step {i} of {len}"
+        );
+    }
+    let scaled = GrlSchedule::of(
+        &spec_with("kind = \"dann\"\nramp = \"steps\"\nramp_steps = 10\nlambda_max = 0.5").method,
+    )
+    .expect("dann");
+    assert!((scaled.lambda(10, 20) - 0.5 * at(1000)).abs() < 1e-12);
+    let progress = GrlSchedule::of(&spec_with("kind = \"dann\"").method).expect("dann");
+    assert!((progress.lambda(2, 10) - grl_lambda(1.0, 10.0, 0.2)).abs() < 1e-12);
+}

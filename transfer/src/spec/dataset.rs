@@ -47,6 +47,17 @@ pub enum ColumnRef {
     Name(String),
 }
 
+/// A fixed input normalisation, `(x − mean) / std` on every value (TLlib's digits recipes use
+/// 0.5 and 0.5: values in [0, 1] to [−1, 1]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Normalize {
+    /// Subtracted from every value.
+    pub mean: f32,
+    /// What the difference is divided by.
+    pub std: f32,
+}
+
 /// One dataset of a job: a catalog name, or a file (or folder) of the user's own.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,6 +127,10 @@ pub struct DatasetSpec {
     /// capacity on.
     #[serde(default)]
     pub standardize: bool,
+    /// Normalise with given constants instead, after resizing: `normalize = { mean = 0.5,
+    /// std = 0.5 }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<Normalize>,
     /// Generated moons: number of samples.
     #[serde(default)]
     pub samples: Option<usize>,
@@ -153,6 +168,7 @@ impl DatasetSpec {
             task: None,
             image_size: None,
             standardize: false,
+            normalize: None,
             samples: None,
             noise: None,
             rotation_deg: None,
@@ -197,6 +213,20 @@ impl JobSpec {
             }
             if d.labels_per_class == Some(0) {
                 return Err(bad(f("labels_per_class"), "must be > 0"));
+            }
+            if let Some(n) = d.normalize {
+                if d.standardize {
+                    return Err(bad(
+                        f("normalize"),
+                        "give standardize (the set's own moments) or normalize (given ones), not both",
+                    ));
+                }
+                if !(n.mean.is_finite() && n.std.is_finite() && n.std > 0.0) {
+                    return Err(bad(
+                        f("normalize"),
+                        "mean must be finite and std a finite number > 0",
+                    ));
+                }
             }
             if d.limit == Some(0) {
                 return Err(bad(f("limit"), "must be > 0"));

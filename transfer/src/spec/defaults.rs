@@ -15,6 +15,10 @@ pub const LATERALS: bool = true;
 pub const LAMBDA_MAX: f64 = 1.0;
 /// `method.gamma` of DANN's λ schedule.
 pub const DANN_GAMMA: f64 = 10.0;
+/// `method.trade_off` of DANN: the weight of the domain loss.
+pub const DANN_TRADE_OFF: f64 = 1.0;
+/// `method.ramp_steps` of DANN's `ramp = "steps"` (TLlib's `max_iters`).
+pub const DANN_RAMP_STEPS: u64 = 1000;
 /// `method.domain_hidden` of DANN.
 pub const DOMAIN_HIDDEN: &[usize] = &[100];
 /// `optimizer.beta1` of Adam.

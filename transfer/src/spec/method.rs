@@ -10,6 +10,7 @@ mod zero_shot;
 use serde::{Deserialize, Serialize};
 
 pub use conservative::Penalty;
+pub use dann::GrlRamp;
 pub use tasks::TaskSpec;
 pub use zero_shot::{AttributeSource, Scoring};
 
@@ -125,6 +126,16 @@ pub enum MethodSpec {
         /// Target samples per step over the group (default: the global batch size).
         #[serde(default)]
         target_batch_size: Option<usize>,
+        /// Weight of the domain loss beside the label loss (TLlib's `trade_off`).
+        #[serde(default = "dann::default_trade_off")]
+        trade_off: f64,
+        /// How λ rises: over the stage's progress (`progress`, with `gamma`) or its steps
+        /// (`steps`, with `ramp_steps`).
+        #[serde(default)]
+        ramp: GrlRamp,
+        /// `ramp = "steps"`: the scale of the ramp in steps (default 1000).
+        #[serde(default)]
+        ramp_steps: Option<u64>,
     },
     /// Map inputs to class-attribute vectors; predict the nearest class vector, classes unseen
     /// in training included.
@@ -285,8 +296,19 @@ impl JobSpec {
                 gamma,
                 domain_hidden,
                 target_batch_size,
+                trade_off,
+                ramp,
+                ramp_steps,
             } => {
-                self.validate_dann(*lambda_max, *gamma, domain_hidden, *target_batch_size)?;
+                self.validate_dann(
+                    *lambda_max,
+                    *gamma,
+                    domain_hidden,
+                    *target_batch_size,
+                    *trade_off,
+                    *ramp,
+                    *ramp_steps,
+                )?;
                 one(Role::Source)?;
                 one(Role::TargetUnlabelled)
             }

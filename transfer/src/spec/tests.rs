@@ -369,3 +369,63 @@ fn a_dataset_by_path_is_checked_for_its_format_keys_and_split() {
     );
     s.validate().expect("csv with a named label column");
 }
+
+#[test]
+fn dann_options_and_a_fixed_normalisation_are_checked() {
+    let dann = |extra: &str| -> JobSpec {
+        let text = GOOD
+            .replace(
+                "kind = \"supervised\"",
+                &format!("kind = \"dann\"\n{extra}"),
+            )
+            .replacen(
+                "[[datasets]]",
+                "[[datasets]]\nname = \"usps\"\nrole = \"target_unlabelled\"\n\n[[datasets]]",
+                1,
+            );
+        toml::from_str(&text).expect("parses")
+    };
+    dann("trade_off = 0.5\nramp = \"steps\"\nramp_steps = 2000")
+        .validate()
+        .expect("TLlib's options");
+    assert_eq!(field_of(&dann("trade_off = -1.0")), "method.trade_off");
+    assert_eq!(field_of(&dann("ramp_steps = 100")), "method.ramp_steps");
+    assert_eq!(
+        field_of(&dann("ramp = \"steps\"\nramp_steps = 0")),
+        "method.ramp_steps"
+    );
+    assert!(
+        toml::from_str::<JobSpec>(&GOOD.replace(
+            "kind = \"supervised\"",
+            "kind = \"dann\"\nramp = \"sideways\""
+        ))
+        .is_err()
+    );
+
+    let mut s = good();
+    s.datasets[0].normalize = Some(Normalize {
+        mean: 0.5,
+        std: 0.5,
+    });
+    s.validate().expect("TLlib's 0.5 / 0.5");
+    s.datasets[0].normalize = Some(Normalize {
+        mean: 0.5,
+        std: 0.0,
+    });
+    assert_eq!(field_of(&s), "datasets[0].normalize");
+    s.datasets[0].normalize = Some(Normalize {
+        mean: 0.5,
+        std: 0.5,
+    });
+    s.datasets[0].standardize = true;
+    assert_eq!(field_of(&s), "datasets[0].normalize");
+    let typo = GOOD.replacen(
+        "role = \"source\"",
+        "role = \"source\"\nnormalize = { mean = 0.5, sd = 0.5 }",
+        1,
+    );
+    assert!(
+        toml::from_str::<JobSpec>(&typo).is_err(),
+        "unknown key refused"
+    );
+}

@@ -1,7 +1,35 @@
 //! Domain-adversarial training's reversal schedule and domain head.
 
+use serde::{Deserialize, Serialize};
+
 use crate::spec::error::{SpecError, bad};
-use crate::spec::{JobSpec, MAX_WIDTH, defaults};
+use crate::spec::{JobSpec, MAX_STEPS, MAX_WIDTH, defaults};
+
+/// How the reversal weight λ rises from 0 to `lambda_max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrlRamp {
+    /// The DANN paper's λ_p = max · (2/(1+e^(−γp)) − 1) over the stage's progress p ∈ [0, 1].
+    #[default]
+    Progress,
+    /// TLlib's warm start, max · (2/(1+e^(−i/ramp_steps)) − 1) over the stage's steps i: the
+    /// same curve whatever the job's length.
+    Steps,
+}
+
+impl GrlRamp {
+    /// The word job files use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Progress => "progress",
+            Self::Steps => "steps",
+        }
+    }
+}
+
+pub(super) fn default_trade_off() -> f64 {
+    defaults::DANN_TRADE_OFF
+}
 
 pub(super) fn default_lambda_max() -> f64 {
     defaults::LAMBDA_MAX
@@ -14,13 +42,32 @@ pub(super) fn default_domain_hidden() -> Vec<usize> {
 }
 
 impl JobSpec {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn validate_dann(
         &self,
         lambda_max: f64,
         gamma: f64,
         domain_hidden: &[usize],
         target_batch_size: Option<usize>,
+        trade_off: f64,
+        ramp: GrlRamp,
+        ramp_steps: Option<u64>,
     ) -> Result<(), SpecError> {
+        if !(trade_off.is_finite() && trade_off >= 0.0) {
+            return Err(bad("method.trade_off", "must be a finite number >= 0"));
+        }
+        match (ramp, ramp_steps) {
+            (GrlRamp::Progress, Some(_)) => {
+                return Err(bad("method.ramp_steps", "only applies to ramp = \"steps\""));
+            }
+            (GrlRamp::Steps, Some(n)) if n == 0 || n > MAX_STEPS => {
+                return Err(bad(
+                    "method.ramp_steps",
+                    format!("must be in 1..={MAX_STEPS}"),
+                ));
+            }
+            _ => {}
+        }
         if !(lambda_max.is_finite() && lambda_max >= 0.0) {
             return Err(bad("method.lambda_max", "must be a finite number >= 0"));
         }
