@@ -116,6 +116,9 @@ enum BenchCmd {
         /// `ring` or `star`.
         #[arg(long, default_value = "ring")]
         allreduce: String,
+        /// The ring's transport: `tcp` (the jobs' default) or `grpc`.
+        #[arg(long, default_value = "tcp", value_parser = ["tcp", "grpc"])]
+        ring_transport: String,
         /// One JSON object.
         #[arg(long)]
         json: bool,
@@ -819,10 +822,17 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             device,
             steps,
             allreduce,
+            ring_transport,
             json,
         }) => {
+            let transport = if ring_transport == "grpc" {
+                graft_transfer::spec::RingTransport::Grpc
+            } else {
+                graft_transfer::spec::RingTransport::Tcp
+            };
             let r =
-                graft_client::perf::train(workload, *workers, device, *steps, allreduce).await?;
+                graft_client::perf::train(workload, *workers, device, *steps, allreduce, transport)
+                    .await?;
             if *json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -831,7 +841,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     r.workload,
                     r.workers,
                     r.device,
-                    r.allreduce,
+                    if r.allreduce == "ring" {
+                        format!("ring over {}", r.ring_transport)
+                    } else {
+                        r.allreduce.clone()
+                    },
                     r.samples_per_s,
                     r.steps,
                     r.step_ms,

@@ -244,6 +244,9 @@ pub struct TrainRow {
     pub device: String,
     /// `ring` or `star`.
     pub allreduce: String,
+    /// The ring's transport, `tcp` or `grpc`.
+    #[serde(default)]
+    pub ring_transport: String,
     /// Training samples per second over the group (the first stream's).
     pub samples_per_s: f64,
     /// Rank 0's medians, milliseconds per step.
@@ -371,8 +374,10 @@ pub async fn train(
     device: &str,
     steps: u64,
     allreduce: &str,
+    ring_transport: graft_transfer::spec::RingTransport,
 ) -> anyhow::Result<TrainRow> {
-    let (spec, batch) = train_spec(workload, workers, steps, allreduce)?;
+    let (mut spec, batch) = train_spec(workload, workers, steps, allreduce)?;
+    spec.ring_transport = ring_transport;
     let dir = tempfile::tempdir()?;
     let mut cluster = LocalCluster::start(&LocalOptions {
         workers,
@@ -439,6 +444,7 @@ pub async fn train(
         workers,
         device: device.to_string(),
         allreduce: allreduce.to_string(),
+        ring_transport: ring_transport.name().to_string(),
         samples_per_s,
         step_ms: col(|t| t.step_ms),
         compute_ms: col(|t| t.compute_ms),

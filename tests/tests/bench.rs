@@ -91,6 +91,7 @@ fn bench_train_prints_a_step_breakdown_that_adds_up() {
     let row = &rows[0];
     assert_eq!(row["workload"], "mlp");
     assert_eq!(row["workers"], 2);
+    assert_eq!(row["ring_transport"], "tcp", "the jobs' default");
     assert!(num(row, "samples_per_s") > 0.0, "{row}");
     let step = num(row, "step_ms");
     let phases = ["compute_ms", "flatten_ms", "comm_ms", "optimizer_ms"];
