@@ -149,6 +149,32 @@ fn calls_that_name_a_worker_without_its_secret_are_refused_and_change_nothing() 
                     .expect_err("a forged ring stream");
                 assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
             }
+            // The same over the raw-TCP data plane (the jobs' default), written byte by byte
+            // as docs/protocol.md lays it out: a link that cannot answer the challenge with
+            // the group key is refused with the reason, and no frame of it is read.
+            for from_rank in [0u32, 1, 7] {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut link = tokio::net::TcpStream::connect(&addr)
+                    .await
+                    .expect("connect to a worker's port");
+                let mut hello = b"GRAFTRNG\x01".to_vec();
+                hello.extend_from_slice(&(id.len() as u16).to_le_bytes());
+                hello.extend_from_slice(id.as_bytes());
+                hello.extend_from_slice(&1u64.to_le_bytes());
+                hello.extend_from_slice(&from_rank.to_le_bytes());
+                link.write_all(&hello).await.expect("hello");
+                let mut challenge = [0u8; 16];
+                link.read_exact(&mut challenge).await.expect("a challenge");
+                link.write_all(&[0u8; 32]).await.expect("a forged proof");
+                let mut verdict = Vec::new();
+                link.read_to_end(&mut verdict).await.expect("the verdict");
+                assert_eq!(verdict.first(), Some(&1), "refused: {verdict:?}");
+                let reason = String::from_utf8_lossy(verdict.get(3..).unwrap_or_default());
+                assert!(
+                    reason.contains("does not prove") || reason.contains("comes only from rank"),
+                    "{reason}"
+                );
+            }
         }
     });
     let r = wait_for(Duration::from_secs(120), || {
