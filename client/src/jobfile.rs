@@ -33,11 +33,8 @@ pub fn read(path: &Path) -> Result<JobSpec, JobFileError> {
 /// them from the job file, as compose files do. A job sent by `graft submit` keeps its paths,
 /// which the coordinator reads under its data directory.
 pub fn resolve_paths(spec: &mut JobSpec, base: &Path) {
-    let absolute = |p: &mut String| {
-        if Path::new(p.as_str()).is_relative() {
-            *p = base.join(p.as_str()).display().to_string();
-        }
-    };
+    // `join` keeps an absolute path as it is.
+    let absolute = |p: &mut String| *p = base.join(p.as_str()).display().to_string();
     for d in &mut spec.datasets {
         if let Some(p) = &mut d.path {
             absolute(p);

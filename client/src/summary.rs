@@ -82,6 +82,21 @@ pub fn nested_metrics(metrics: &std::collections::HashMap<String, f64>) -> serde
     serde_json::Value::Object(root)
 }
 
+/// `text` with its control characters escaped (`\u{1b}`, `\n`) and the rest as it is: what a
+/// peer or a user's file wrote cannot move the cursor or clear a terminal, and a quoted name
+/// stays readable.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// A few lines for people: state, metrics, per-class accuracy and the confusion matrix.
 pub fn human(o: &Outcome) -> String {
     let j = &o.job;
@@ -96,14 +111,15 @@ pub fn human(o: &Outcome) -> String {
     }
     s.push('\n');
     if !j.reason.is_empty() {
-        s.push_str(&format!("  reason: {}\n", j.reason));
+        // A worker's or a file's words may be in it: shown escaped, as `graft list` shows it.
+        s.push_str(&format!("  reason: {}\n", printable(&j.reason)));
     }
     for d in &j.datasets {
         // The class names and the path come from a user's files: shown escaped.
         s.push_str(&format!(
             "  {:<18} {}\n",
             format!("{} data", d.role),
-            d.stated.escape_debug()
+            printable(&d.stated)
         ));
     }
     let mut keys: Vec<&String> = j.metrics.keys().collect();
@@ -149,6 +165,45 @@ pub fn human(o: &Outcome) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn datasets_and_reasons_from_a_users_files_are_shown_escaped_and_listed_in_json() {
+        let job = pb::Job {
+            id: "job-1".into(),
+            reason: "datasets[0]: \"bad.csv\": line 2\u{1b}[2J".into(),
+            datasets: vec![pb::DatasetInfo {
+                source: "mine/x.csv".into(),
+                role: "source".into(),
+                samples: 3,
+                sample_shape: vec![2],
+                classes: vec!["cat\nsays".into(), "dog".into()],
+                stated: "mine/x.csv: 3 samples of 2; 2 classes: cat\nsays, dog\u{7}".into(),
+            }],
+            ..Default::default()
+        };
+        let o = Outcome {
+            seconds: 0.0,
+            job,
+            last_evaluation: None,
+        };
+        let text = human(&o);
+        assert!(
+            text.contains("  source data        mine/x.csv: 3 samples of 2; 2 classes: cat\\nsays, dog\\u{7}\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("reason: datasets[0]: \"bad.csv\": line 2\\u{1b}[2J"),
+            "{text}"
+        );
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&json_line(&o.job, 0.0)).expect("one JSON object");
+        assert_eq!(json["datasets"][0]["classes"][0], "cat\nsays");
+        assert_eq!(json["datasets"][0]["sample_shape"], serde_json::json!([2]));
+    }
 
     #[test]
     fn a_finished_job_reports_its_recorded_run_time() {

@@ -5,7 +5,7 @@
 //! its metrics (`initial.<metric>`) next to where it ended.
 
 use graft_proto::v1 as pb;
-use graft_transfer::methods::{EvalInputs, start_stage};
+use graft_transfer::methods::start_stage;
 
 use crate::config::CoordinatorConfig;
 use crate::error::CoordinatorError;
@@ -30,29 +30,13 @@ pub fn evaluate(
     if let Some(first) = data.stages.first() {
         start_stage(&data.arch, &mut params, first, 0, seed);
     }
-    let device = config
-        .eval_device()
-        .map_err(|e| CoordinatorError::Internal(e.to_string()))?;
-    let inputs = EvalInputs {
-        sets: &data.eval,
-        train: &data.train,
-    };
-    let report = data.method.evaluate(&data.arch, &params, &inputs, &device);
-    for (name, value) in &report.metrics {
+    let (metrics, sets) = data.evaluate(&params, config)?;
+    for (name, value) in &metrics {
         tracing::info!(metric = %name, value = *value, "evaluated the starting state");
     }
     Ok(pb::Evaluation {
         step: 0,
-        metrics: report.metrics.into_iter().collect(),
-        sets: report
-            .sets
-            .iter()
-            .map(|r| pb::EvalSet {
-                label: r.label.clone(),
-                per_class_accuracy: r.per_class_accuracy.clone(),
-                confusion: r.confusion.iter().flatten().copied().collect(),
-                num_classes: r.confusion.len() as u32,
-            })
-            .collect(),
+        metrics: metrics.into_iter().collect(),
+        sets,
     })
 }

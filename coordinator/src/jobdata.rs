@@ -11,7 +11,7 @@ use std::sync::Arc;
 use graft_transfer::data::files::{self, FileFormat, FileOptions, LabelColumn};
 use graft_transfer::data::{Dataset, MoonsConfig, catalog};
 use graft_transfer::methods::{
-    DataKey, EvalSet, Method, MethodData, Stage, method_for, plan_stages,
+    DataKey, EvalInputs, EvalSet, Method, MethodData, Stage, method_for, plan_stages,
 };
 use graft_transfer::optim::Optimizer;
 use graft_transfer::spec::{AttributeSource, ColumnRef, DatasetSpec, MethodSpec, Role};
@@ -70,20 +70,19 @@ fn invalid(field: &str, reason: impl Into<String>) -> CoordinatorError {
     }
 }
 
-/// A path of a job file: as it is when absolute, else under the data directory.
+/// A path of a job file: under the data directory, unless absolute (`join` keeps an absolute
+/// path as it is).
 fn resolve(data_dir: &Path, path: &str) -> PathBuf {
-    let p = Path::new(path);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        data_dir.join(p)
-    }
+    data_dir.join(path)
 }
 
-/// Seeds the holdout of a file: the job's seed and the file, so that the two datasets that
-/// name the same file (its `train` and its `test`) draw the same permutation.
-fn holdout_seed(spec: &JobSpec, path: &str) -> u64 {
-    path.bytes()
+/// Seeds the holdout of a file: the job's seed and the file as resolved (canonical where it
+/// exists), so that the two datasets naming the same file, however spelled (`a.csv`,
+/// `./a.csv`), draw the same permutation.
+fn holdout_seed(spec: &JobSpec, file: &Path) -> u64 {
+    let file = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
+    file.to_string_lossy()
+        .bytes()
         .fold(spec.seed ^ 0x686f_6c64_6f75_7421, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
         })
@@ -111,12 +110,13 @@ fn load_file(
         channels: d.channels,
         image_size: d.image_size,
     };
-    let file = files::load_file(&resolve(data_dir, path), &opts).map_err(|e| field_err(i, e))?;
+    let at = resolve(data_dir, path);
+    let file = files::load_file(&at, &opts).map_err(|e| field_err(i, e))?;
     let mut stated = file.stated;
     let ds = match d.holdout {
         None => file.dataset,
         Some(fraction) => {
-            let (kept, held) = files::holdout(&file.dataset, fraction, holdout_seed(spec, path))
+            let (kept, held) = files::holdout(&file.dataset, fraction, holdout_seed(spec, &at))
                 .map_err(|e| field_err(i, e))?;
             let (part, what) = if d.split == "test" {
                 (held, "held out")
@@ -201,9 +201,9 @@ fn load_one<'a>(
 
 /// Gives every file of the job the same classes: the union of their class names, so that a
 /// label means one class in the source, the target and the evaluation sets even where one
-/// file lacks a class. Names that are all numbers keep their value as the label (`7` is
-/// class 7, as in the catalog's sets); other names are sorted.
-fn align_classes(loaded: &mut [Loaded<'_>]) {
+/// file lacks a class. Names that are all numbers keep their value as the label (`7` and
+/// `07` are class 7, as in the catalog's sets); other names are sorted.
+fn align_classes(loaded: &mut [Loaded<'_>]) -> Result<(), CoordinatorError> {
     let mut names: Vec<String> = loaded
         .iter()
         .filter_map(|l| l.classes.as_ref())
@@ -213,27 +213,32 @@ fn align_classes(loaded: &mut [Loaded<'_>]) {
     names.sort();
     names.dedup();
     if names.is_empty() {
-        return;
+        return Ok(());
     }
     let numbers: Option<Vec<u64>> = names.iter().map(|n| n.parse::<u64>().ok()).collect();
-    let union: Vec<String> = match numbers.and_then(|v| v.into_iter().max()) {
-        Some(max) if (max as usize) < files::MAX_CLASSES => {
-            (0..=max).map(|k| k.to_string()).collect()
-        }
-        _ => names,
+    let numeric = numbers
+        .as_ref()
+        .and_then(|v| v.iter().max())
+        .is_some_and(|&max| (max as usize) < files::MAX_CLASSES);
+    let union: Vec<String> = match numbers.as_ref().and_then(|v| v.iter().max()) {
+        Some(&max) if numeric => (0..=max).map(|k| k.to_string()).collect(),
+        _ => names.clone(),
     };
     for l in loaded.iter_mut() {
         let Some(own) = &l.classes else { continue };
         let to: Vec<u32> = own
             .iter()
-            .map(|n| union.iter().position(|u| u == n).unwrap_or(0) as u32)
+            .map(|n| match n.parse::<u64>() {
+                Ok(v) if numeric => v as u32,
+                _ => names.binary_search(n).unwrap_or_default() as u32,
+            })
             .collect();
-        for label in &mut l.data.labels {
-            *label = to.get(*label as usize).copied().unwrap_or(0);
-        }
-        l.data.num_classes = union.len();
+        l.data
+            .relabel(&to, union.len())
+            .map_err(|e| field_err(l.index, e))?;
         l.classes = Some(union.clone());
     }
+    Ok(())
 }
 
 /// The training set a dataset of the job feeds, if any.
@@ -330,7 +335,7 @@ impl JobData {
         for (i, d) in spec.datasets.iter().enumerate() {
             loaded.push(load_one(spec, i, d, data_dir)?);
         }
-        align_classes(&mut loaded);
+        align_classes(&mut loaded)?;
         let num_classes = loaded.iter().map(|l| l.data.num_classes).max().unwrap_or(0);
         let method_data = MethodData {
             class_vectors: class_vectors(spec, num_classes, data_dir)?,
@@ -388,9 +393,7 @@ impl JobData {
                 ds.standardize().map_err(|e| field_err(i, e))?;
             }
             if let Some(n) = d.normalize {
-                for v in &mut ds.features {
-                    *v = (*v - n.mean) / n.std;
-                }
+                ds.normalize(f64::from(n.mean), f64::from(n.std));
             }
             datasets.push(DatasetInfo::of(d, &ds, &read, l.classes, l.stated));
             match train_key(d) {
@@ -483,6 +486,39 @@ impl JobData {
     /// Length of the optimizer state in `stage` (as [`Optimizer::state`] lays it out).
     pub fn optimizer_len(&self, stage: usize, spec: &JobSpec) -> usize {
         Optimizer::state_len(&spec.optimizer, self.trainable_len(stage))
+    }
+
+    /// The method's evaluation of `params` on the job's evaluation sets, on the
+    /// coordinator's evaluation device: the metrics, and each set's per-class figures in
+    /// wire form. The one place both the evaluation at start and those of uploaded states
+    /// go through.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::Internal`] when the evaluation device cannot be made.
+    pub fn evaluate(
+        &self,
+        params: &Params,
+        config: &crate::config::CoordinatorConfig,
+    ) -> Result<(BTreeMap<String, f64>, Vec<graft_proto::v1::EvalSet>), CoordinatorError> {
+        let device = config
+            .eval_device()
+            .map_err(|e| CoordinatorError::Internal(e.to_string()))?;
+        let inputs = EvalInputs {
+            sets: &self.eval,
+            train: &self.train,
+        };
+        let report = self.method.evaluate(&self.arch, params, &inputs, &device);
+        let sets = report
+            .sets
+            .iter()
+            .map(|r| graft_proto::v1::EvalSet {
+                label: r.label.clone(),
+                per_class_accuracy: r.per_class_accuracy.clone(),
+                confusion: r.confusion.iter().flatten().copied().collect(),
+                num_classes: r.confusion.len() as u32,
+            })
+            .collect();
+        Ok((report.metrics, sets))
     }
 
     /// Length of the flattened gradient in `stage`.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use graft_proto::v1 as pb;
-use graft_transfer::methods::{EvalInputs, checkpoint_due, evaluation_due};
+use graft_transfer::methods::{checkpoint_due, evaluation_due};
 
 use crate::checkpoint::{CheckpointDir, Snapshot};
 use crate::core::{Coordinator, JobHandle};
@@ -54,16 +54,8 @@ fn run(coord: &Coordinator, h: &JobHandle, u: Upload) -> Result<(), CoordinatorE
         .map_err(|e| CoordinatorError::BadRequest(format!("uploaded parameters: {e}")))?;
     let mut metrics = BTreeMap::new();
     if evaluation_due(spec, &data.stages, u.step) {
-        let device = coord
-            .config
-            .eval_device()
-            .map_err(|e| CoordinatorError::Internal(e.to_string()))?;
-        let inputs = EvalInputs {
-            sets: &data.eval,
-            train: &data.train,
-        };
-        let report = data.method.evaluate(&data.arch, &params, &inputs, &device);
-        metrics.extend(report.metrics);
+        let (report, sets) = data.evaluate(&params, &coord.config)?;
+        metrics.extend(report);
         // What each worker flattens and sends per step in the stage just finished: frozen
         // parameters are left out.
         let stage = data
@@ -73,16 +65,6 @@ fn run(coord: &Coordinator, h: &JobHandle, u: Upload) -> Result<(), CoordinatorE
             "allreduce_bytes_per_step".into(),
             (data.trainable_len(stage) * 4) as f64,
         );
-        let sets: Vec<pb::EvalSet> = report
-            .sets
-            .iter()
-            .map(|r| pb::EvalSet {
-                label: r.label.clone(),
-                per_class_accuracy: r.per_class_accuracy.clone(),
-                confusion: r.confusion.iter().flatten().copied().collect(),
-                num_classes: r.confusion.len() as u32,
-            })
-            .collect();
         // One line per metric, each value a field of its own: `?metrics` made the map one
         // string, which `--log-format json` wrote as `"metrics":"{\"target_accuracy\": …}"`.
         // tracing's field names are fixed at compile time, so the metric's name is a field's

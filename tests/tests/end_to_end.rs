@@ -645,3 +645,35 @@ fn configuration_layers_and_strictness() {
         show(&out)
     );
 }
+
+/// The two data planes of the ring carry the same chunks: a W = 3 job over gRPC streams
+/// (`ring_transport = "grpc"`) ends with exactly the parameters of the same job over the
+/// raw-TCP links (the default), bit for bit, since the ring sums in a fixed order whatever
+/// carries it.
+#[test]
+fn the_ring_over_grpc_streams_and_over_raw_tcp_reaches_identical_parameters() {
+    let mut results = Vec::new();
+    for transport in ["tcp", "grpc"] {
+        let c = Cluster::start(3, 5_000);
+        let job = small_mnist_job("transport", 3, 12, "ring").replacen(
+            "allreduce = \"ring\"",
+            &format!("allreduce = \"ring\"\nring_transport = \"{transport}\""),
+            1,
+        );
+        let r = c.complete("transport.toml", &job);
+        assert_eq!(r["steps"], 12, "{transport}: {r}");
+        for w in 0..3 {
+            let log = c.log(&format!("worker-{w}"));
+            assert_eq!(
+                graft_tests::log_field(&log, "joining the ring", "transport"),
+                transport,
+                "worker {w} took the job's transport: {log}"
+            );
+        }
+        results.push(export_tensors(&c, r["job"].as_str().expect("id")));
+    }
+    assert!(!results[0].is_empty());
+    for (name, (_, a)) in &results[0] {
+        assert_eq!(&results[1][name].1, a, "{name}: grpc differs from tcp");
+    }
+}

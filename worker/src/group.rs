@@ -89,10 +89,20 @@ impl Group {
                 // A neighbour that died before the group formed is not waited for until the
                 // collective timeout: the coordinator stops the generation, and so do we.
                 let abort = ctx.abort.clone();
+                // As the wire reads it: unset (or a value unknown here) is tcp.
                 let tcp = a
                     .spec
                     .as_ref()
-                    .is_none_or(|s| s.ring_transport != pb::RingTransport::Grpc as i32);
+                    .is_none_or(|s| s.ring_transport() != pb::RingTransport::Grpc);
+                let transport = if tcp { "tcp" } else { "grpc" };
+                tracing::info!(
+                    job = %job,
+                    generation,
+                    rank,
+                    right = %right_addr,
+                    transport = %transport,
+                    "joining the ring"
+                );
                 let (addr, bearer, wait) = (
                     right_addr.clone(),
                     ctx.bearer.clone(),

@@ -186,9 +186,37 @@ impl Dataset {
                 name: self.name.clone(),
             });
         }
+        self.normalize(mean, std);
+        Ok(())
+    }
+
+    /// Maps every value through (x − mean) / std: given constants (a job's `normalize`), or
+    /// the set's own moments ([`Self::standardize`]). `std` must be above 0.
+    pub fn normalize(&mut self, mean: f64, std: f64) {
         for v in &mut self.features {
             *v = ((f64::from(*v) - mean) / std) as f32;
         }
+    }
+
+    /// Gives the samples new labels: `to[k]` for every sample labelled `k`, in a task of
+    /// `num_classes` classes (how a job gives all its files one set of classes).
+    ///
+    /// # Errors
+    /// [`DataError::Invalid`] when a label has no entry in `to` or maps past `num_classes`.
+    pub fn relabel(&mut self, to: &[u32], num_classes: usize) -> Result<(), DataError> {
+        if let Some(bad) = self.labels.iter().find(|&&l| {
+            to.get(l as usize)
+                .is_none_or(|&n| n as usize >= num_classes)
+        }) {
+            return Err(invalid(
+                &self.name,
+                format!("label {bad} has no class among {num_classes}"),
+            ));
+        }
+        for l in &mut self.labels {
+            *l = to[*l as usize];
+        }
+        self.num_classes = num_classes;
         Ok(())
     }
 
@@ -261,6 +289,22 @@ mod tests {
         let features = (0..10).flat_map(|i| [i as f32; 4]).collect();
         let labels = (0..10).map(|i| i % 3).collect();
         Dataset::new("toy", vec![1, 2, 2], features, labels, 3).unwrap()
+    }
+
+    #[test]
+    fn relabel_maps_every_label_and_refuses_one_without_a_class() {
+        let mut d = toy();
+        d.relabel(&[4, 0, 2], 5).expect("every label has a class");
+        assert_eq!(d.labels, vec![4, 0, 2, 4, 0, 2, 4, 0, 2, 4]);
+        assert_eq!(d.num_classes, 5);
+        let mut short = toy();
+        let e = short.relabel(&[0, 1], 5).expect_err("label 2 has no entry");
+        assert!(e.to_string().contains("label 2"), "{e}");
+        assert_eq!(short.labels, toy().labels, "nothing changed");
+        assert!(
+            toy().relabel(&[0, 1, 5], 5).is_err(),
+            "past the class count"
+        );
     }
 
     #[test]

@@ -359,74 +359,71 @@ impl DatasetSpec {
 
     /// A dataset from the catalog: a known name and split, no file keys.
     fn validate_catalog(&self, f: &dyn Fn(&str) -> String) -> Result<(), SpecError> {
-        let d = self;
         for (key, set) in [
-            ("format", d.format.is_some()),
-            ("labels", d.labels.is_some()),
-            ("x_key", d.x_key.is_some()),
-            ("y_key", d.y_key.is_some()),
-            ("label_column", d.label_column.is_some()),
-            ("header", d.header.is_some()),
-            ("channels", d.channels.is_some()),
-            ("holdout", d.holdout.is_some()),
+            ("format", self.format.is_some()),
+            ("labels", self.labels.is_some()),
+            ("x_key", self.x_key.is_some()),
+            ("y_key", self.y_key.is_some()),
+            ("label_column", self.label_column.is_some()),
+            ("header", self.header.is_some()),
+            ("channels", self.channels.is_some()),
+            ("holdout", self.holdout.is_some()),
         ] {
             if set {
                 return Err(bad(f(key), "only applies to a dataset given by `path`"));
             }
         }
-        if d.name.is_empty() {
+        if self.name.is_empty() {
             return Err(bad(f("name"), "give a catalog `name` or a file's `path`"));
         }
+        let Some(info) = catalog::describe(&self.name) else {
+            return Err(bad(
+                f("name"),
+                format!(
+                    "unknown dataset {:?} (known: {}; a file of your own is named by `path`)",
+                    self.name,
+                    catalog::KNOWN.join(", ")
+                ),
+            ));
+        };
+        if !info.splits.contains(&self.split.as_str()) {
+            return Err(bad(
+                f("split"),
+                format!(
+                    "{:?} has no split {:?} (has: {})",
+                    self.name,
+                    self.split,
+                    info.splits.join(", ")
+                ),
+            ));
+        }
+        let generated = self.name == "moons" || self.name == "random";
+        for (key, set) in [
+            ("samples", self.samples.is_some()),
+            ("noise", self.noise.is_some()),
+            ("rotation_deg", self.rotation_deg.is_some()),
+        ] {
+            if set && !generated {
+                return Err(bad(
+                    f(key),
+                    "only applies to the generated datasets \"moons\" and \"random\"",
+                ));
+            }
+        }
+        if let Some(n) = self.samples
+            && !(2..=MAX_GENERATED).contains(&n)
         {
-            let Some(info) = catalog::describe(&d.name) else {
-                return Err(bad(
-                    f("name"),
-                    format!(
-                        "unknown dataset {:?} (known: {}; a file of your own is named by `path`)",
-                        d.name,
-                        catalog::KNOWN.join(", ")
-                    ),
-                ));
-            };
-            if !info.splits.contains(&d.split.as_str()) {
-                return Err(bad(
-                    f("split"),
-                    format!(
-                        "{:?} has no split {:?} (has: {})",
-                        d.name,
-                        d.split,
-                        info.splits.join(", ")
-                    ),
-                ));
-            }
-            let generated = d.name == "moons" || d.name == "random";
-            for (key, set) in [
-                ("samples", d.samples.is_some()),
-                ("noise", d.noise.is_some()),
-                ("rotation_deg", d.rotation_deg.is_some()),
-            ] {
-                if set && !generated {
-                    return Err(bad(
-                        f(key),
-                        "only applies to the generated datasets \"moons\" and \"random\"",
-                    ));
-                }
-            }
-            if let Some(n) = d.samples
-                && !(2..=MAX_GENERATED).contains(&n)
-            {
-                return Err(bad(f("samples"), format!("must be in 2..={MAX_GENERATED}")));
-            }
-            if let Some(n) = d.noise
-                && !(n.is_finite() && n >= 0.0)
-            {
-                return Err(bad(f("noise"), "must be a finite number >= 0"));
-            }
-            if let Some(r) = d.rotation_deg
-                && !r.is_finite()
-            {
-                return Err(bad(f("rotation_deg"), "must be finite"));
-            }
+            return Err(bad(f("samples"), format!("must be in 2..={MAX_GENERATED}")));
+        }
+        if let Some(n) = self.noise
+            && !(n.is_finite() && n >= 0.0)
+        {
+            return Err(bad(f("noise"), "must be a finite number >= 0"));
+        }
+        if let Some(r) = self.rotation_deg
+            && !r.is_finite()
+        {
+            return Err(bad(f("rotation_deg"), "must be finite"));
         }
         Ok(())
     }

@@ -38,7 +38,7 @@ mod kernel;
 mod pool;
 mod protocol;
 mod schedule;
-pub mod tcp;
+mod tcp;
 mod transport;
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ use tonic::Status;
 use self::frame::{Ack, FrameError};
 use super::RingError;
 use super::pool::BufferPool;
-use super::transport::{Inbox, Incoming};
+use super::transport::{Inbox, Incoming, retry_for};
 
 /// The first bytes of a ring link; no HTTP/2 connection starts with them.
 pub const MAGIC: &[u8; 8] = b"GRAFTRNG";
@@ -57,24 +57,19 @@ pub struct TcpLink {
     addr: String,
 }
 
-/// Outcomes of steps, by step: waited for, or come before anyone waited.
+/// The steps waiting for their outcome. A step's waiter is in before its first frame is
+/// written, so an ack for a step nobody waits for is not the receiver's: it is dropped.
 #[derive(Default)]
 struct Acks {
     waiting: HashMap<u64, oneshot::Sender<Result<(), Status>>>,
-    early: HashMap<u64, Result<(), Status>>,
     /// Why the link is gone, once it is: every later step fails at once with it.
     lost: Option<String>,
 }
 
 impl Acks {
     fn settle(&mut self, step: u64, outcome: Result<(), Status>) {
-        match self.waiting.remove(&step) {
-            Some(tx) => {
-                let _ = tx.send(outcome);
-            }
-            None => {
-                self.early.insert(step, outcome);
-            }
+        if let Some(tx) = self.waiting.remove(&step) {
+            let _ = tx.send(outcome);
         }
     }
 
@@ -87,9 +82,7 @@ impl Acks {
 
     fn wait(&mut self, step: u64) -> oneshot::Receiver<Result<(), Status>> {
         let (tx, rx) = oneshot::channel();
-        if let Some(outcome) = self.early.remove(&step) {
-            let _ = tx.send(outcome);
-        } else if let Some(why) = &self.lost {
+        if let Some(why) = &self.lost {
             let _ = tx.send(Err(Status::unavailable(why.clone())));
         } else {
             self.waiting.insert(step, tx);
@@ -121,15 +114,9 @@ impl TcpLink {
             status,
         };
         let deadline = tokio::time::Instant::now() + wait;
-        let stream = loop {
-            match TcpStream::connect(addr).await {
-                Ok(s) => break s,
-                Err(_) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => return Err(fail(format!("cannot connect: {e}"))),
-            }
-        };
+        let stream = retry_for(wait, || TcpStream::connect(addr))
+            .await
+            .map_err(|e| fail(format!("cannot connect: {e}")))?;
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
         let mut reader = BufReader::with_capacity(IO_BUFFER, r);
@@ -206,6 +193,16 @@ impl TcpLink {
     }
 }
 
+impl Drop for TcpLink {
+    /// The generation is over here: every step still waiting gives up, so that its task
+    /// drops its handle on the connection, which then closes and ends the receiver's side.
+    fn drop(&mut self) {
+        if let Ok(mut a) = self.acks.lock() {
+            a.lose("the ring link was closed".into());
+        }
+    }
+}
+
 /// The sender's side of the acks: each settles its step; the end of the connection fails
 /// every step still waiting.
 async fn read_acks(mut reader: BufReader<OwnedReadHalf>, acks: Arc<Mutex<Acks>>) {
@@ -234,7 +231,12 @@ pub fn split_incoming(
     let (tx, rx) = mpsc::channel::<std::io::Result<TcpStream>>(16);
     tokio::spawn(async move {
         loop {
-            let (stream, _) = match listener.accept().await {
+            // The server dropped its stream (it stopped): stop accepting, and free the port.
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                () = tx.closed() => return,
+            };
+            let (stream, _) = match accepted {
                 Ok(s) => s,
                 Err(e) => {
                     // Out of descriptors and the like: the gRPC server logs and goes on.
@@ -308,9 +310,16 @@ async fn serve_link(stream: TcpStream, inbox: &Inbox, wait: Duration) {
         reader.read_exact(&mut proof).await?;
         Ok::<_, FrameError>((hello, challenge, proof))
     };
+    // A sender that stalls in its handshake holds the connection no longer than a mailbox is
+    // waited for.
+    let admitted = tokio::time::timeout(wait, admitted);
     let (hello, challenge, proof) = match admitted.await {
-        Ok(x) => x,
-        Err(e) => {
+        Ok(Ok(x)) => x,
+        Err(_) => {
+            tracing::debug!(%peer, "a ring link did not finish its handshake in time");
+            return;
+        }
+        Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "a ring link failed its handshake");
             return;
         }
@@ -354,7 +363,12 @@ async fn read_steps(
     let mut last: Option<u64> = None;
     let pool = BufferPool::default();
     let why = loop {
-        let m = match frame::read_message(&mut reader, &pool).await {
+        // The generation's mailbox closing here ends the link at once, not at its next frame.
+        let read = tokio::select! {
+            r = frame::read_message(&mut reader, &pool) => r,
+            () = mailbox.closed() => break "the generation ended on this worker".to_string(),
+        };
+        let m = match read {
             Ok(m) => m,
             Err(e) => break e.to_string(),
         };

@@ -409,19 +409,30 @@ pub async fn connect(
         .initial_stream_window_size(RING_WINDOW)
         .initial_connection_window_size(RING_WINDOW)
         .connect_timeout(wait);
-    let deadline = tokio::time::Instant::now() + wait;
-    let channel = loop {
-        match endpoint.connect().await {
-            Ok(c) => break c,
-            Err(_) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(fail(format!("cannot connect: {e}"))),
-        }
-    };
+    let channel = retry_for(wait, || endpoint.connect())
+        .await
+        .map_err(|e| fail(format!("cannot connect: {e}")))?;
     Ok(CollectiveServiceClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// `attempt` again every 50 ms until it succeeds or `wait` has passed (a neighbour that is
+/// starting may not listen yet); the last error when it never does.
+pub(super) async fn retry_for<T, E, F: Future<Output = Result<T, E>>>(
+    wait: Duration,
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, E> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The next message from the left neighbour: from the stream being read, or the first of
